@@ -1,0 +1,212 @@
+"""`medsearch ...`: the command line over the core.
+
+Each subcommand has an ``_add_<name>`` function (its arguments) and a ``_run_<name>`` function
+(read the arguments once into the core's config objects and call the core). Heavy imports (torch,
+the engines) happen inside the ``_run_`` functions, so ``medsearch --help`` is instant.
+Errors the user can fix end as one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from medsearch import __version__
+from medsearch.errors import MedsearchError
+
+log = logging.getLogger("medsearch")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# --- synth / import ------------------------------------------------------------------------------
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write a synthetic captioned corpus with a query set")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--n", type=int, default=None, help="number of images (default: the demo size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--captionless", type=float, default=None, help="fraction of images without a caption"
+    )
+    p.add_argument("--image-size", type=int, default=None, help="edge length in pixels")
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    raise NotImplementedError("synth: owned by the data module")
+
+
+def _add_import_imageclef(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-imageclef", help="turn an ImageCLEF 2017 caption-prediction tree into a manifest"
+    )
+    p.add_argument("--root", type=Path, required=True, help="folder with training/ validation/ test/")
+    p.add_argument("--out", type=Path, required=True, help="manifest path to write (.jsonl)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the 90:10 train/validation split")
+    p.set_defaults(func=_run_import_imageclef)
+
+
+def _run_import_imageclef(args: argparse.Namespace) -> int:
+    raise NotImplementedError("import-imageclef: owned by the data module")
+
+
+# --- train / evaluate / vectorize ----------------------------------------------------------------
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fine-tune a CLIP (or train a tiny one) on a manifest")
+    p.add_argument("--data", required=True, help="manifest (.jsonl or .csv), local or s3://")
+    p.add_argument("--out", type=Path, required=True, help="output model folder")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    raise NotImplementedError("train: owned by the train module")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="in-batch and full-pool retrieval metrics for a model")
+    p.add_argument("--model", required=True, help="model folder, HF id or s3:// prefix")
+    p.add_argument("--data", required=True, help="manifest")
+    p.add_argument("--split", default="test", help="split to evaluate (train|validation|test)")
+    p.add_argument("--out", type=Path, required=True, help="report JSON path")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    raise NotImplementedError("evaluate: owned by the evaluate module")
+
+
+def _add_vectorize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("vectorize", help="embed every image of a manifest in batches")
+    p.add_argument("--model", required=True, help="model folder, HF id or s3:// prefix")
+    p.add_argument("--data", required=True, help="manifest")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=_run_vectorize)
+
+
+def _run_vectorize(args: argparse.Namespace) -> int:
+    raise NotImplementedError("vectorize: owned by the vectorize module")
+
+
+def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-onnx", help="export the text and vision towers to ONNX")
+    p.add_argument("--model", required=True, help="model folder, HF id or s3:// prefix")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--int8", action="store_true", help="also write dynamically quantised models")
+    p.set_defaults(func=_run_export_onnx)
+
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    raise NotImplementedError("export-onnx: owned by the onnx module")
+
+
+# --- index / search / serve / demo ---------------------------------------------------------------
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="index captions (BM25) and vectors (ANN) into a folder")
+    p.add_argument("--data", required=True, help="manifest")
+    p.add_argument("--vectors", type=Path, required=True, help="folder written by `vectorize`")
+    p.add_argument("--index", type=Path, required=True, help="index folder")
+    p.set_defaults(func=_run_index)
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    raise NotImplementedError("index: owned by the index module")
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search an index from the command line")
+    p.add_argument("query", help="query text")
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--model", default=None, help="model for vector and hybrid modes")
+    p.add_argument("--mode", choices=["text", "vector", "hybrid"], default="hybrid")
+    p.add_argument("--alpha", type=float, default=0.5, help="hybrid weight of the vector score")
+    p.add_argument("-k", type=int, default=10, help="results to show (1-100)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON response")
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    raise NotImplementedError("search: owned by the search module")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the API and the web page")
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    raise NotImplementedError("serve: owned by the api module")
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="synth → train → evaluate → vectorize → index → serve")
+    p.add_argument("--workdir", type=Path, default=Path("demo"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-serve", action="store_true", help="build everything, then exit")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    raise NotImplementedError("demo")
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+_COMMANDS = (
+    _add_synth,
+    _add_import_imageclef,
+    _add_train,
+    _add_evaluate,
+    _add_vectorize,
+    _add_export_onnx,
+    _add_index,
+    _add_search,
+    _add_serve,
+    _add_demo,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="medsearch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"medsearch {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; user errors print one line and return 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except MedsearchError as exc:
+        print(f"medsearch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medsearch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: manifest records, importers, the synthetic corpus, query sets and image decoding."""

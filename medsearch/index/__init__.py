@@ -1,0 +1,1 @@
+"""Search indexes: the protocol every engine implements, the embedded engine and OpenSearch."""

@@ -1,0 +1,165 @@
+"""One file layer for local paths and ``s3://`` URIs.
+
+Readers and writers take URLs, so the same pipeline code runs on a laptop and in SageMaker or
+Lambda. S3 goes through the :class:`ObjectStore` protocol; the boto3 adapter is imported lazily,
+only when an ``s3://`` URL is actually used, so the core imports no AWS SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from medsearch.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+S3_SCHEME = "s3://"
+
+
+class ObjectStore(Protocol):
+    """The few object-store operations the core needs (implemented for S3 by a boto3 adapter)."""
+
+    def get(self, bucket: str, key: str) -> bytes:
+        """Return an object's bytes; raise ``StorageError`` if it cannot be read."""
+        ...
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        """Write an object."""
+        ...
+
+    def list(self, bucket: str, prefix: str) -> Iterator[str]:
+        """Yield the keys under a prefix."""
+        ...
+
+
+_store: ObjectStore | None = None
+
+
+def set_object_store(store: ObjectStore | None) -> None:
+    """Install the S3 store (tests and Lambdas pass their own client); ``None`` resets it."""
+    global _store
+    _store = store
+
+
+def object_store() -> ObjectStore:
+    """Return the S3 store, creating the boto3 adapter on first use."""
+    global _store
+    if _store is None:
+        from medsearch._s3 import Boto3Store  # lazy: boto3 only where s3:// is used
+
+        _store = Boto3Store()
+    return _store
+
+
+def is_s3(url: str | os.PathLike[str]) -> bool:
+    """Tell whether a location is an ``s3://`` URI."""
+    return str(url).startswith(S3_SCHEME)
+
+
+def split_s3(url: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` into bucket and key."""
+    if not is_s3(url):
+        raise StorageError(f"not an s3:// URI: {url!r}")
+    bucket, _, key = url[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise StorageError(f"s3 URI without a bucket: {url!r}")
+    return bucket, key
+
+
+def join(base: str | os.PathLike[str], *parts: str) -> str:
+    """Join a base location (path or s3 URI) with relative parts."""
+    if is_s3(base):
+        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base).joinpath(*parts))
+
+
+def read_bytes(url: str | os.PathLike[str]) -> bytes:
+    """Read a whole file or object."""
+    if is_s3(url):
+        return object_store().get(*split_s3(str(url)))
+    try:
+        return Path(url).read_bytes()
+    except OSError as exc:
+        raise StorageError(f"cannot read {url}: {exc.strerror or exc}") from exc
+
+
+def read_text(url: str | os.PathLike[str]) -> str:
+    """Read a UTF-8 text file or object."""
+    data = read_bytes(url)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise StorageError(f"{url} is not UTF-8 text: {exc}") from exc
+
+
+def write_bytes(url: str | os.PathLike[str], data: bytes) -> None:
+    """Write a whole file (atomically, through a temporary file and a rename) or object."""
+    if is_s3(url):
+        object_store().put(*split_s3(str(url)), data)
+        return
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(url: str | os.PathLike[str], text: str) -> None:
+    """Write a UTF-8 text file or object."""
+    write_bytes(url, text.encode("utf-8"))
+
+
+def download_prefix(url: str, dest: Path) -> Path:
+    """Copy every object under an ``s3://`` prefix into ``dest`` once; later calls reuse it.
+
+    A ``.complete`` marker is written last, so an interrupted download is redone, not trusted.
+    """
+    marker = dest / ".complete"
+    if marker.exists():
+        return dest
+    bucket, prefix = split_s3(url)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    staging = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None))
+    count = 0
+    store = object_store()
+    for key in store.list(bucket, prefix):
+        relative = key[len(prefix) :]
+        if not relative or relative.endswith("/"):
+            continue
+        target = staging / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(store.get(bucket, key))
+        count += 1
+    if count == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StorageError(f"nothing found under {url}")
+    (staging / ".complete").write_text(url)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(staging, dest)
+    log.info("downloaded %d objects from %s to %s", count, url, dest)
+    return dest
+
+
+def upload_dir(src: Path, url: str) -> int:
+    """Copy every file below a local directory to an ``s3://`` prefix; return the file count."""
+    bucket, prefix = split_s3(url)
+    store = object_store()
+    count = 0
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        key = "/".join(filter(None, [prefix.rstrip("/"), path.relative_to(src).as_posix()]))
+        store.put(bucket, key, path.read_bytes())
+        count += 1
+    return count

@@ -1,0 +1,52 @@
+"""Vectors: the one L2-normalisation, the similarity space, and the encoder protocol.
+
+Every encoder (torch, ONNX) and every engine (embedded, OpenSearch) goes through this module, so a
+query vector and a corpus vector are always comparable: unit length, float32, ranked by cosine
+(which, for unit vectors, is the inner product).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# The similarity space both engines rank in. Vectors are unit length, so cosine == inner product.
+SIMILARITY = "cosine"
+_EPS = 1e-12
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Return float32 rows scaled to unit L2 norm (zero rows stay zero) — the only normaliser."""
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim == 1:
+        return normalize(array[None, :])[0]
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return (array / np.maximum(norms, _EPS)).astype(np.float32, copy=False)
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Turns texts and images into comparable unit vectors (torch and ONNX implement it)."""
+
+    @property
+    def model_id(self) -> str:
+        """A name for the model, reported by the API and stored beside vectors."""
+        ...
+
+    @property
+    def dim(self) -> int:
+        """The embedding dimension."""
+        ...
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Encode texts to float32 ``[n, dim]`` unit vectors."""
+        ...
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Encode RGB images to float32 ``[n, dim]`` unit vectors."""
+        ...

@@ -130,7 +130,9 @@ def download_prefix(url: str, dest: Path) -> Path:
         return dest
     bucket, prefix = split_s3(url)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
-    staging = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Staged beside the destination so the final rename stays on one file system.
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     count = 0
     store = object_store()
     for key in store.list(bucket, prefix):
@@ -145,7 +147,6 @@ def download_prefix(url: str, dest: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise StorageError(f"nothing found under {url}")
     (staging / ".complete").write_text(url)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(staging, dest)

@@ -1,0 +1,78 @@
+"""The file layer: local paths and s3:// URIs go through the same calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from medsearch import storage
+from medsearch._s3 import Boto3Store
+from medsearch.errors import StorageError
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A moto S3 bucket installed as the object store."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="corpus")
+        storage.set_object_store(Boto3Store(client))
+        yield "corpus"
+        storage.set_object_store(None)
+
+
+def test_given_local_path_when_written_then_read_back_and_no_temp_left(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b.txt"
+    storage.write_text(target, "héllo")
+    assert storage.read_text(target) == "héllo"
+    assert [p.name for p in target.parent.iterdir()] == ["b.txt"]
+
+
+def test_given_missing_file_when_read_then_storage_error_names_it(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="nope.txt"):
+        storage.read_bytes(tmp_path / "nope.txt")
+
+
+def test_given_s3_uri_when_split_then_bucket_and_key() -> None:
+    assert storage.split_s3("s3://bucket/a/b.jpg") == ("bucket", "a/b.jpg")
+    assert storage.join("s3://bucket/run/", "images", "x.png") == "s3://bucket/run/images/x.png"
+    with pytest.raises(StorageError):
+        storage.split_s3("s3:///key")
+
+
+def test_given_s3_objects_when_read_and_written_then_same_api_as_local(s3_bucket: str) -> None:
+    storage.write_text(f"s3://{s3_bucket}/dir/x.txt", "payload")
+    assert storage.read_text(f"s3://{s3_bucket}/dir/x.txt") == "payload"
+    with pytest.raises(StorageError, match="missing"):
+        storage.read_bytes(f"s3://{s3_bucket}/missing")
+
+
+def test_given_s3_prefix_when_downloaded_twice_then_copied_once(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    (src / "sub" / "w.bin").write_bytes(b"\x00\x01")
+    assert storage.upload_dir(src, f"s3://{s3_bucket}/model") == 2
+
+    dest = storage.download_prefix(f"s3://{s3_bucket}/model", tmp_path / "cache" / "m")
+    assert (dest / "sub" / "w.bin").read_bytes() == b"\x00\x01"
+    # A second call trusts the completed copy and does not touch S3 again.
+    storage.set_object_store(None)
+    assert storage.download_prefix("s3://other/none", dest) == dest
+
+
+def test_given_empty_prefix_when_downloaded_then_error_and_no_cache(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    with pytest.raises(StorageError, match="nothing found"):
+        storage.download_prefix(f"s3://{s3_bucket}/absent", tmp_path / "cache" / "m")
+    assert not (tmp_path / "cache" / "m").exists()

@@ -1,0 +1,92 @@
+"""Names shared by the runtime (SageMaker jobs, Lambdas), the CDK app and the tests.
+
+One module, imported by everyone, so a resource name or a log format cannot drift between the code
+that writes it and the code that reads it (for example the training job's metric lines and the
+``metric_definitions`` regexes SageMaker uses to chart them). No imports beyond the standard
+library: the infra app and the Lambdas load it without the rest of the stack.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+PROJECT: Final = "medsearch"
+
+# --- Entry points (source folder + module, as SageMaker and Lambda reference them) ---------------
+
+TRAINING_SOURCE_DIR: Final = "training_job"
+TRAINING_ENTRY_POINT: Final = "train.py"
+BATCH_SOURCE_DIR: Final = "batch_vectorize"
+BATCH_ENTRY_POINT: Final = "inference.py"
+SEARCH_API_HANDLER: Final = "lambdas.search_api.handler.handler"
+INDEX_LOADER_HANDLER: Final = "lambdas.index_loader.handler.handler"
+
+# --- SageMaker container layout -----------------------------------------------------------------
+
+# The training channel the job reads its manifest from (SM_CHANNEL_TRAIN).
+TRAIN_CHANNEL: Final = "train"
+# Managed spot training syncs this folder to S3 and restores it when a job resumes.
+CHECKPOINT_DIR: Final = "/opt/ml/checkpoints"
+# Inside SM_MODEL_DIR: the ONNX encoders the search API serves.
+ONNX_SUBDIR: Final = "onnx"
+# Inside SM_OUTPUT_DATA_DIR: the evaluation report of the trained model.
+EVALUATION_REPORT: Final = "evaluation.json"
+# Batch transform: one JSON line in, one JSON line out.
+JSONLINES: Final = "application/jsonlines"
+
+# --- S3 layout of one pipeline run (prefixes inside the data bucket) ----------------------------
+
+DATA_PREFIX: Final = "data/"
+MODEL_PREFIX: Final = "models/"
+VECTORS_PREFIX: Final = "vectors/"
+# Batch transform writes ``<input name>.out`` next to each input; the loader reacts to these.
+TRANSFORM_OUTPUT_SUFFIX: Final = ".out"
+
+# --- Search API Lambda --------------------------------------------------------------------------
+
+# Model artifacts (the ONNX folder) are downloaded once per container into this folder.
+LAMBDA_MODEL_DIR: Final = "/tmp/medsearch-model"
+# The API Lambda's zip package must stay under Lambda's unzipped limit.
+LAMBDA_UNZIPPED_LIMIT_BYTES: Final = 250 * 1024 * 1024
+
+# --- Training metrics: one stable line format and the regexes that parse it ----------------------
+
+METRIC_MARKER: Final = "[metric]"
+# One metric per line, e.g. ``[metric] train:loss=0.4213 epoch=3``; the epoch part is optional.
+METRIC_LINE: Final = "[metric] {name}={value:.6g}"
+_NUMBER: Final = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+
+# Every metric the training job prints; names use only [a-z0-9:@_.] so they are valid in
+# SageMaker and CloudWatch.
+METRIC_NAMES: Final = (
+    "epoch",
+    "train:loss",
+    "validation:loss",
+    "train:learning_rate",
+    "test:in_batch_mrr@10",
+    "test:text_to_image_r@1",
+    "test:text_to_image_r@5",
+    "test:text_to_image_r@10",
+    "test:text_to_image_mrr@10",
+    "test:image_to_text_r@10",
+    "test:queries_ndcg@10",
+    "test:queries_r@10",
+)
+
+
+def metric_regex(name: str) -> str:
+    """Return the regex whose first group captures ``name``'s value in a metric line."""
+    return re.escape(f"{METRIC_MARKER} {name}=") + _NUMBER
+
+
+# What `Estimator(metric_definitions=...)` takes.
+METRIC_DEFINITIONS: Final = tuple(
+    {"Name": name, "Regex": metric_regex(name)} for name in METRIC_NAMES
+)
+
+
+def format_metric(name: str, value: float, *, epoch: int | None = None) -> str:
+    """Return one metric line in the stable format that ``METRIC_DEFINITIONS`` parses."""
+    line = METRIC_LINE.format(name=name, value=float(value))
+    return f"{line} epoch={epoch}" if epoch is not None else line

@@ -38,7 +38,19 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    raise NotImplementedError("synth: owned by the data module")
+    from medsearch.data.synth import SynthConfig, write_synthetic_corpus
+
+    overrides = {
+        "n": args.n,
+        "captionless_fraction": args.captionless,
+        "image_size": args.image_size,
+    }
+    config = SynthConfig(seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
+    manifest = write_synthetic_corpus(args.out, config)
+    print(f"wrote {config.n} images to {args.out / 'images'}")
+    print(f"manifest: {manifest}")
+    print(f"queries:  {args.out / 'queries.jsonl'}")
+    return 0
 
 
 def _add_import_imageclef(sub: argparse._SubParsersAction) -> None:
@@ -59,14 +71,46 @@ def _run_import_imageclef(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="fine-tune a CLIP (or train a tiny one) on a manifest")
-    p.add_argument("--data", required=True, help="manifest (.jsonl or .csv), local or s3://")
-    p.add_argument("--out", type=Path, required=True, help="output model folder")
+    from medsearch.train.config import TrainConfig, field_help  # torch-free
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a CLIP (or train a tiny one) on a manifest",
+        description="Flags override the --config file; unset options take the base's defaults.",
+    )
+    p.add_argument("--config", type=Path, default=None, help="JSON or YAML file of options")
+    kinds = TrainConfig.__annotations__
+    # One flag per TrainConfig field, with the field's own help; absent flags stay unset
+    # (SUPPRESS) so the config file's values are only overridden by flags actually given.
+    for name, text in field_help().items():
+        flag = "--" + name.replace("_", "-")
+        kind = str(kinds[name])
+        if "bool" in kind:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+            continue
+        convert = int if "int" in kind else float if "float" in kind else str
+        metavar = name.upper() if name in {"data", "out", "base"} else None
+        p.add_argument(flag, type=convert, default=argparse.SUPPRESS, metavar=metavar, help=text)
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    raise NotImplementedError("train: owned by the train module")
+    from medsearch.train.config import field_help, load_train_config
+
+    overrides = {name: getattr(args, name) for name in field_help() if hasattr(args, name)}
+    config = load_train_config(args.config, overrides)
+    from medsearch.train.loop import train  # torch: only once the configuration is valid
+
+    result = train(config)
+    last = result.val_metrics
+    summary = f"model saved to {result.out} ({result.epochs} epochs, {result.seconds:.0f}s)"
+    if last:
+        t2i = last["text_to_image"]
+        summary += f"; validation text→image R@1 {t2i['r@1']:.3f} R@10 {t2i['r@10']:.3f}"
+    if result.bad_records:
+        summary += f"; {len(result.bad_records)} unreadable records skipped (bad_records.jsonl)"
+    print(summary)
+    return 0
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -75,11 +119,57 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="manifest")
     p.add_argument("--split", default="test", help="split to evaluate (train|validation|test)")
     p.add_argument("--out", type=Path, required=True, help="report JSON path")
+    p.add_argument(
+        "--queries", default=None, help="query set (default: queries.jsonl beside the manifest)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="in-batch protocol and encoding batch size"
+    )
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    raise NotImplementedError("evaluate: owned by the evaluate module")
+    import json
+
+    from medsearch import storage
+    from medsearch.data.manifest import BadRecord, read_manifest, write_report
+    from medsearch.data.queries import queries_beside, read_queries
+    from medsearch.errors import InvalidInputError
+    from medsearch.evaluate import evaluate_model
+    from medsearch.model.encoder import load_encoder
+    from medsearch.report import write_summary
+
+    records = read_manifest(args.data, split=args.split)
+    if not records:
+        raise InvalidInputError(f"{args.data} has no records in split {args.split!r}")
+    queries = read_queries(args.queries) if args.queries else queries_beside(args.data)
+    encoder = load_encoder(args.model)
+    bad: list[BadRecord] = []
+    report = evaluate_model(
+        encoder,
+        records,
+        queries=queries,
+        batch_size=args.batch_size,
+        split=args.split,
+        strict=args.strict,
+        bad=bad,
+    )
+    storage.write_text(args.out, json.dumps(report, indent=2) + "\n")
+    written = write_summary(report, args.out)
+    bad_path = args.out.with_name(args.out.stem + ".bad_records.jsonl")
+    write_report(bad_path, bad)
+    t2i, i2t = report["text_to_image"], report["image_to_text"]
+    print(f"evaluated {report['n']} images of split {args.split!r}")
+    print("in-batch  " + "  ".join(f"{k} {v:.4f}" for k, v in report["in_batch"].items()))
+    for name, row in (("text→image", t2i), ("image→text", i2t)):
+        print(f"{name} " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
+    if "queries" in report:
+        print("queries    " + "  ".join(f"{k} {v:.4f}" for k, v in report["queries"].items()))
+    if bad:
+        print(f"skipped {len(bad)} unreadable records: {bad_path}")
+    print(f"report: {args.out} ({', '.join(str(p) for p in written)})")
+    return 0
 
 
 def _add_vectorize(sub: argparse._SubParsersAction) -> None:
@@ -87,11 +177,41 @@ def _add_vectorize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model folder, HF id or s3:// prefix")
     p.add_argument("--data", required=True, help="manifest")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--split", default=None, help="only this split (default: every record)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per encoded batch")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+    p.add_argument(
+        "--jsonl", action="store_true", help='also write vectors.jsonl ({"image_id", "vector"})'
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace vectors of another model in --out"
+    )
     p.set_defaults(func=_run_vectorize)
 
 
 def _run_vectorize(args: argparse.Namespace) -> int:
-    raise NotImplementedError("vectorize: owned by the vectorize module")
+    from medsearch.data.manifest import read_manifest
+    from medsearch.model.encoder import load_encoder
+    from medsearch.vectorize import BAD, vectorize
+
+    records = read_manifest(args.data, split=args.split)
+    encoder = load_encoder(args.model)
+    result = vectorize(
+        encoder,
+        records,
+        args.out,
+        batch_size=args.batch_size,
+        strict=args.strict,
+        jsonl=args.jsonl,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"{result.count} vectors of dim {result.dim} in {result.out} "
+        f"({result.encoded} encoded, {result.reused} reused)"
+    )
+    if result.bad:
+        print(f"skipped {len(result.bad)} unreadable records: {result.out / BAD}")
+    return 0
 
 
 def _add_export_onnx(sub: argparse._SubParsersAction) -> None:

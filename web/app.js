@@ -1,0 +1,944 @@
+/* medsearch web page: state in the URL, one request per view, results rendered from templates.
+ *
+ * The page has three views over the same results grid:
+ *   search  — GET  /search?q=&mode=&alpha=&k=&offset=&<field>=<value>…
+ *   similar — GET  /images/{id}/similar?mode=image|image_text&alpha=&k=&offset=
+ *   upload  — POST /search/image (multipart file, optional q → hybrid)
+ * Everything but the uploaded file lives in the URL, so a search can be shared, reloaded and
+ * walked with back/forward (history.pushState + popstate). The API base URL comes from
+ * config.json ("" = same origin), so these files can be hosted apart from the API.
+ */
+"use strict";
+
+(() => {
+  const MODES = ["text", "vector", "hybrid"];
+  const SIMILAR_MODES = ["image", "image_text"];
+  const DEFAULTS = { mode: "hybrid", alpha: 0.5, k: 20, smode: "image" };
+  const MAX_K = 100;
+  const MAX_OFFSET = 1000; // the API's deepest page start
+  // Page-URL parameters that are not metadata filters; every other parameter is a filter.
+  const RESERVED = new Set(["q", "mode", "alpha", "k", "offset", "similar", "smode", "upload"]);
+  const FACET_PREVIEW = 6; // values shown per filter group before "Show all"
+  const FACET_MAX_RENDER = 200; // a group with more values gets a search box instead of a long list
+  const META_PREFERRED = ["modality", "plane", "location_category", "location", "sex", "age"];
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    form: $("search-form"),
+    q: $("q"),
+    alpha: $("alpha"),
+    alphaValue: $("alpha-value"),
+    alphaControl: $("alpha-control"),
+    modeGroup: $("mode-group"),
+    k: $("k"),
+    file: $("file"),
+    chooseFile: $("choose-file"),
+    dropzone: $("dropzone"),
+    facets: $("facets"),
+    filterCount: $("filter-count"),
+    clearFilters: $("clear-filters"),
+    region: $("results-region"),
+    context: $("context"),
+    status: $("status"),
+    message: $("message"),
+    results: $("results"),
+    pager: $("pager"),
+    prev: $("prev"),
+    next: $("next"),
+    range: $("range"),
+    health: $("health"),
+    docsLink: $("docs-link"),
+    brand: $("brand-link"),
+    template: $("card-template"),
+  };
+
+  let apiBase = "";
+  let facetData = null; // {field: {value: count}} from /facets
+  let state = blankState();
+  let upload = null; // {file, previewUrl} — a File cannot travel in a URL
+  let requestSeq = 0;
+  let inflight = null;
+  const facetUi = {}; // field → {expanded, filter}
+
+  // --- state ⇄ URL --------------------------------------------------------------------------
+
+  function blankState() {
+    return {
+      q: "",
+      mode: DEFAULTS.mode,
+      alpha: DEFAULTS.alpha,
+      k: DEFAULTS.k,
+      offset: 0,
+      filters: {},
+      similar: null,
+      smode: DEFAULTS.smode,
+      upload: null,
+    };
+  }
+
+  function clampNumber(raw, lo, hi, fallback, integer) {
+    const n = Number(raw);
+    if (raw === null || raw === "" || !Number.isFinite(n)) return fallback;
+    const v = integer ? Math.trunc(n) : n;
+    return Math.min(hi, Math.max(lo, v));
+  }
+
+  function stateFromUrl(search) {
+    const p = new URLSearchParams(search);
+    const s = blankState();
+    s.q = p.get("q") || "";
+    s.mode = MODES.includes(p.get("mode")) ? p.get("mode") : DEFAULTS.mode;
+    s.alpha = clampNumber(p.get("alpha"), 0, 1, DEFAULTS.alpha, false);
+    s.k = clampNumber(p.get("k"), 1, MAX_K, DEFAULTS.k, true);
+    s.offset = clampNumber(p.get("offset"), 0, Number.MAX_SAFE_INTEGER, 0, true);
+    s.similar = p.get("similar") || null;
+    s.smode = SIMILAR_MODES.includes(p.get("smode")) ? p.get("smode") : DEFAULTS.smode;
+    s.upload = p.get("upload") || null;
+    for (const [key, value] of p) {
+      if (RESERVED.has(key) || value === "") continue;
+      (s.filters[key] ||= []);
+      if (!s.filters[key].includes(value)) s.filters[key].push(value);
+    }
+    return s;
+  }
+
+  function urlFromState(s) {
+    const p = new URLSearchParams();
+    if (s.q) p.set("q", s.q);
+    if (s.mode !== DEFAULTS.mode || s.q) p.set("mode", s.mode);
+    if (usesAlpha(s)) p.set("alpha", formatAlpha(s.alpha));
+    if (s.k !== DEFAULTS.k) p.set("k", String(s.k));
+    if (s.offset) p.set("offset", String(s.offset));
+    if (s.similar) {
+      p.set("similar", s.similar);
+      p.set("smode", s.smode);
+    }
+    if (s.upload) p.set("upload", s.upload);
+    for (const [field, values] of Object.entries(s.filters)) {
+      for (const v of values) p.append(field, v);
+    }
+    const qs = p.toString();
+    return location.pathname + (qs ? `?${qs}` : "");
+  }
+
+  function view(s) {
+    if (s.similar) return "similar";
+    if (s.upload) return "upload";
+    return s.q ? "search" : "intro";
+  }
+
+  function usesAlpha(s) {
+    switch (view(s)) {
+      case "search":
+        return s.mode === "hybrid";
+      case "similar":
+        return s.smode === "image_text";
+      case "upload":
+        return Boolean(s.q);
+      default:
+        return s.mode === "hybrid";
+    }
+  }
+
+  function formatAlpha(a) {
+    return (Math.round(a * 100) / 100).toFixed(2);
+  }
+
+  /** Move to a new state: record it in the history (push or replace) and run it. */
+  function navigate(next, { replace = false } = {}) {
+    state = next;
+    const url = urlFromState(state);
+    const hist = { upload: state.upload && upload ? upload.file : null };
+    try {
+      if (replace) history.replaceState(hist, "", url);
+      else history.pushState(hist, "", url);
+    } catch {
+      // A state the browser cannot store (e.g. a huge File): keep the URL, drop the file.
+      if (replace) history.replaceState(null, "", url);
+      else history.pushState(null, "", url);
+    }
+    syncControls();
+    run();
+  }
+
+  function withChanges(changes) {
+    return { ...state, filters: { ...state.filters }, ...changes };
+  }
+
+  // --- API ----------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(message, status) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  function isAbsolute(url) {
+    return /^[a-z][a-z0-9+.-]*:/i.test(url) || url.startsWith("//");
+  }
+
+  /** Join the API base and a path; absolute URLs (e.g. presigned S3 links) pass through. */
+  function apiUrl(path) {
+    if (!path) return path;
+    if (isAbsolute(path) || path.startsWith("blob:") || path.startsWith("data:")) return path;
+    const base = apiBase.replace(/\/+$/, "");
+    return `${base}/${path.replace(/^\/+/, "")}`;
+  }
+
+  function appendFilters(params, filters) {
+    for (const [field, values] of Object.entries(filters)) {
+      for (const v of values) params.append(field, v);
+    }
+  }
+
+  /** Turn FastAPI's error body (a string, or a list of validation errors) into one sentence. */
+  function describeDetail(body, status) {
+    const detail = body && typeof body === "object" ? body.detail : null;
+    if (typeof detail === "string" && detail) return detail;
+    if (Array.isArray(detail) && detail.length) {
+      return detail
+        .map((d) => {
+          if (typeof d === "string") return d;
+          const loc = Array.isArray(d.loc)
+            ? d.loc.filter((part) => !["query", "body", "path"].includes(part)).join(".")
+            : "";
+          return loc ? `${loc}: ${d.msg}` : String(d.msg ?? JSON.stringify(d));
+        })
+        .join("; ");
+    }
+    if (detail && typeof detail === "object") return detail.message || JSON.stringify(detail);
+    return `The server answered ${status} without an explanation.`;
+  }
+
+  async function api(path, { params, method = "GET", body, signal } = {}) {
+    const qs = params ? `?${params.toString()}` : "";
+    let response;
+    try {
+      response = await fetch(apiUrl(path) + qs, {
+        method,
+        body,
+        signal,
+        headers: { Accept: "application/json" },
+      });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new ApiError(
+        `Cannot reach the search API${apiBase ? ` at ${apiBase}` : ""}. Is the server running?`,
+        0,
+      );
+    }
+    let data = null;
+    const text = await response.text();
+    if (text) {
+      try {
+        data = JSON.parse(text);
+      } catch {
+        data = null;
+      }
+    }
+    if (!response.ok) throw new ApiError(describeDetail(data, response.status), response.status);
+    if (data === null) throw new ApiError("The server sent a response that is not JSON.", response.status);
+    return data;
+  }
+
+  function searchRequest(s, signal) {
+    const params = new URLSearchParams({ q: s.q, mode: s.mode, k: s.k, offset: s.offset });
+    if (s.mode === "hybrid") params.set("alpha", formatAlpha(s.alpha));
+    appendFilters(params, s.filters);
+    return api("search", { params, signal });
+  }
+
+  function similarRequest(s, signal) {
+    const params = new URLSearchParams({ mode: s.smode, k: s.k, offset: s.offset });
+    if (s.smode === "image_text") params.set("alpha", formatAlpha(s.alpha));
+    appendFilters(params, s.filters);
+    return api(`images/${encodeURIComponent(s.similar)}/similar`, { params, signal });
+  }
+
+  function uploadRequest(s, signal) {
+    const body = new FormData();
+    body.append("file", upload.file, upload.file.name);
+    const params = new URLSearchParams({ k: s.k, offset: s.offset });
+    if (s.q) {
+      params.set("q", s.q);
+      params.set("alpha", formatAlpha(s.alpha));
+    }
+    appendFilters(params, s.filters);
+    return api("search/image", { method: "POST", body, params, signal });
+  }
+
+  // --- running a view -----------------------------------------------------------------------
+
+  async function run() {
+    const s = state;
+    const seq = ++requestSeq;
+    if (inflight) inflight.abort();
+    inflight = new AbortController();
+    const { signal } = inflight;
+    renderContext(s);
+    const v = view(s);
+    if (v === "intro") {
+      showIntro();
+      return;
+    }
+    if (v === "upload" && !upload) {
+      showMessage(
+        "info",
+        "Choose the image again",
+        `This address is an image search for “${s.upload}”. Images are not stored in links — drop or choose the file again to repeat it.`,
+      );
+      return;
+    }
+    showLoading(s);
+    try {
+      let page;
+      if (v === "similar") page = await similarRequest(s, signal);
+      else if (v === "upload") page = await uploadRequest(s, signal);
+      else page = await searchRequest(s, signal);
+      if (seq !== requestSeq) return;
+      renderResults(s, page);
+    } catch (err) {
+      if (err.name === "AbortError" || seq !== requestSeq) return;
+      showError(err.message, err.status);
+    }
+  }
+
+  // --- rendering ----------------------------------------------------------------------------
+
+  function clearResults() {
+    el.results.replaceChildren();
+    el.results.classList.remove("is-loading");
+    el.region.removeAttribute("aria-busy");
+    el.pager.hidden = true;
+  }
+
+  function showMessage(kind, title, text, extra) {
+    clearResults();
+    el.status.textContent = "";
+    el.message.hidden = false;
+    el.message.className = `message message-${kind}`;
+    el.message.setAttribute("role", kind === "error" ? "alert" : "status");
+    const h = document.createElement("h2");
+    h.textContent = title;
+    const p = document.createElement("p");
+    p.textContent = text;
+    el.message.replaceChildren(h, p);
+    if (extra) el.message.append(extra);
+  }
+
+  function showError(text, status) {
+    const title =
+      status === 404
+        ? "Not found"
+        : status === 413 || status === 415 || status === 422 || status === 400
+          ? "The request needs a change"
+          : "Search failed";
+    showMessage("error", title, text);
+    el.message.dataset.status = status ? String(status) : "";
+  }
+
+  function showIntro() {
+    const list = document.createElement("ul");
+    list.className = "intro-modes";
+    for (const [name, text] of [
+      ["Text", "BM25 over captions, like OpenSearch's match query: stemmed English, any term may match."],
+      ["Vector", "The query's CLIP embedding against image embeddings — finds images that have no caption."],
+      ["Hybrid", "Both lists min-max normalised and mixed: (1 − α)·text + α·vector."],
+      ["Image", "Drop an image to find similar ones; add text to make it hybrid. Click any result for its neighbours."],
+    ]) {
+      const li = document.createElement("li");
+      const b = document.createElement("strong");
+      b.textContent = name;
+      li.append(b, ` — ${text}`);
+      list.append(li);
+    }
+    showMessage("intro", "Search the image collection", "Type a description and press Enter.", list);
+  }
+
+  function showLoading(s) {
+    el.message.hidden = true;
+    el.region.setAttribute("aria-busy", "true");
+    el.status.textContent = "Searching…";
+    el.pager.hidden = true;
+    if (el.results.children.length && !el.results.querySelector(".skeleton")) {
+      el.results.classList.add("is-loading");
+      return;
+    }
+    const n = Math.min(s.k, 8);
+    const skeletons = [];
+    for (let i = 0; i < n; i += 1) {
+      const li = document.createElement("li");
+      li.className = "card skeleton";
+      li.setAttribute("aria-hidden", "true");
+      li.innerHTML = '<div class="thumb"></div><div class="card-body"><p class="bar"></p><p class="bar short"></p></div>';
+      skeletons.push(li);
+    }
+    el.results.replaceChildren(...skeletons);
+  }
+
+  function fmt(n, digits) {
+    return typeof n === "number" && Number.isFinite(n) ? n.toFixed(digits) : null;
+  }
+
+  function modeLabel(s, page) {
+    const mode = page.mode || (view(s) === "similar" ? s.smode : s.mode);
+    const names = {
+      text: "text (BM25)",
+      vector: "vector",
+      hybrid: "hybrid",
+      image: "similar image",
+      image_text: "image + text",
+      upload: "uploaded image",
+    };
+    let label = names[mode] || mode;
+    const alpha = typeof page.alpha === "number" ? page.alpha : null;
+    if (alpha !== null && (mode === "hybrid" || mode === "image_text" || (mode === "upload" && s.q))) {
+      label += ` · α ${formatAlpha(alpha)}`;
+    }
+    return label;
+  }
+
+  function renderResults(s, page) {
+    clearResults();
+    const hits = Array.isArray(page.results) ? page.results : [];
+    const total = typeof page.total === "number" ? page.total : hits.length;
+    const offset = typeof page.offset === "number" ? page.offset : s.offset;
+    const took = fmt(page.took_ms, page.took_ms < 10 ? 1 : 0);
+    if (!hits.length) {
+      const tips = document.createElement("ul");
+      tips.className = "tips";
+      const items = [];
+      if (offset > 0 && total > 0) items.push("This page is past the last result — go back to the first page.");
+      if (Object.keys(s.filters).length) items.push("Remove some filters.");
+      if (view(s) === "search" && s.mode === "text")
+        items.push("Try vector or hybrid mode: they also find images without captions.");
+      items.push("Use fewer or more general terms.");
+      for (const t of items) {
+        const li = document.createElement("li");
+        li.textContent = t;
+        tips.append(li);
+      }
+      const what = view(s) === "search" ? `for “${s.q}”` : "for this image";
+      showMessage("empty", "No images found", `Nothing matched ${what}.`, tips);
+      return;
+    }
+    el.message.hidden = true;
+    const from = offset + 1;
+    const to = offset + hits.length;
+    el.status.textContent =
+      `${from}–${to} of ${total.toLocaleString()} · ${modeLabel(s, page)}` + (took ? ` · ${took} ms` : "");
+    const cards = hits.map((hit, i) => renderCard(hit, offset + i + 1));
+    el.results.replaceChildren(...cards);
+    el.range.textContent = `${from}–${to} of ${total.toLocaleString()}`;
+    el.prev.disabled = offset === 0;
+    el.next.disabled = to >= total || offset + s.k > MAX_OFFSET;
+    el.pager.hidden = false;
+  }
+
+  function metadataSummary(meta) {
+    if (!meta || typeof meta !== "object") return [];
+    const keys = META_PREFERRED.filter((k) => meta[k] !== undefined && meta[k] !== null && meta[k] !== "");
+    const chosen = keys.length ? keys.slice(0, 3) : Object.keys(meta).slice(0, 3);
+    return chosen.map((k) => [k, String(meta[k])]);
+  }
+
+  function renderCard(hit, rank) {
+    const node = el.template.content.firstElementChild.cloneNode(true);
+    const id = String(hit.image_id);
+    const captionless = hit.caption === null || hit.caption === undefined || hit.caption === "";
+    node.dataset.imageId = id;
+    if (captionless) node.classList.add("captionless");
+
+    const link = node.querySelector(".card-link");
+    const target = withChanges({ similar: id, offset: 0, upload: null });
+    link.href = urlFromState(target);
+    link.setAttribute("aria-label", `Result ${rank}: find images similar to ${captionless ? `captionless image ${id}` : id}`);
+    link.addEventListener("click", (e) => {
+      if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+      e.preventDefault();
+      navigate(target);
+      el.region.focus({ preventScroll: true });
+      el.region.scrollIntoView({ block: "start", behavior: "smooth" });
+    });
+
+    const img = node.querySelector("img");
+    img.src = apiUrl(hit.image_url || `images/${encodeURIComponent(id)}/file`);
+    img.alt = captionless ? `Captionless image ${id}` : hit.caption;
+    img.addEventListener("error", () => {
+      img.replaceWith(Object.assign(document.createElement("span"), { className: "thumb-missing", textContent: "Image unavailable" }));
+    }, { once: true });
+
+    const caption = node.querySelector(".caption");
+    if (captionless) {
+      caption.innerHTML = '<span class="badge badge-warn">No caption</span> <span class="muted">found by image vector</span>';
+    } else {
+      caption.textContent = hit.caption;
+      caption.title = hit.caption;
+    }
+    const meta = node.querySelector(".meta");
+    for (const [k, v] of metadataSummary(hit.metadata)) {
+      const chip = document.createElement("span");
+      chip.className = "chip";
+      chip.title = `${humanize(k)}: ${v}`;
+      chip.textContent = v;
+      meta.append(chip);
+    }
+    const idChip = document.createElement("span");
+    idChip.className = "image-id";
+    idChip.textContent = id;
+    meta.append(idChip);
+
+    const score = node.querySelector(".score");
+    score.textContent = `#${rank} · score ${fmt(hit.score, 3) ?? "—"}`;
+    const parts = [];
+    const bm25 = hit.bm25_score ?? hit.text_score;
+    const t = fmt(bm25, 2);
+    const v = fmt(hit.vector_score, 3);
+    if (t !== null) parts.push(`BM25 ${t}`);
+    if (v !== null) parts.push(`cos ${v}`);
+    const comp = node.querySelector(".components");
+    comp.textContent = parts.join(" · ");
+    node.querySelector(".card-foot").title =
+      `Score ${fmt(hit.score, 4) ?? "—"}; BM25 (raw) ${fmt(bm25, 4) ?? "not matched"}; ` +
+      `cosine ${fmt(hit.vector_score, 4) ?? "not in vector list"}`;
+    return node;
+  }
+
+  /** The banner above the results in the similar and upload views. */
+  function renderContext(s) {
+    const v = view(s);
+    if (v !== "similar" && v !== "upload") {
+      el.context.hidden = true;
+      el.context.replaceChildren();
+      el.context.dataset.for = "";
+      return;
+    }
+    const key = v === "similar" ? `similar:${s.similar}` : `upload:${upload ? upload.previewUrl : s.upload}`;
+    if (el.context.dataset.for !== key) {
+      el.context.dataset.for = key;
+      el.context.replaceChildren(v === "similar" ? similarBanner(s.similar) : uploadBanner(s.upload));
+    }
+    el.context.hidden = false;
+    const radios = el.context.querySelectorAll('input[name="smode"]');
+    for (const r of radios) r.checked = r.value === s.smode;
+    const note = el.context.querySelector(".upload-note");
+    if (note) {
+      note.textContent = s.q
+        ? `Hybrid with the text “${s.q}” (vector weight α = ${formatAlpha(s.alpha)}).`
+        : "Image only. Type text in the search box and press Enter to make it hybrid.";
+    }
+  }
+
+  function banner(title, thumbSrc, thumbAlt) {
+    const wrap = document.createElement("div");
+    wrap.className = "banner";
+    const fig = document.createElement("div");
+    fig.className = "banner-thumb";
+    if (thumbSrc) {
+      const img = document.createElement("img");
+      img.src = thumbSrc;
+      img.alt = thumbAlt;
+      fig.append(img);
+    } else {
+      fig.textContent = thumbAlt;
+    }
+    const body = document.createElement("div");
+    body.className = "banner-body";
+    const h = document.createElement("h2");
+    h.textContent = title;
+    body.append(h);
+    const close = document.createElement("button");
+    close.type = "button";
+    close.className = "btn btn-ghost btn-small banner-close";
+    wrap.append(fig, body, close);
+    return { wrap, body, close, img: fig.querySelector("img") };
+  }
+
+  function similarBanner(id) {
+    const { wrap, body, close, img } = banner("Images similar to", apiUrl(`images/${encodeURIComponent(id)}/file`), `Query image ${id}`);
+    const caption = document.createElement("p");
+    caption.className = "banner-caption";
+    caption.textContent = id;
+    const meta = document.createElement("p");
+    meta.className = "meta";
+    const switcher = document.createElement("fieldset");
+    switcher.className = "segmented segmented-small";
+    switcher.innerHTML =
+      '<legend>Similar by</legend>' +
+      '<input type="radio" name="smode" id="smode-image" value="image"><label for="smode-image" title="Nearest image vectors">Image</label>' +
+      '<input type="radio" name="smode" id="smode-image_text" value="image_text"><label for="smode-image_text" title="Image vector plus its caption as a BM25 query, mixed by α">Image + text</label>';
+    switcher.addEventListener("change", (e) => {
+      if (e.target.name === "smode") navigate(withChanges({ smode: e.target.value, offset: 0 }));
+    });
+    body.append(caption, meta, switcher);
+    close.textContent = "← Back to search";
+    close.addEventListener("click", () => navigate(withChanges({ similar: null, offset: 0 })));
+    // The record gives the caption and metadata; a failure here leaves the id as the caption.
+    api(`images/${encodeURIComponent(id)}`)
+      .then((rec) => {
+        if (el.context.dataset.for !== `similar:${id}`) return;
+        caption.textContent = rec.caption || "No caption";
+        caption.classList.toggle("muted", !rec.caption);
+        if (rec.image_url && img) img.src = apiUrl(rec.image_url);
+        if (img) img.alt = rec.caption ? `Query image: ${rec.caption}` : `Query image ${id} (no caption)`;
+        for (const [k, v] of metadataSummary(rec.metadata)) {
+          const chip = document.createElement("span");
+          chip.className = "chip";
+          chip.title = humanize(k);
+          chip.textContent = v;
+          meta.append(chip);
+        }
+        const idChip = document.createElement("span");
+        idChip.className = "image-id";
+        idChip.textContent = id;
+        meta.append(idChip);
+      })
+      .catch(() => {});
+    return wrap;
+  }
+
+  function uploadBanner(name) {
+    const isPreviewable = upload && /^image\/(png|jpeg)$/.test(upload.file.type);
+    const { wrap, body, close } = banner(
+      "Images similar to your image",
+      isPreviewable ? upload.previewUrl : null,
+      isPreviewable ? `Uploaded image ${name}` : (upload ? "DICOM" : "—"),
+    );
+    const caption = document.createElement("p");
+    caption.className = "banner-caption";
+    caption.textContent = upload ? `${upload.file.name} · ${formatBytes(upload.file.size)}` : name;
+    const note = document.createElement("p");
+    note.className = "upload-note muted small";
+    body.append(caption, note);
+    close.textContent = "Remove image";
+    close.addEventListener("click", () => {
+      clearUpload();
+      navigate(withChanges({ upload: null, offset: 0 }));
+    });
+    return wrap;
+  }
+
+  function formatBytes(n) {
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(0)} KB`;
+    return `${(n / 1024 / 1024).toFixed(1)} MB`;
+  }
+
+  function humanize(field) {
+    const s = String(field).replace(/[_-]+/g, " ").trim();
+    return s.charAt(0).toUpperCase() + s.slice(1);
+  }
+
+  // --- facets -------------------------------------------------------------------------------
+
+  function renderFacets() {
+    const fields = facetData ? Object.keys(facetData) : [];
+    // Values chosen in the URL stay visible even if /facets does not list them.
+    for (const f of Object.keys(state.filters)) if (!fields.includes(f)) fields.push(f);
+    if (!fields.length) {
+      el.facets.innerHTML = '<p class="muted small">No filterable fields in this index.</p>';
+      updateFilterCount();
+      return;
+    }
+    const groups = fields.map((field, fi) => renderFacetGroup(field, fi));
+    el.facets.replaceChildren(...groups);
+    updateFilterCount();
+  }
+
+  function renderFacetGroup(field, fi) {
+    const counts = (facetData && facetData[field]) || {};
+    const chosen = state.filters[field] || [];
+    const ui = (facetUi[field] ||= { expanded: false, filter: "" });
+    const values = Object.keys(counts).sort((a, b) => counts[b] - counts[a] || a.localeCompare(b));
+    for (const v of chosen) if (!values.includes(v)) values.unshift(v);
+
+    const group = document.createElement("fieldset");
+    group.className = "facet";
+    group.dataset.field = field;
+    const legend = document.createElement("legend");
+    legend.textContent = humanize(field);
+    group.append(legend);
+
+    let shown = values;
+    if (values.length > FACET_PREVIEW * 2) {
+      const search = document.createElement("input");
+      search.type = "search";
+      search.className = "facet-search";
+      search.placeholder = `Find ${humanize(field).toLowerCase()}…`;
+      search.setAttribute("aria-label", `Find a ${humanize(field).toLowerCase()} value`);
+      search.value = ui.filter;
+      search.addEventListener("input", () => {
+        ui.filter = search.value;
+        const fresh = renderFacetGroup(field, fi);
+        group.replaceWith(fresh);
+        const box = fresh.querySelector(".facet-search");
+        box.focus();
+        box.setSelectionRange(box.value.length, box.value.length);
+      });
+      group.append(search);
+    }
+    if (ui.filter) {
+      const needle = ui.filter.toLowerCase();
+      shown = values.filter((v) => chosen.includes(v) || v.toLowerCase().includes(needle));
+    }
+    const limit = ui.expanded ? FACET_MAX_RENDER : FACET_PREVIEW;
+    // Chosen values first, so a selection never hides behind "Show all".
+    shown = [...shown.filter((v) => chosen.includes(v)), ...shown.filter((v) => !chosen.includes(v))];
+    const hidden = Math.max(0, shown.length - Math.max(limit, chosen.length));
+    shown = shown.slice(0, Math.max(limit, chosen.length));
+
+    const list = document.createElement("ul");
+    list.className = "facet-values";
+    shown.forEach((value, vi) => {
+      const li = document.createElement("li");
+      const id = `facet-${fi}-${vi}`;
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.id = id;
+      box.value = value;
+      box.checked = chosen.includes(value);
+      box.addEventListener("change", () => toggleFilter(field, value, box.checked));
+      const label = document.createElement("label");
+      label.htmlFor = id;
+      const name = document.createElement("span");
+      name.className = "facet-name";
+      name.textContent = value;
+      const count = document.createElement("span");
+      count.className = "facet-count";
+      count.textContent = counts[value] !== undefined ? counts[value].toLocaleString() : "";
+      label.append(name, count);
+      li.append(box, label);
+      list.append(li);
+    });
+    group.append(list);
+    if (hidden > 0 || ui.expanded) {
+      const more = document.createElement("button");
+      more.type = "button";
+      more.className = "btn btn-link btn-small";
+      more.textContent = ui.expanded ? "Show fewer" : `Show ${Math.min(hidden, FACET_MAX_RENDER - limit)} more`;
+      if (!ui.expanded && hidden > FACET_MAX_RENDER - limit) more.textContent += " (type to find the rest)";
+      more.setAttribute("aria-expanded", String(ui.expanded));
+      more.addEventListener("click", () => {
+        ui.expanded = !ui.expanded;
+        const fresh = renderFacetGroup(field, fi);
+        group.replaceWith(fresh);
+        fresh.querySelector(".btn-link")?.focus();
+      });
+      group.append(more);
+    }
+    return group;
+  }
+
+  function toggleFilter(field, value, on) {
+    const next = withChanges({ offset: 0 });
+    const values = new Set(next.filters[field] || []);
+    if (on) values.add(value);
+    else values.delete(value);
+    if (values.size) next.filters[field] = [...values];
+    else delete next.filters[field];
+    navigate(next);
+  }
+
+  function updateFilterCount() {
+    const n = Object.values(state.filters).reduce((sum, vs) => sum + vs.length, 0);
+    el.filterCount.textContent = n ? `${n} active` : "";
+    el.clearFilters.hidden = n === 0;
+  }
+
+  function syncFacetChecks() {
+    // Re-render when the chosen set changed (back/forward), so the boxes always match the URL.
+    if (facetData !== null || Object.keys(state.filters).length) renderFacets();
+  }
+
+  // --- controls -----------------------------------------------------------------------------
+
+  function syncControls() {
+    if (document.activeElement !== el.q || el.q.value !== state.q) el.q.value = state.q;
+    for (const r of el.form.querySelectorAll('input[name="mode"]')) r.checked = r.value === state.mode;
+    el.alpha.value = String(state.alpha);
+    el.alphaValue.textContent = formatAlpha(state.alpha);
+    el.alphaControl.hidden = !usesAlpha(state);
+    // The text-mode switch does not drive the similar and upload views; picking a mode leaves them.
+    el.modeGroup.classList.toggle("is-inactive", view(state) === "similar" || view(state) === "upload");
+    const kValue = String(state.k);
+    if (![...el.k.options].some((o) => o.value === kValue)) {
+      el.k.append(new Option(kValue, kValue));
+    }
+    el.k.value = kValue;
+    syncFacetChecks();
+    document.title = state.similar
+      ? `Similar to ${state.similar} — medsearch`
+      : state.q
+        ? `${state.q} — medsearch`
+        : "medsearch — medical image search";
+  }
+
+  function setUpload(file) {
+    clearUpload();
+    upload = { file, previewUrl: URL.createObjectURL(file) };
+  }
+
+  function clearUpload() {
+    if (upload) URL.revokeObjectURL(upload.previewUrl);
+    upload = null;
+    el.file.value = "";
+  }
+
+  function acceptFile(file) {
+    if (!file) return;
+    setUpload(file);
+    navigate(withChanges({ upload: file.name || "image", similar: null, offset: 0, q: el.q.value.trim() }));
+  }
+
+  function bindEvents() {
+    el.form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const q = el.q.value.trim();
+      // With an image chosen, text refines it (hybrid); otherwise it is a new text search.
+      const keepUpload = Boolean(state.upload && upload);
+      navigate(withChanges({ q, offset: 0, similar: null, upload: keepUpload ? state.upload : null }));
+    });
+    for (const r of el.form.querySelectorAll('input[name="mode"]')) {
+      r.addEventListener("change", () => {
+        if (!r.checked) return;
+        const q = el.q.value.trim();
+        navigate(withChanges({ mode: r.value, q, offset: 0, similar: null, upload: null }));
+      });
+    }
+    el.alpha.addEventListener("input", () => {
+      el.alphaValue.textContent = formatAlpha(Number(el.alpha.value));
+    });
+    // Sliding fires many input events; search once the value settles, and do not flood history.
+    el.alpha.addEventListener("change", () => {
+      navigate(withChanges({ alpha: Number(el.alpha.value), offset: 0 }), { replace: true });
+    });
+    el.k.addEventListener("change", () => navigate(withChanges({ k: Number(el.k.value), offset: 0 })));
+    el.prev.addEventListener("click", () => page(-1));
+    el.next.addEventListener("click", () => page(1));
+    el.clearFilters.addEventListener("click", () => navigate(withChanges({ filters: {}, offset: 0 })));
+    el.brand.addEventListener("click", (e) => {
+      e.preventDefault();
+      clearUpload();
+      navigate(blankState());
+      el.q.focus();
+    });
+
+    el.chooseFile.addEventListener("click", () => el.file.click());
+    el.file.addEventListener("change", () => acceptFile(el.file.files[0]));
+    let dragDepth = 0;
+    document.addEventListener("dragenter", (e) => {
+      if (!hasFiles(e)) return;
+      dragDepth += 1;
+      el.dropzone.classList.add("is-dragover");
+    });
+    document.addEventListener("dragleave", () => {
+      dragDepth = Math.max(0, dragDepth - 1);
+      if (!dragDepth) el.dropzone.classList.remove("is-dragover");
+    });
+    document.addEventListener("dragover", (e) => {
+      if (hasFiles(e)) e.preventDefault();
+    });
+    // A drop anywhere on the page counts, so a near miss does not open the file in the tab.
+    document.addEventListener("drop", (e) => {
+      if (!hasFiles(e)) return;
+      e.preventDefault();
+      dragDepth = 0;
+      el.dropzone.classList.remove("is-dragover");
+      acceptFile(e.dataTransfer.files[0]);
+    });
+
+    document.addEventListener("keydown", (e) => {
+      const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement?.tagName || "");
+      if (e.key === "/" && !typing && !e.metaKey && !e.ctrlKey) {
+        e.preventDefault();
+        el.q.focus();
+        el.q.select();
+      }
+    });
+
+    window.addEventListener("popstate", (e) => {
+      state = stateFromUrl(location.search);
+      const file = e.state && e.state.upload;
+      if (state.upload && file instanceof File) {
+        if (!upload || upload.file !== file) setUpload(file);
+      } else if (!state.upload) {
+        // Keep the file object around for forward navigation, but stop using it.
+      }
+      syncControls();
+      run();
+    });
+  }
+
+  function hasFiles(e) {
+    return Boolean(e.dataTransfer && [...e.dataTransfer.types].includes("Files"));
+  }
+
+  function page(direction) {
+    const offset = Math.max(0, state.offset + direction * state.k);
+    navigate(withChanges({ offset }));
+    el.region.focus({ preventScroll: true });
+    el.region.scrollIntoView({ block: "start", behavior: "smooth" });
+  }
+
+  // --- start-up -----------------------------------------------------------------------------
+
+  async function loadConfig() {
+    try {
+      const response = await fetch("config.json", { cache: "no-cache" });
+      if (!response.ok) return;
+      const config = await response.json();
+      if (config && typeof config.apiBaseUrl === "string") apiBase = config.apiBaseUrl.trim();
+    } catch {
+      // No config: the API is on the same origin as the page.
+    }
+  }
+
+  async function loadHealth() {
+    try {
+      const h = await api("health");
+      const count = h.documents ?? h.document_count ?? h.count;
+      const model = h.model_id ?? h.model;
+      const bits = [];
+      if (typeof count === "number") bits.push(`${count.toLocaleString()} images`);
+      if (model) bits.push(`model ${model}`);
+      el.health.textContent = bits.join(" · ");
+      el.health.classList.toggle("is-down", h.status && h.status !== "ok");
+    } catch (err) {
+      el.health.textContent = "API unreachable";
+      el.health.title = err.message;
+      el.health.classList.add("is-down");
+    }
+  }
+
+  async function loadFacets() {
+    try {
+      const data = await api("facets");
+      facetData = data && typeof data === "object" && !Array.isArray(data) ? data : {};
+      renderFacets();
+    } catch (err) {
+      el.facets.innerHTML = "";
+      const p = document.createElement("p");
+      p.className = "muted small";
+      p.textContent = `Filters unavailable: ${err.message}`;
+      el.facets.append(p);
+    }
+  }
+
+  async function start() {
+    bindEvents();
+    await loadConfig();
+    el.docsLink.href = apiUrl("docs");
+    state = stateFromUrl(location.search);
+    const restored = history.state && history.state.upload;
+    if (state.upload && restored instanceof File) setUpload(restored);
+    history.replaceState(history.state, "", urlFromState(state));
+    syncControls();
+    loadHealth();
+    loadFacets();
+    if (window.matchMedia("(max-width: 760px)").matches) $("filters-details").open = false;
+    run();
+  }
+
+  start();
+})();

@@ -1,0 +1,97 @@
+"""Hybrid fusion: min-max normalisation and a weighted sum, the one implementation of all engines.
+
+This reproduces OpenSearch's ``normalization-processor`` with ``min_max`` normalisation and
+``arithmetic_mean`` combination, weights ``[1 - alpha, alpha]`` (text first, vector second), so the
+embedded engine and the OpenSearch engine (client-side or through the search pipeline) rank alike:
+
+- Each sub-query's list is normalised on its own: ``(s - min) / (max - min)``. As in OpenSearch, a
+  normalised score of exactly 0 (the list's minimum) becomes ``MIN_SCORE`` = 0.001, so the last
+  document of a list still ranks above one missing from it, and a list whose scores are all equal
+  (a single hit included) gives every document ``SINGLE_RESULT_SCORE`` = 1.0.
+- A document missing from a list scores 0 there (its weight still counts).
+- ``score = ((1 - alpha) * text + alpha * vector) / ((1 - alpha) + alpha)`` — the weights sum to 1,
+  so this is ``(1 - alpha) * text + alpha * vector``.
+
+Min-max normalisation is invariant to any positive affine change of a list's scores, so an engine
+may report BM25 with or without Lucene's constant factor, or kNN scores as cosine or as
+OpenSearch's ``(1 + cosine) / 2``, and the fused ranking is the same.
+
+Ties are broken by ``image_id`` (ascending), so a ranking never depends on dict or heap order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from medsearch.errors import InvalidInputError
+from medsearch.index.base import Hit
+
+# OpenSearch neural-search MinMaxScoreNormalizationTechnique constants.
+MIN_SCORE = 0.001
+SINGLE_RESULT_SCORE = 1.0
+
+ScoredIds = Sequence[tuple[str, float]]
+
+
+def check_alpha(alpha: float) -> float:
+    """Return ``alpha`` as a float in [0, 1] or raise: it is the vector weight of a hybrid query."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"alpha must be a number between 0 and 1, got {alpha!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise InvalidInputError(f"alpha must be between 0 and 1, got {alpha!r}")
+    return value
+
+
+def normalize_min_max(scores: ScoredIds) -> dict[str, float]:
+    """Min-max normalise one list of (image_id, raw score) exactly as OpenSearch's ``min_max``."""
+    if not scores:
+        return {}
+    values = [float(score) for _, score in scores]
+    low, high = min(values), max(values)
+    normalised: dict[str, float] = {}
+    for (image_id, _), score in zip(scores, values, strict=True):
+        if high == low:
+            value = SINGLE_RESULT_SCORE
+        else:
+            value = (score - low) / (high - low)
+            if value == 0.0:
+                value = MIN_SCORE
+        normalised[image_id] = value
+    return normalised
+
+
+def sort_hits(hits: Iterable[Hit]) -> list[Hit]:
+    """Order hits by score (descending), then image_id, so equal scores rank deterministically."""
+    return sorted(hits, key=lambda hit: (-hit.score, hit.image_id))
+
+
+def fuse(text: ScoredIds, vector: ScoredIds, alpha: float) -> list[Hit]:
+    """Fuse a BM25 list and a kNN list into one ranking; raw scores are kept on each hit.
+
+    ``text`` and ``vector`` are each sub-query's own top N as (image_id, raw score); ``alpha`` is
+    the vector weight. Returns every document of either list, best first.
+    """
+    weight_vector = check_alpha(alpha)
+    weight_text = 1.0 - weight_vector
+    raw_text: Mapping[str, float] = {image_id: float(score) for image_id, score in text}
+    raw_vector: Mapping[str, float] = {image_id: float(score) for image_id, score in vector}
+    norm_text = normalize_min_max(text)
+    norm_vector = normalize_min_max(vector)
+    hits = []
+    for image_id in raw_text.keys() | raw_vector.keys():
+        # Missing from a list -> 0 there; both weights count (they sum to 1).
+        score = weight_text * norm_text.get(image_id, 0.0) + weight_vector * norm_vector.get(
+            image_id, 0.0
+        )
+        hits.append(
+            Hit(
+                image_id=image_id,
+                score=score,
+                text_score=raw_text.get(image_id),
+                vector_score=raw_vector.get(image_id),
+            )
+        )
+    return sort_hits(hits)

@@ -238,7 +238,12 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_index(args: argparse.Namespace) -> int:
-    raise NotImplementedError("index: owned by the index module")
+    from medsearch.indexing import index_manifest
+
+    summary = index_manifest(args.data, args.vectors, args.index)
+    for line in summary.lines():
+        print(line)
+    return 0
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:

@@ -37,12 +37,14 @@ kept so a reader that has just read CURRENT can still open it; older ones are re
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import math
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -968,8 +970,22 @@ def build_index_with_result(
     return index, result
 
 
-def open_index(path: str | os.PathLike[str]) -> EmbeddedIndex:
-    """Open an embedded index folder (SearchIndexError if missing or corrupt)."""
+def open_index(
+    path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None
+) -> EmbeddedIndex:
+    """Open an embedded index folder, local or ``s3://`` (copied once into ``cache_dir``).
+
+    Raises SearchIndexError if it is missing or corrupt.
+    """
+    if storage.is_s3(path):
+        url = str(path).rstrip("/")
+        digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+        base = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir())
+        try:
+            local = storage.download_prefix(url, base / "medsearch-index" / digest)
+        except MedsearchError as exc:
+            raise SearchIndexError(f"cannot fetch index {url}: {exc}") from exc
+        return EmbeddedIndex.open(local)
     return EmbeddedIndex.open(path)
 
 

@@ -31,9 +31,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from medsearch.errors import InvalidInputError
+from medsearch.vectors import normalize
+
+if TYPE_CHECKING:
+    from medsearch.data.manifest import BadRecord, Record
+    from medsearch.data.queries import Query
+    from medsearch.vectors import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +215,81 @@ def query_metrics(
     if not ndcgs:
         return None
     return {f"ndcg@{k}": float(np.mean(ndcgs)), f"r@{k}": float(np.mean(recalls))}
+
+
+# --- a model over manifest records ---------------------------------------------------------------
+
+
+def evaluate_model(
+    encoder: Encoder,
+    records: Sequence[Record],
+    *,
+    queries: Sequence[Query] | None = None,
+    batch_size: int = IN_BATCH_SIZE,
+    split: str | None = None,
+    strict: bool = False,
+    bad: list[BadRecord] | None = None,
+) -> dict[str, Any]:
+    """Encode the records' images and captions and return the evaluation report.
+
+    ``batch_size`` is both the in-batch protocol's batch and the encoding batch. Records whose
+    image cannot be decoded are left out and appended to ``bad`` (or raise when ``strict``).
+    """
+    from medsearch.data.images import load_record_images
+
+    if batch_size < 1:
+        raise InvalidInputError("batch_size must be at least 1")
+    skipped: list[BadRecord] = [] if bad is None else bad
+    kept: list[Record] = []
+    image_chunks: list[np.ndarray] = []
+    # Decode and encode batch by batch, so a large split never holds all its images at once.
+    for start in range(0, len(records), batch_size):
+        pairs = load_record_images(records[start : start + batch_size], strict=strict, bad=skipped)
+        if pairs:
+            kept.extend(record for record, _ in pairs)
+            vectors = encoder.encode_images([image for _, image in pairs], batch_size=batch_size)
+            image_chunks.append(normalize(vectors))
+    if skipped:
+        log.warning("evaluate: %d records skipped (unreadable images)", len(skipped))
+    if not kept:
+        raise InvalidInputError("no readable images to evaluate")
+    captions = [record.caption for record in kept]
+    captioned = [i for i, group in enumerate(caption_groups(captions)) if group >= 0]
+    if not captioned:
+        raise InvalidInputError("no captioned images to evaluate: retrieval needs captions")
+    images = np.concatenate(image_chunks)
+    texts = normalize(encoder.encode_texts([captions[i] for i in captioned], batch_size=batch_size))
+    groups = caption_groups(captions)[captioned]
+    report: dict[str, Any] = {
+        "model": encoder.model_id,
+        "split": split if split is not None else _split_name(kept),
+        "n": len(kept),
+        "in_batch": in_batch_mrr(images[captioned], texts, groups, batch_size=batch_size),
+    }
+    report.update(full_pool_metrics(images, texts, captions))
+    if queries:
+        query_vectors = normalize(encoder.encode_texts([q.query for q in queries], batch_size))
+        scores = query_metrics(
+            query_vectors, images, [r.image_id for r in kept], [q.relevance for q in queries]
+        )
+        if scores is not None:
+            report["queries"] = scores
+        else:
+            log.warning("evaluate: no query has a relevant image in this split; none reported")
+    return _rounded(report)
+
+
+def _split_name(records: Sequence[Record]) -> str | None:
+    splits = {record.split for record in records}
+    return splits.pop() if len(splits) == 1 else None
+
+
+def _rounded(value: Any) -> Any:
+    """Round floats for the report; a NaN or infinity here would be a bug, so it raises."""
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, float):
+        if not np.isfinite(value):
+            raise ValueError(f"metric is not finite: {value}")
+        return round(value, 6)
+    return value

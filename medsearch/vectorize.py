@@ -1,0 +1,406 @@
+"""Vectorize: embed every image of a manifest into unit float32 vectors, resumably.
+
+Output folder layout (what :func:`read_vectors` and the indexer read)::
+
+    vectors.npy        float32 [count, dim], unit rows, in manifest order
+    ids.json           the image ids, row by row
+    meta.json          model id, dim, count, created, similarity (written last)
+    run.json           what a rerun checks: the model's probe vector and each id's image
+    bad_records.jsonl  records skipped (id + reason); empty when none
+    vectors.jsonl      optional: {"image_id", "vector"} per line (the batch-transform shape)
+
+Resume: every encoded batch is written at once to ``.partial/chunk-NNNNNN.npz`` (atomic rename),
+and the final files are assembled from the chunks at the end, ``meta.json`` last. A rerun reuses
+the vectors of records whose ``(image_id, image)`` are unchanged and encodes only the rest, so an
+interrupted run loses at most one batch and a grown manifest only encodes what is new. Skipped
+(bad) records are retried by a rerun. Vectors of different models never mix: a run stores a probe
+(the vector of a fixed text), and a folder written by another model — or a model retrained at the
+same path — is refused unless ``overwrite`` is given.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medsearch import storage
+from medsearch.data.manifest import BadRecord, Record, write_report
+from medsearch.errors import InvalidInputError
+from medsearch.vectors import SIMILARITY, Encoder, normalize
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+VECTORS = "vectors.npy"
+IDS = "ids.json"
+META = "meta.json"
+RUN = "run.json"
+BAD = "bad_records.jsonl"
+JSONL = "vectors.jsonl"
+PARTIAL = ".partial"
+FORMAT = 1
+# A fixed text whose vector identifies the model's weights (its id may be an unchanged path).
+PROBE_TEXT = "medsearch vectorize probe: chest x-ray"
+_PROBE_TOLERANCE = 1e-4
+
+
+@dataclass
+class VectorizeResult:
+    """What a vectorize run produced: where, how many, and what was skipped."""
+
+    out: Path
+    model: str
+    dim: int
+    count: int
+    encoded: int
+    reused: int
+    bad: list[BadRecord] = field(default_factory=list)
+
+    @property
+    def vectors_path(self) -> Path:
+        """The ``vectors.npy`` file."""
+        return self.out / VECTORS
+
+
+def vectorize(
+    encoder: Encoder,
+    records: Sequence[Record],
+    out: Path,
+    *,
+    batch_size: int = 64,
+    strict: bool = False,
+    jsonl: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> VectorizeResult:
+    """Embed every record's image into ``out`` (resumable; bad images skipped and reported)."""
+    if batch_size < 1:
+        raise InvalidInputError("batch_size must be at least 1")
+    _check_unique(records)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    probe = _probe(encoder)
+    state = {"format": FORMAT, "model": encoder.model_id, "dim": encoder.dim, "probe": probe}
+    done = _reusable(out, state, records, overwrite)
+    partial = out / PARTIAL
+    partial.mkdir(exist_ok=True)
+    storage.write_text(partial / "state.json", json.dumps(state))
+    keys = {r.image_id: r.image for r in records}
+    for ids, images, vectors in _read_chunks(partial):
+        # Only vectors of this manifest's (id, image) pairs count: an image may have moved.
+        done.update(
+            (i, v) for i, im, v in zip(ids, images, vectors, strict=True) if keys.get(i) == im
+        )
+    todo = [r for r in records if r.image_id not in done]
+    reused = len(records) - len(todo)
+    log.info("vectorize: %d to encode, %d reused, into %s", len(todo), reused, out)
+    bad: list[BadRecord] = []
+    encoded = 0
+    next_chunk = _next_chunk_number(partial)
+    with _progress(len(todo), progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            good, images = _load_batch(batch, strict=strict, bad=bad)
+            if good:
+                vectors = normalize(encoder.encode_images(images, batch_size=batch_size))
+                _check_vectors(vectors, len(good), encoder.dim)
+                ids = [r.image_id for r in good]
+                _write_chunk(partial, next_chunk, ids, [keys[i] for i in ids], vectors)
+                next_chunk += 1
+                done.update(zip(ids, vectors, strict=True))
+                encoded += len(good)
+            bar.update(len(batch))
+    result = _assemble(out, encoder, state, records, done, bad, jsonl)
+    shutil.rmtree(partial, ignore_errors=True)
+    result.encoded, result.reused = encoded, reused
+    log.info(
+        "vectorize: %d vectors (%d new, %d reused, %d bad) in %s",
+        result.count,
+        encoded,
+        reused,
+        len(bad),
+        out,
+    )
+    return result
+
+
+def read_vectors(path: Path) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    """Read vectors written by :func:`vectorize` (a folder) or a JSON Lines file of vectors.
+
+    Returns ids, float32 unit vectors ``[count, dim]`` and the metadata. A folder without
+    ``vectors.npy`` is read from its ``*.jsonl`` / ``*.jsonl.out`` files (batch-transform output).
+    """
+    path = Path(path)
+    if path.is_dir() and (path / VECTORS).exists():
+        return _read_folder(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".jsonl.out")))
+        if not files:
+            raise InvalidInputError(f"{path}: no {VECTORS} and no .jsonl vector files")
+        return _read_jsonl(files)
+    if path.is_file():
+        return _read_jsonl([path])
+    raise InvalidInputError(f"{path}: no such vectors folder or file")
+
+
+# --- reuse and fingerprints ----------------------------------------------------------------------
+
+
+def _probe(encoder: Encoder) -> list[float]:
+    vector = normalize(encoder.encode_texts([PROBE_TEXT]))[0]
+    return [float(x) for x in vector]
+
+
+def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if a.get("model") != b.get("model") or a.get("dim") != b.get("dim"):
+        return False
+    pa, pb = np.asarray(a.get("probe", []), float), np.asarray(b.get("probe", []), float)
+    return pa.shape == pb.shape and bool(np.allclose(pa, pb, atol=_PROBE_TOLERANCE))
+
+
+def _reusable(
+    out: Path, state: dict[str, Any], records: Sequence[Record], overwrite: bool
+) -> dict[str, np.ndarray]:
+    """Return finished vectors in ``out`` that this run may keep (or refuse a foreign folder)."""
+    previous = []
+    if (out / META).exists():
+        previous.append(("output", _load_json(out / RUN) if (out / RUN).exists() else {}))
+    if (out / PARTIAL / "state.json").exists():
+        previous.append(("unfinished run", _load_json(out / PARTIAL / "state.json")))
+    for what, old in previous:
+        if _same_model(old, state):
+            continue
+        if not overwrite:
+            raise InvalidInputError(
+                f"{out} holds the {what} of another model ({old.get('model')!r}, dim "
+                f"{old.get('dim')}; this is {state['model']!r}, dim {state['dim']}); use a new "
+                "folder or overwrite"
+            )
+        log.warning("vectorize: discarding %s of another model in %s", what, out)
+        for name in (VECTORS, IDS, META, RUN, BAD, JSONL):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)
+        return {}
+    done: dict[str, np.ndarray] = {}
+    if (out / META).exists():
+        keys = {r.image_id: r.image for r in records}
+        try:
+            ids, vectors, _ = _read_folder(out)
+        except InvalidInputError as exc:
+            log.warning("vectorize: ignoring unreadable earlier output (%s)", exc)
+            return {}
+        images = _load_json(out / RUN).get("images", {})
+        for image_id, vector in zip(ids, vectors, strict=True):
+            if image_id in keys and images.get(image_id) == keys[image_id]:
+                done[image_id] = vector
+    return done
+
+
+def _read_chunks(partial: Path) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
+    for chunk in sorted(partial.glob("chunk-*.npz")):
+        try:
+            with np.load(chunk, allow_pickle=False) as data:
+                ids = [str(i) for i in data["ids"]]
+                images = [str(i) for i in data["images"]]
+                vectors = data["vectors"].astype(np.float32)
+        except (OSError, ValueError, KeyError) as exc:
+            # Written by rename, so a damaged chunk means outside interference: redo its batch.
+            log.warning("vectorize: ignoring unreadable chunk %s (%s)", chunk.name, exc)
+            continue
+        yield ids, images, vectors
+
+
+def _next_chunk_number(partial: Path) -> int:
+    numbers = [int(p.stem.split("-")[1]) for p in partial.glob("chunk-*.npz")]
+    return max(numbers, default=-1) + 1
+
+
+def _write_chunk(
+    partial: Path, number: int, ids: list[str], images: list[str], vectors: np.ndarray
+) -> None:
+    target = partial / f"chunk-{number:06d}.npz"
+    tmp = partial / f".chunk-{number:06d}.tmp.npz"
+    np.savez(tmp, ids=np.array(ids), images=np.array(images), vectors=vectors)
+    os.replace(tmp, target)
+
+
+def _check_unique(records: Sequence[Record]) -> None:
+    seen: set[str] = set()
+    for record in records:
+        if record.image_id in seen:
+            raise InvalidInputError(f"duplicate image_id {record.image_id!r} in the records")
+        seen.add(record.image_id)
+
+
+def _check_vectors(vectors: np.ndarray, count: int, dim: int) -> None:
+    if vectors.shape != (count, dim):
+        raise InvalidInputError(f"encoder returned shape {vectors.shape}, expected {(count, dim)}")
+    if not np.isfinite(vectors).all():
+        raise InvalidInputError("encoder returned non-finite vectors")
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(storage.read_text(path))
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{path}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path}: expected a JSON object")
+    return data
+
+
+def _load_batch(
+    batch: Sequence[Record], *, strict: bool, bad: list[BadRecord]
+) -> tuple[list[Record], list[Image.Image]]:
+    """Decode a batch's images; bad ones go to ``bad`` (or raise when strict)."""
+    from medsearch.data.images import load_record_images
+
+    pairs = load_record_images(batch, strict=strict, bad=bad)
+    return [r for r, _ in pairs], [im for _, im in pairs]
+
+
+class _progress:
+    """A tqdm bar over images (shown on a terminal unless ``enabled`` says otherwise)."""
+
+    def __init__(self, total: int, enabled: bool | None) -> None:
+        from tqdm.auto import tqdm
+
+        disable = None if enabled is None else not enabled
+        self.bar = tqdm(total=total, unit="img", desc="vectorize", disable=disable)
+
+    def __enter__(self) -> Any:
+        return self.bar
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+# --- assembly and reading ------------------------------------------------------------------------
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def _assemble(
+    out: Path,
+    encoder: Encoder,
+    state: dict[str, Any],
+    records: Sequence[Record],
+    done: dict[str, np.ndarray],
+    bad: list[BadRecord],
+    jsonl: bool,
+) -> VectorizeResult:
+    """Write the final files from finished vectors, in manifest order, ``meta.json`` last."""
+    ordered = [r for r in records if r.image_id in done]
+    ids = [r.image_id for r in ordered]
+    dim = int(state["dim"])
+    vectors = (
+        np.stack([done[i] for i in ids]).astype(np.float32)
+        if ids
+        else np.zeros((0, dim), dtype=np.float32)
+    )
+    (out / META).unlink(missing_ok=True)  # the folder is incomplete until meta.json returns
+    _save_npy(out / VECTORS, vectors)
+    storage.write_text(out / IDS, json.dumps(ids))
+    write_report(out / BAD, bad)
+    if jsonl:
+        storage.write_text(out / JSONL, "".join(_jsonl_lines(ids, vectors)))
+    else:
+        (out / JSONL).unlink(missing_ok=True)  # never leave vectors of an earlier run beside
+    run = {**state, "images": {r.image_id: r.image for r in ordered}}
+    storage.write_text(out / RUN, json.dumps(run))
+    meta = {
+        "format": FORMAT,
+        "model": encoder.model_id,
+        "dim": dim,
+        "count": len(ids),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "similarity": SIMILARITY,
+        "normalized": True,
+        "bad": len(bad),
+    }
+    storage.write_text(out / META, json.dumps(meta, indent=2) + "\n")
+    return VectorizeResult(out, encoder.model_id, dim, len(ids), 0, 0, list(bad))
+
+
+def _jsonl_lines(ids: Sequence[str], vectors: np.ndarray) -> Iterator[str]:
+    for image_id, vector in zip(ids, vectors, strict=True):
+        yield json.dumps({"image_id": image_id, "vector": [float(x) for x in vector]}) + "\n"
+
+
+def _read_folder(path: Path) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    if not (path / META).exists():
+        raise InvalidInputError(f"{path}: no {META} (an unfinished vectorize run?)")
+    meta = _load_json(path / META)
+    try:
+        vectors = np.load(path / VECTORS, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{path / VECTORS}: unreadable ({exc})") from None
+    ids = json.loads(storage.read_text(path / IDS))
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InvalidInputError(f"{path / IDS}: expected a JSON list of image ids")
+    dim = meta.get("dim")
+    if vectors.ndim != 2 or vectors.shape[0] != len(ids) or vectors.shape[0] != meta.get("count"):
+        raise InvalidInputError(
+            f"{path}: {vectors.shape} vectors, {len(ids)} ids, meta count {meta.get('count')}"
+        )
+    if vectors.shape[1] != dim and len(ids):
+        raise InvalidInputError(f"{path}: vectors have dim {vectors.shape[1]}, meta says {dim}")
+    return _validated(ids, vectors, meta, path)
+
+
+def _read_jsonl(files: Sequence[Path]) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    ids: list[str] = []
+    rows: list[list[float]] = []
+    for file in files:
+        for number, line in enumerate(storage.read_text(file).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                image_id, vector = item["image_id"], item["vector"]
+            except (json.JSONDecodeError, TypeError, KeyError):
+                raise InvalidInputError(
+                    f'{file}:{number}: expected {{"image_id": ..., "vector": [...]}}'
+                ) from None
+            if not isinstance(image_id, str) or not isinstance(vector, list):
+                raise InvalidInputError(f"{file}:{number}: image_id must be text, vector a list")
+            ids.append(image_id)
+            rows.append(vector)
+    if rows and len({len(r) for r in rows}) != 1:
+        raise InvalidInputError(f"{files[0].parent}: vectors of different lengths")
+    try:
+        vectors = np.array(rows, dtype=np.float32).reshape(len(rows), -1 if rows else 0)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{files[0].parent}: vectors must be lists of numbers") from None
+    sidecar = files[0].parent / META
+    meta = _load_json(sidecar) if sidecar.exists() else {}
+    meta.update({"dim": int(vectors.shape[1]), "count": len(ids)})
+    meta.setdefault("model", None)
+    meta.setdefault("similarity", SIMILARITY)
+    return _validated(ids, vectors, meta, files[0])
+
+
+def _validated(
+    ids: list[str], vectors: np.ndarray, meta: dict[str, Any], where: Path
+) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    if len(set(ids)) != len(ids):
+        raise InvalidInputError(f"{where}: duplicate image ids")
+    if not np.isfinite(vectors).all():
+        raise InvalidInputError(f"{where}: vectors contain NaN or infinity")
+    return ids, normalize(vectors), meta

@@ -77,7 +77,7 @@ METRIC_NAMES: Final = (
 
 def metric_regex(name: str) -> str:
     """Return the regex whose first group captures ``name``'s value in a metric line."""
-    return re.escape(f"{METRIC_MARKER} {name}=") + _NUMBER
+    return r"\[metric\] " + re.escape(name) + "=" + _NUMBER
 
 
 # What `Estimator(metric_definitions=...)` takes.

@@ -219,11 +219,21 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model folder, HF id or s3:// prefix")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--int8", action="store_true", help="also write dynamically quantised models")
+    p.add_argument("--model-id", default=None, help="model name to record (default: --model)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     p.set_defaults(func=_run_export_onnx)
 
 
 def _run_export_onnx(args: argparse.Namespace) -> int:
-    raise NotImplementedError("export-onnx: owned by the onnx module")
+    from medsearch.model.onnx_export import export_onnx
+
+    manifest = export_onnx(
+        args.model, args.out, int8=args.int8, opset=args.opset, model_id=args.model_id
+    )
+    files = "text.onnx, vision.onnx" + (", text.int8.onnx, vision.int8.onnx" if args.int8 else "")
+    print(f"exported {manifest.model_id} (dim {manifest.dim}, opset {manifest.opset}): {files}")
+    print(f"ONNX encoder folder: {args.out}")
+    return 0
 
 
 # --- index / search / serve / demo ---------------------------------------------------------------

@@ -254,12 +254,14 @@ def evaluate_model(
     if not kept:
         raise InvalidInputError("no readable images to evaluate")
     captions = [record.caption for record in kept]
-    captioned = [i for i, group in enumerate(caption_groups(captions)) if group >= 0]
+    all_groups = caption_groups(captions)
+    captioned = [i for i, group in enumerate(all_groups) if group >= 0]
     if not captioned:
         raise InvalidInputError("no captioned images to evaluate: retrieval needs captions")
     images = np.concatenate(image_chunks)
-    texts = normalize(encoder.encode_texts([captions[i] for i in captioned], batch_size=batch_size))
-    groups = caption_groups(captions)[captioned]
+    caption_texts = [captions[i] or "" for i in captioned]
+    texts = normalize(encoder.encode_texts(caption_texts, batch_size=batch_size))
+    groups = all_groups[captioned]
     report: dict[str, Any] = {
         "model": encoder.model_id,
         "split": split if split is not None else _split_name(kept),

@@ -97,11 +97,11 @@ def vectorize(
     partial.mkdir(exist_ok=True)
     storage.write_text(partial / "state.json", json.dumps(state))
     keys = {r.image_id: r.image for r in records}
-    for ids, images, vectors in _read_chunks(partial):
+    for chunk_ids, chunk_images, chunk_vectors in _read_chunks(partial):
         # Only vectors of this manifest's (id, image) pairs count: an image may have moved.
-        done.update(
-            (i, v) for i, im, v in zip(ids, images, vectors, strict=True) if keys.get(i) == im
-        )
+        for image_id, image, vector in zip(chunk_ids, chunk_images, chunk_vectors, strict=True):
+            if keys.get(image_id) == image:
+                done[image_id] = vector
     todo = [r for r in records if r.image_id not in done]
     reused = len(records) - len(todo)
     log.info("vectorize: %d to encode, %d reused, into %s", len(todo), reused, out)

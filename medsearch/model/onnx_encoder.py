@@ -11,10 +11,12 @@ normalise. Vectors are made unit length by :func:`medsearch.vectors.normalize`, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medsearch.errors import ConfigError, InvalidInputError
+from medsearch import storage
+from medsearch.errors import ConfigError, InvalidInputError, NotFoundError
 from medsearch.vectors import normalize
 
 log = logging.getLogger(__name__)
@@ -263,3 +266,38 @@ class OnnxEncoder:
         if not chunks:
             return np.zeros((0, self.dim), dtype=np.float32)
         return normalize(np.concatenate(chunks))
+
+
+def find_export(folder: str | os.PathLike[str]) -> Path:
+    """Return the ONNX export in ``folder``: the folder itself or its ``onnx/`` subfolder.
+
+    A training job's model folder keeps the export in ``onnx/``, so either location can be named.
+    """
+    path = Path(folder)
+    for candidate in (path, path / "onnx"):
+        if (candidate / MANIFEST_FILE).is_file():
+            return candidate
+    if not path.exists():
+        raise NotFoundError(f"ONNX model folder {path} does not exist")
+    raise ConfigError(f"{path} holds no ONNX export ({MANIFEST_FILE}): run medsearch export-onnx")
+
+
+def load_onnx_encoder(
+    source: str | os.PathLike[str],
+    *,
+    int8: bool = False,
+    cache_dir: Path | None = None,
+    threads: int | None = None,
+) -> OnnxEncoder:
+    """Load an ONNX export from a folder or an ``s3://`` prefix (downloaded once into a cache).
+
+    The default cache is under the system temporary folder, the one writable place on Lambda.
+    """
+    location = str(source)
+    if storage.is_s3(location):
+        cache = cache_dir or Path(tempfile.gettempdir()) / "medsearch-onnx"
+        key = hashlib.sha256(location.rstrip("/").encode()).hexdigest()[:16]
+        folder = storage.download_prefix(location, cache / key)
+    else:
+        folder = Path(location).expanduser()
+    return OnnxEncoder(find_export(folder), int8=int8, threads=threads)

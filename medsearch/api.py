@@ -1,0 +1,554 @@
+"""The search API: a FastAPI app factory shared by the local server and the Lambda (via Mangum).
+
+``create_app`` does no work that needs a disk or a model: the :class:`SearchService` is built on
+the first request that needs it (through the ``get_service`` dependency, which tests replace with
+``app.dependency_overrides``) and then reused. Request rules live in :mod:`medsearch.search`;
+this module only parses HTTP, and maps the core's errors to status codes in one table
+(:data:`ERROR_STATUS`). Anything a client sends ends in a 4xx with a message saying what to fix;
+a 500 means a fault in the server, and is logged.
+
+Filters: every query parameter other than the endpoint's own is a metadata filter
+(``?modality=CT&modality=MRI&plane=axial`` = (CT or MRI) and axial). A field the index does not
+know is a 422 that lists the filterable fields, because a misspelt field silently giving no
+results is worse than an error; an empty value (``?modality=``) sets no constraint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from medsearch import __version__
+from medsearch.errors import (
+    ConfigError,
+    InvalidInputError,
+    MedsearchError,
+    NotFoundError,
+    PayloadTooLargeError,
+    SearchIndexError,
+    StorageError,
+    UnsupportedMediaTypeError,
+)
+from medsearch.index.base import MAX_K, Document, SearchIndex
+from medsearch.search import (
+    DEFAULT_ALPHA,
+    DEFAULT_K,
+    MAX_OFFSET,
+    MAX_QUERY_CHARS,
+    MAX_UPLOAD_BYTES,
+    SIMILAR_MODES,
+    TEXT_MODES,
+    Health,
+    ImageRecord,
+    ImageUrl,
+    SearchResponse,
+    SearchService,
+)
+from medsearch.settings import ServiceSettings, load_settings
+
+if TYPE_CHECKING:
+    from medsearch.vectors import Encoder
+
+log = logging.getLogger(__name__)
+
+ServiceFactory = Callable[[], SearchService]
+
+# The one mapping from the core's errors to HTTP: first match wins (subclasses come first).
+ERROR_STATUS: tuple[tuple[type[MedsearchError], int], ...] = (
+    (PayloadTooLargeError, 413),
+    (UnsupportedMediaTypeError, 415),
+    (NotFoundError, 404),
+    (InvalidInputError, 422),
+    (SearchIndexError, 503),
+    (StorageError, 503),
+    (MedsearchError, 500),
+)
+# The whole request may carry a little multipart overhead beyond the 10 MB file; bodies past this
+# are refused while they stream in, before anything is buffered.
+MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 256 * 1024
+# After a failed start, requests get 503 for a while instead of retrying a slow load each time.
+RETRY_START_SECONDS = 10.0
+# Parameters of each endpoint; every other query parameter is a metadata filter.
+SEARCH_PARAMS = frozenset({"q", "mode", "alpha", "k", "offset"})
+SIMILAR_PARAMS = frozenset({"mode", "alpha", "k", "offset"})
+UPLOAD_PARAMS = frozenset({"q", "alpha", "k", "offset"})
+
+
+class StagePath:
+    """Tell the app the path prefix it is served under (an API Gateway stage such as ``/prod``).
+
+    Mangum strips the stage from the path and leaves ``root_path`` empty; with the prefix put
+    back into ``root_path``, image URLs and the docs' links point at the stage again.
+    """
+
+    def __init__(self, app: ASGIApp, root_path: str) -> None:
+        self.app = app
+        self.root_path = root_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Set ``root_path`` on requests whose server did not set one."""
+        if scope["type"] in ("http", "websocket") and not scope.get("root_path"):
+            scope = {**scope, "root_path": self.root_path}
+        await self.app(scope, receive, send)
+
+
+def status_for(exc: BaseException) -> int:
+    """Return the HTTP status of a core error (500 for anything not in the table)."""
+    for error_type, status in ERROR_STATUS:
+        if isinstance(exc, error_type):
+            return status
+    return 500
+
+
+# --- building the service from settings ---------------------------------------------------------
+
+
+def image_url_for(settings: ServiceSettings) -> ImageUrl | None:
+    """Return how result image URLs are made: the API's own file route unless a base URL is set.
+
+    ``image_base_url`` may be a template with ``{image_id}`` and/or ``{name}`` (the stored file's
+    name), e.g. ``https://cdn.example.org/images/{name}``; a plain base gets the name appended.
+    """
+    template = settings.image_base_url
+    if not template:
+        return None
+    if "{" not in template:
+        template = template.rstrip("/") + "/{name}"
+
+    def image_url(document: Document) -> str | None:
+        name = (document.image or "").replace("\\", "/").rsplit("/", 1)[-1] or document.image_id
+        return template.format(image_id=document.image_id, name=name)
+
+    return image_url
+
+
+def open_index(settings: ServiceSettings) -> SearchIndex:
+    """Open the configured engine's index (imports the engine only now)."""
+    if settings.engine == "embedded":
+        if not settings.index_dir:
+            raise ConfigError("no index configured: set MEDSEARCH_INDEX_DIR or pass --index")
+        from medsearch.index.embedded import open_index as open_embedded
+
+        return open_embedded(settings.index_dir)
+    from medsearch.index.opensearch import open_index as open_opensearch  # type: ignore[import-not-found]
+
+    return open_opensearch(settings)
+
+
+def load_encoder(settings: ServiceSettings) -> Encoder | None:
+    """Load the configured encoder, or None when no model is set (text search only)."""
+    if not settings.model:
+        return None
+    if settings.encoder == "onnx":
+        from medsearch.model.onnx_encoder import load_onnx_encoder  # type: ignore[import-not-found]
+
+        return load_onnx_encoder(settings.model, int8=settings.onnx_int8)  # type: ignore[no-any-return]
+    from medsearch.model.encoder import load_encoder as load_torch_encoder
+
+    return load_torch_encoder(settings.model)
+
+
+def build_service(settings: ServiceSettings) -> SearchService:
+    """Open the index and load the model that the settings name, and check that they fit."""
+    index = open_index(settings)
+    encoder = load_encoder(settings)
+    if encoder is not None and index.dim is not None and encoder.dim != index.dim:
+        raise ConfigError(
+            f"model {encoder.model_id} makes {encoder.dim}-d vectors but the index holds "
+            f"{index.dim}-d vectors: use the model the index was built with"
+        )
+    return SearchService(index, encoder, image_url=image_url_for(settings))
+
+
+class LazyService:
+    """Builds the service on first use, once, thread-safely; a failed start is retried later."""
+
+    def __init__(self, factory: ServiceFactory) -> None:
+        self._factory = factory
+        self._service: SearchService | None = None
+        self._lock = threading.Lock()
+        self._failure: tuple[float, str] | None = None
+
+    def __call__(self) -> SearchService:
+        """Return the service, building it now if needed; SearchIndexError (503) if that fails."""
+        if self._service is not None:
+            return self._service
+        with self._lock:
+            if self._service is not None:
+                return self._service
+            if self._failure and time.monotonic() - self._failure[0] < RETRY_START_SECONDS:
+                raise SearchIndexError(self._failure[1])
+            try:
+                self._service = self._factory()
+            except Exception as exc:
+                log.exception("search service failed to start")
+                reason = str(exc) if isinstance(exc, MedsearchError) else type(exc).__name__
+                message = f"the search service is not available: {reason}"
+                self._failure = (time.monotonic(), message)
+                raise SearchIndexError(message) from exc
+            self._failure = None
+            return self._service
+
+
+def get_service(request: Request) -> SearchService:
+    """Dependency: the app's search service (tests override it via ``app.dependency_overrides``)."""
+    return request.app.state.service_provider()  # type: ignore[no-any-return]
+
+
+ServiceDep = Annotated[SearchService, Depends(get_service)]
+
+
+# --- request helpers -----------------------------------------------------------------------------
+
+
+def _filters(request: Request, own: frozenset[str]) -> list[tuple[str, str]]:
+    """Return the query parameters that are not the endpoint's own: the metadata filters."""
+    return [(name, value) for name, value in request.query_params.multi_items() if name not in own]
+
+
+def _absolute(url: str | None, request: Request) -> str | None:
+    """Make the API's relative image paths absolute (stage path included) for any page."""
+    if url is None or "://" in url or url.startswith("/"):
+        return url
+    return f"{request.base_url}{url}"
+
+
+def _with_urls(response: SearchResponse, request: Request) -> SearchResponse:
+    for result in response.results:
+        result.image_url = _absolute(result.image_url, request)
+    return response
+
+
+def _range(low: float, high: float) -> dict[str, Any]:
+    """OpenAPI bounds of a parameter whose rule the service enforces (documented, not doubled)."""
+    return {"minimum": low, "maximum": high}
+
+
+Q = Annotated[
+    str,
+    Query(
+        description=f"search text, 1-{MAX_QUERY_CHARS} characters",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS},
+    ),
+]
+Alpha = Annotated[
+    float,
+    Query(
+        description="vector weight of a fused query (0 = BM25 only)", json_schema_extra=_range(0, 1)
+    ),
+]
+K = Annotated[int, Query(description="results per page", json_schema_extra=_range(1, MAX_K))]
+Offset = Annotated[
+    int, Query(description="results to skip (paging)", json_schema_extra=_range(0, MAX_OFFSET))
+]
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "unknown image id"},
+    422: {"description": "invalid parameter; the detail says what to fix"},
+    503: {"description": "index or model not available"},
+}
+
+
+# --- the app -------------------------------------------------------------------------------------
+
+
+def create_app(
+    settings: ServiceSettings | None = None,
+    *,
+    service_factory: ServiceFactory | None = None,
+) -> FastAPI:
+    """Return the API app; the service is built lazily from ``service_factory`` or ``settings``.
+
+    ``settings`` defaults to the environment (``MEDSEARCH_*``); it also supplies the web folder,
+    CORS origins and the stage path (``root_path``) when the factory is given.
+    """
+    settings = settings if settings is not None else load_settings()
+    factory = service_factory or (lambda: build_service(settings))
+    app = FastAPI(
+        title="medsearch",
+        version=__version__,
+        description=(
+            "Medical image search: BM25 on captions, CLIP vectors, or a weighted hybrid. "
+            "Any query parameter other than an endpoint's own is a metadata filter "
+            "(repeat it for several values); see GET /facets for the fields."
+        ),
+        max_body_size=MAX_BODY_BYTES,
+    )
+    if settings.root_path:
+        app.add_middleware(StagePath, root_path=settings.root_path)
+    app.state.service_provider = LazyService(factory)
+    app.state.settings = settings
+    _add_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    _add_routes(app)
+    web_dir = settings.web_dir
+    if web_dir is not None and Path(web_dir).is_dir():
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
+    else:
+
+        @app.get("/", include_in_schema=False)
+        def root() -> RedirectResponse:
+            return RedirectResponse(url=f"{settings.root_path}/docs")
+
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/health", response_model=Health, tags=["service"], responses=ERROR_RESPONSES)
+    def health(service: ServiceDep) -> Health:
+        """Status, number of indexed documents and the model id (503 if the index is down)."""
+        return service.health()
+
+    @app.get("/search", response_model=SearchResponse, tags=["search"], responses=ERROR_RESPONSES)
+    def search(
+        request: Request,
+        service: ServiceDep,
+        q: Q,
+        mode: Annotated[
+            str | None,
+            Query(
+                description="text (BM25), vector (CLIP) or hybrid; default hybrid with a model",
+                json_schema_extra={"enum": list(TEXT_MODES)},
+            ),
+        ] = None,
+        alpha: Alpha = DEFAULT_ALPHA,
+        k: K = DEFAULT_K,
+        offset: Offset = 0,
+    ) -> SearchResponse:
+        """Search captions and images by text; other query parameters filter on metadata."""
+        response = service.search(
+            q, mode=mode, alpha=alpha, k=k, offset=offset, filters=_filters(request, SEARCH_PARAMS)
+        )
+        return _with_urls(response, request)
+
+    @app.post(
+        "/search/image",
+        response_model=SearchResponse,
+        tags=["search"],
+        responses={
+            **ERROR_RESPONSES,
+            413: {"description": f"file over {MAX_UPLOAD_BYTES} bytes"},
+            415: {"description": "file is not a JPEG, PNG or DICOM image"},
+        },
+    )
+    def search_image(
+        request: Request,
+        service: ServiceDep,
+        file: Annotated[UploadFile, File(description="JPEG, PNG or DICOM, at most 10 MB")],
+        q_form: Annotated[str | None, Form(alias="q", description="optional text: hybrid")] = None,
+        alpha_form: Annotated[float | None, Form(alias="alpha")] = None,
+        k_form: Annotated[int | None, Form(alias="k")] = None,
+        offset_form: Annotated[int | None, Form(alias="offset")] = None,
+        q: Annotated[str | None, Query(description="as the form field q")] = None,
+        alpha: Annotated[float | None, Query(description="as the form field alpha")] = None,
+        k: Annotated[int | None, Query(description="as the form field k")] = None,
+        offset: Annotated[int | None, Query(description="as the form field offset")] = None,
+    ) -> SearchResponse:
+        """Search by an uploaded image (multipart ``file``); ``q``, ``alpha``, ``k`` and ``offset``
+        may be form fields or query parameters (form wins); other query parameters filter."""
+        # Read one byte past the limit: enough to tell "too large" without holding more.
+        data = file.file.read(MAX_UPLOAD_BYTES + 1)
+        response = service.search_upload(
+            data,
+            filename=file.filename,
+            q=q_form if q_form is not None else q,
+            alpha=_first(alpha_form, alpha, DEFAULT_ALPHA),
+            k=_first(k_form, k, DEFAULT_K),
+            offset=_first(offset_form, offset, 0),
+            filters=_filters(request, UPLOAD_PARAMS),
+        )
+        return _with_urls(response, request)
+
+    @app.get(
+        "/images/{image_id}", response_model=ImageRecord, tags=["images"], responses=ERROR_RESPONSES
+    )
+    def image_record(request: Request, service: ServiceDep, image_id: str) -> ImageRecord:
+        """One image's record: caption, metadata and image URL."""
+        record = service.record(image_id)
+        record.image_url = _absolute(record.image_url, request)
+        return record
+
+    @app.get(
+        "/images/{image_id}/file",
+        tags=["images"],
+        responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "image/jpeg": {}}}},
+        response_class=Response,
+    )
+    def image_file(service: ServiceDep, image_id: str) -> Response:
+        """The image itself (JPEG or PNG; DICOM is rendered to PNG)."""
+        data, media_type = service.image_file(image_id)
+        return Response(
+            content=data,
+            media_type=media_type,
+            headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+        )
+
+    @app.get(
+        "/images/{image_id}/similar",
+        response_model=SearchResponse,
+        tags=["search"],
+        responses=ERROR_RESPONSES,
+    )
+    def similar(
+        request: Request,
+        service: ServiceDep,
+        image_id: str,
+        mode: Annotated[
+            str,
+            Query(
+                description="image: by its vector; image_text: its vector and caption (hybrid)",
+                json_schema_extra={"enum": list(SIMILAR_MODES)},
+            ),
+        ] = "image",
+        alpha: Alpha = DEFAULT_ALPHA,
+        k: K = DEFAULT_K,
+        offset: Offset = 0,
+    ) -> SearchResponse:
+        """Images similar to an indexed image (the image itself excluded)."""
+        response = service.similar(
+            image_id,
+            mode=mode,
+            alpha=alpha,
+            k=k,
+            offset=offset,
+            filters=_filters(request, SIMILAR_PARAMS),
+        )
+        return _with_urls(response, request)
+
+    @app.get("/facets", tags=["search"], responses=ERROR_RESPONSES)
+    def facets(service: ServiceDep) -> dict[str, dict[str, int]]:
+        """Filterable metadata fields, each with its values and their document counts."""
+        return service.facets()
+
+
+def _first(*values: Any) -> Any:
+    return next(value for value in values if value is not None)
+
+
+# --- errors: the one place they become HTTP ------------------------------------------------------
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(MedsearchError)
+    async def medsearch_error(request: Request, exc: MedsearchError) -> JSONResponse:
+        status = status_for(exc)
+        if status >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg", ""))}
+            for error in exc.errors()
+        ]
+        detail = "; ".join(_describe(error) for error in exc.errors()) or "invalid request"
+        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        detail: Any = exc.detail
+        if exc.status_code == 413:
+            detail = (
+                f"request body too large: uploads are limited to {MAX_UPLOAD_BYTES} bytes (10 MB)"
+            )
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Last resort: a genuine server fault, logged with its traceback; no details to clients.
+        log.exception("%s %s: unexpected error", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def _describe(error: Any) -> str:
+    """Say which parameter is wrong and how: ``k: Input should be a valid integer (got 'abc')``."""
+    loc = [str(part) for part in error.get("loc", ()) if part not in ("query", "body", "path")]
+    name = ".".join(loc) or "request"
+    message = str(error.get("msg", "invalid"))
+    raw = error.get("input")
+    if isinstance(raw, str | int | float) and error.get("type") != "missing":
+        shown = repr(raw)
+        message += f" (got {shown[:40]}{'…' if len(shown) > 40 else ''})"
+    return f"{name}: {message}"
+
+
+# --- serving -------------------------------------------------------------------------------------
+
+
+def run_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the app with uvicorn until interrupted (the local server of ``medsearch serve``)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+class BackgroundServer:
+    """A real uvicorn server in a thread (port 0 = a free one), for tests and benches."""
+
+    def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        import socket
+
+        import uvicorn
+
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self.host, self.port = self._socket.getsockname()[:2]
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> BackgroundServer:
+        """Start serving and wait until the server accepts requests."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread to end."""
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._socket.close()
+
+
+@contextmanager
+def background_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run the app on a real server for the duration of a ``with`` block; yield its base URL."""
+    server = BackgroundServer(app, host=host, port=port).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

@@ -1,0 +1,525 @@
+"""The search service: every query mode over one index and one (optional) encoder.
+
+Modes: ``text`` (BM25 on captions), ``vector`` (the CLIP text vector), ``hybrid`` (both, fused with
+weight ``alpha`` on the vector side), ``image`` (neighbours of a corpus image's stored vector, the
+image itself excluded), ``image_text`` (that vector plus the image's caption as the BM25 query) and
+``upload`` (an uploaded JPEG/PNG/DICOM, optionally with text, which makes it hybrid).
+
+Every request parameter is validated here, once, so the API, the CLI and the Lambda share the
+rules and the messages; each rule raises a type from :mod:`medsearch.errors` that the API maps to
+an HTTP status (422 invalid, 413 too large, 415 wrong type, 404 unknown id).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from medsearch.data.manifest import validate_image_id
+from medsearch.errors import (
+    ImageDecodeError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+    StorageError,
+    UnsupportedMediaTypeError,
+)
+from medsearch.fusion import check_alpha
+from medsearch.index.base import MAX_K, Document, SearchIndex, SearchQuery
+from medsearch.vectors import Encoder
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["text", "vector", "hybrid", "image", "image_text", "upload"]
+TEXT_MODES: tuple[str, ...] = ("text", "vector", "hybrid")
+SIMILAR_MODES: tuple[str, ...] = ("image", "image_text")
+MODES: tuple[str, ...] = (*TEXT_MODES, *SIMILAR_MODES, "upload")
+
+MAX_QUERY_CHARS = 512
+DEFAULT_K = 10
+DEFAULT_ALPHA = 0.5
+# Deep paging costs every sub-query offset + k candidates; past 1000 results nobody reads on.
+MAX_OFFSET = 1000
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_FILTER_FIELDS = 20
+MAX_FILTER_VALUES = 50
+MAX_FILTER_VALUE_CHARS = 256
+# How often an unknown filter field may trigger a fresh look at the index's fields.
+FIELD_REFRESH_SECONDS = 5.0
+# Tab, newline and carriage return in a query are whitespace (pasted text); other controls are not.
+_WHITESPACE_CONTROLS = {"\t": " ", "\n": " ", "\r": " "}
+
+ImageUrl = Callable[[Document], str | None]
+
+
+# --- response models -----------------------------------------------------------------------------
+
+
+class SearchResult(BaseModel):
+    """One hit: the image, its caption (null when captionless), the fused and component scores."""
+
+    image_id: str
+    caption: str | None = Field(description="null for a captionless image")
+    score: float = Field(description="ranking score (raw BM25, cosine, or the fused score)")
+    bm25_score: float | None = Field(description="raw BM25 score; null if not in the text list")
+    vector_score: float | None = Field(description="cosine similarity; null if not in the kNN list")
+    metadata: dict[str, Any]
+    image_url: str | None
+
+
+class SearchResponse(BaseModel):
+    """A page of results with the query as it was run and the total number of matches."""
+
+    query: str | None = Field(description="text searched for (image_text: the source caption)")
+    mode: str
+    alpha: float | None = Field(description="vector weight of a fused query; null if not fused")
+    image_id: str | None = Field(default=None, description="source image of image modes")
+    total: int = Field(description="matches of the whole query, the same on every page")
+    offset: int
+    k: int
+    took_ms: float
+    results: list[SearchResult]
+
+
+class ImageRecord(BaseModel):
+    """One indexed image as the API shows it (its vector is left out)."""
+
+    image_id: str
+    caption: str | None
+    metadata: dict[str, Any]
+    image_url: str | None
+    has_vector: bool
+
+
+class Health(BaseModel):
+    """Liveness plus what the service runs on."""
+
+    status: str
+    documents: int
+    model: str | None
+    dim: int | None
+    modes: list[str]
+
+
+# --- validation: the one place for every request rule --------------------------------------------
+
+
+def validate_query(q: object, *, name: str = "q") -> str:
+    """Return the query stripped, or raise: 1-512 characters, no control characters."""
+    if not isinstance(q, str):
+        raise InvalidInputError(f"{name} must be a text string")
+    for control, space in _WHITESPACE_CONTROLS.items():
+        q = q.replace(control, space)
+    text = q.strip()
+    if not text:
+        raise InvalidInputError(f"{name} must not be empty: give 1-{MAX_QUERY_CHARS} characters")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidInputError(
+            f"{name} is {len(text)} characters long; shorten it to at most {MAX_QUERY_CHARS}"
+        )
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise InvalidInputError(
+            f"{name} contains the control character U+{ord(bad):04X}; remove it"
+        )
+    return text
+
+
+def validate_k(k: object) -> int:
+    """Return ``k`` or raise: an integer from 1 to 100."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= MAX_K:
+        raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+    return int(k)
+
+
+def validate_offset(offset: object) -> int:
+    """Return ``offset`` or raise: an integer from 0 to MAX_OFFSET (deep paging is refused)."""
+    if (
+        isinstance(offset, bool)
+        or not isinstance(offset, int | np.integer)
+        or not 0 <= int(offset) <= MAX_OFFSET
+    ):
+        raise InvalidInputError(f"offset must be an integer from 0 to {MAX_OFFSET}, got {offset!r}")
+    return int(offset)
+
+
+def validate_alpha(alpha: object) -> float:
+    """Return ``alpha`` or raise: a finite number from 0 to 1 (the rule lives in fusion)."""
+    if isinstance(alpha, bool):
+        raise InvalidInputError(f"alpha must be a number between 0 and 1, got {alpha!r}")
+    return check_alpha(alpha)  # type: ignore[arg-type]
+
+
+def validate_mode(mode: object, allowed: Sequence[str]) -> str:
+    """Return ``mode`` or raise naming the modes this endpoint accepts."""
+    if not isinstance(mode, str) or mode not in allowed:
+        raise InvalidInputError(f"mode must be one of {', '.join(allowed)}, got {mode!r}")
+    return mode
+
+
+def clean_filters(
+    filters: Mapping[str, Iterable[str]] | Iterable[tuple[str, str]] | None,
+) -> dict[str, list[str]]:
+    """Group raw filters into field -> values, dropping empty values and bounding their size.
+
+    Accepts a mapping or the (name, value) pairs of a query string, so repeated parameters become
+    several values of one field (OR within a field, AND across fields).
+    """
+    if not filters:
+        return {}
+    pairs: Iterable[tuple[str, Any]]
+    if isinstance(filters, Mapping):
+        pairs = (
+            (name, value)
+            for name, values in filters.items()
+            for value in ([values] if isinstance(values, str) else values)
+        )
+    else:
+        pairs = filters
+    grouped: dict[str, list[str]] = {}
+    for name, value in pairs:
+        if not isinstance(value, str):
+            raise InvalidInputError(f"filter {name!r}: values must be text, got {value!r}")
+        value = value.strip()
+        if not value:  # an emptied form field means "no constraint", not "match nothing"
+            continue
+        if len(value) > MAX_FILTER_VALUE_CHARS or any(
+            unicodedata.category(c) == "Cc" for c in value
+        ):
+            raise InvalidInputError(
+                f"filter {name!r}: values must be 1-{MAX_FILTER_VALUE_CHARS} characters "
+                "without control characters"
+            )
+        values = grouped.setdefault(name, [])
+        if value not in values:
+            values.append(value)
+        if len(values) > MAX_FILTER_VALUES:
+            raise InvalidInputError(
+                f"filter {name!r}: at most {MAX_FILTER_VALUES} values per field"
+            )
+    if len(grouped) > MAX_FILTER_FIELDS:
+        raise InvalidInputError(f"at most {MAX_FILTER_FIELDS} filter fields per query")
+    return grouped
+
+
+def validate_upload(data: object) -> bytes:
+    """Return the upload's bytes or raise: non-empty, at most 10 MB, a JPEG, PNG or DICOM."""
+    from medsearch.data.images import ACCEPTED_MEDIA_TYPES, sniff_media_type
+
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidInputError("file must be the uploaded image's bytes")
+    data = bytes(data)
+    if not data:
+        raise InvalidInputError("file is empty: upload a JPEG, PNG or DICOM image")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise PayloadTooLargeError(
+            f"file is {len(data)} bytes; the limit is {MAX_UPLOAD_BYTES} bytes (10 MB)"
+        )
+    media_type = sniff_media_type(data)
+    if media_type not in ACCEPTED_MEDIA_TYPES:
+        raise UnsupportedMediaTypeError(
+            f"file is not an accepted image ({media_type or 'unknown type'}): "
+            f"upload one of {', '.join(sorted(ACCEPTED_MEDIA_TYPES))}"
+        )
+    return data
+
+
+def api_image_path(document: Document) -> str:
+    """Return the API's own path to an image's bytes (relative: a base URL goes in front)."""
+    return f"images/{document.image_id}/file"
+
+
+def _score(value: float | None) -> float | None:
+    """Return a JSON-safe score: a finite float or None."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _display_name(name: str | None) -> str:
+    """Return an upload's file name fit for an error message (clients choose it freely)."""
+    if not name:
+        return "upload"
+    printable = "".join(c for c in name if unicodedata.category(c)[0] not in "CZ" or c == " ")
+    return printable.strip()[:80] or "upload"
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+
+class SearchService:
+    """Runs validated searches of every mode over a :class:`SearchIndex` and an optional encoder."""
+
+    def __init__(
+        self,
+        index: SearchIndex,
+        encoder: Encoder | None,
+        *,
+        image_url: ImageUrl | None = None,
+    ) -> None:
+        self.index = index
+        self.encoder = encoder
+        self.image_url: ImageUrl = image_url or api_image_path
+        self._fields: frozenset[str] | None = None
+        self._fields_at = 0.0
+        self._fields_lock = threading.Lock()
+
+    # --- information ---
+
+    @property
+    def model_id(self) -> str | None:
+        """The encoder's model id, or None when the service runs text-only."""
+        return self.encoder.model_id if self.encoder is not None else None
+
+    @property
+    def modes(self) -> list[str]:
+        """The modes this service can run (vector modes need an encoder)."""
+        if self.encoder is None:
+            return ["text", *SIMILAR_MODES]
+        return list(MODES)
+
+    @property
+    def default_mode(self) -> str:
+        """Hybrid when a model is loaded, else text: the best mode the service can run."""
+        return "hybrid" if self.encoder is not None else "text"
+
+    def health(self) -> Health:
+        """Return status, document count and model id (the index is asked, so it must answer)."""
+        return Health(
+            status="ok",
+            documents=self.index.count(),
+            model=self.model_id,
+            dim=self.index.dim,
+            modes=self.modes,
+        )
+
+    def facets(self) -> dict[str, dict[str, int]]:
+        """Return filterable metadata fields with their values and document counts."""
+        facets = self.index.facets()
+        with self._fields_lock:
+            self._fields = frozenset(facets)
+            self._fields_at = time.monotonic()
+        return facets
+
+    def filter_fields(self, *, refresh: bool = False) -> frozenset[str]:
+        """Return the filterable fields' names (cached; refreshed at most every few seconds)."""
+        with self._fields_lock:
+            fresh = time.monotonic() - self._fields_at < FIELD_REFRESH_SECONDS
+            if self._fields is not None and (not refresh or fresh):
+                return self._fields
+        self.facets()
+        assert self._fields is not None
+        return self._fields
+
+    def check_filters(
+        self, filters: Mapping[str, Iterable[str]] | Iterable[tuple[str, str]] | None
+    ) -> dict[str, list[str]]:
+        """Return cleaned filters, or raise naming unknown fields (a typo must not mean 0 hits)."""
+        cleaned = clean_filters(filters)
+        if not cleaned:
+            return cleaned
+        unknown = set(cleaned) - self.filter_fields()
+        if unknown:
+            unknown = set(cleaned) - self.filter_fields(refresh=True)
+        if unknown:
+            known = ", ".join(sorted(self.filter_fields())) or "none"
+            raise InvalidInputError(
+                f"unknown filter field(s) {', '.join(sorted(map(repr, unknown)))}; "
+                f"filterable fields: {known}"
+            )
+        return cleaned
+
+    def record(self, image_id: str) -> ImageRecord:
+        """Return one image's record, or raise NotFoundError."""
+        document = self._document(image_id)
+        return ImageRecord(
+            image_id=document.image_id,
+            caption=document.caption,
+            metadata=dict(document.metadata),
+            image_url=self.image_url(document),
+            has_vector=document.vector is not None,
+        )
+
+    def image_file(self, image_id: str) -> tuple[bytes, str]:
+        """Return an image's bytes and media type; DICOM is rendered to PNG, which browsers show."""
+        from medsearch import storage
+        from medsearch.data.images import decode_image, sniff_media_type
+
+        document = self._document(image_id)
+        if not document.image:
+            raise NotFoundError(f"image {image_id!r} has no stored file")
+        try:
+            data = storage.read_bytes(document.image)
+        except StorageError as exc:
+            log.warning("image file of %s unreadable: %s", image_id, exc)
+            raise NotFoundError(f"the file of image {image_id!r} is not available") from None
+        media_type = sniff_media_type(data)
+        if media_type in ("image/jpeg", "image/png"):
+            return data, media_type
+        try:
+            image = decode_image(data, name=image_id)
+        except ImageDecodeError as exc:
+            log.warning("image file of %s undecodable: %s", image_id, exc)
+            raise NotFoundError(f"the file of image {image_id!r} cannot be shown") from None
+        import io
+
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue(), "image/png"
+
+    # --- searches ---
+
+    def search(
+        self,
+        q: str,
+        *,
+        mode: str | None = None,
+        alpha: float = DEFAULT_ALPHA,
+        k: int = DEFAULT_K,
+        offset: int = 0,
+        filters: Mapping[str, Iterable[str]] | Iterable[tuple[str, str]] | None = None,
+    ) -> SearchResponse:
+        """Search by text: ``text`` (BM25), ``vector`` (CLIP text vector) or ``hybrid``."""
+        started = time.perf_counter()
+        mode = validate_mode(mode or self.default_mode, TEXT_MODES)
+        text = validate_query(q)
+        alpha, k, offset = validate_alpha(alpha), validate_k(k), validate_offset(offset)
+        cleaned = self.check_filters(filters)
+        vector = None
+        if mode in ("vector", "hybrid"):
+            vector = self._encoder(mode).encode_texts([text])[0]
+        query = SearchQuery(
+            text=text if mode in ("text", "hybrid") else None,
+            vector=vector,
+            alpha=alpha,
+            k=k,
+            offset=offset,
+            filters=cleaned,
+        )
+        return self._run(query, mode=mode, shown_query=text, image_id=None, started=started)
+
+    def similar(
+        self,
+        image_id: str,
+        *,
+        mode: str = "image",
+        alpha: float = DEFAULT_ALPHA,
+        k: int = DEFAULT_K,
+        offset: int = 0,
+        filters: Mapping[str, Iterable[str]] | Iterable[tuple[str, str]] | None = None,
+    ) -> SearchResponse:
+        """Find images like a corpus image: its stored vector (``image``), plus its caption as BM25
+        query (``image_text``; a captionless image falls back to the vector alone); the image
+        itself is never a result."""
+        started = time.perf_counter()
+        mode = validate_mode(mode, SIMILAR_MODES)
+        alpha, k, offset = validate_alpha(alpha), validate_k(k), validate_offset(offset)
+        document = self._document(image_id)
+        cleaned = self.check_filters(filters)
+        if document.vector is None:
+            raise InvalidInputError(
+                f"image {image_id!r} has no vector, so it cannot be searched by similarity"
+            )
+        text = document.caption if mode == "image_text" else None
+        query = SearchQuery(
+            text=text,
+            vector=np.asarray(document.vector, dtype=np.float32),
+            alpha=alpha,
+            k=k,
+            offset=offset,
+            filters=cleaned,
+            exclude_ids=frozenset({document.image_id}),
+        )
+        return self._run(query, mode=mode, shown_query=text, image_id=image_id, started=started)
+
+    def search_upload(
+        self,
+        data: bytes,
+        *,
+        filename: str | None = None,
+        q: str | None = None,
+        alpha: float = DEFAULT_ALPHA,
+        k: int = DEFAULT_K,
+        offset: int = 0,
+        filters: Mapping[str, Iterable[str]] | Iterable[tuple[str, str]] | None = None,
+    ) -> SearchResponse:
+        """Search with an uploaded JPEG/PNG/DICOM image; optional text ``q`` makes it hybrid."""
+        from medsearch.data.images import decode_image
+
+        started = time.perf_counter()
+        text = validate_query(q) if q is not None and q.strip() else None
+        alpha, k, offset = validate_alpha(alpha), validate_k(k), validate_offset(offset)
+        payload = validate_upload(data)
+        cleaned = self.check_filters(filters)
+        encoder = self._encoder("upload")
+        image = decode_image(payload, name=_display_name(filename))
+        vector = encoder.encode_images([image])[0]
+        query = SearchQuery(
+            text=text, vector=vector, alpha=alpha, k=k, offset=offset, filters=cleaned
+        )
+        return self._run(query, mode="upload", shown_query=text, image_id=None, started=started)
+
+    # --- internals ---
+
+    def _encoder(self, mode: str) -> Encoder:
+        if self.encoder is None:
+            raise InvalidInputError(
+                f"mode {mode!r} needs a model, and this service runs without one: "
+                "use mode=text, or start the service with a model"
+            )
+        return self.encoder
+
+    def _document(self, image_id: str) -> Document:
+        validate_image_id(image_id)
+        document = self.index.get(image_id)
+        if document is None:
+            raise NotFoundError(f"no image with id {image_id!r}")
+        return document
+
+    def _run(
+        self,
+        query: SearchQuery,
+        *,
+        mode: str,
+        shown_query: str | None,
+        image_id: str | None,
+        started: float,
+    ) -> SearchResponse:
+        page = self.index.search(query)
+        fused = query.text is not None and query.vector is not None
+        results = []
+        for hit in page.hits:
+            document = self.index.get(hit.image_id)
+            if document is None:  # deleted between the search and the lookup
+                continue
+            results.append(
+                SearchResult(
+                    image_id=hit.image_id,
+                    caption=document.caption,
+                    score=_score(hit.score) or 0.0,
+                    bm25_score=_score(hit.text_score),
+                    vector_score=_score(hit.vector_score),
+                    metadata=dict(document.metadata),
+                    image_url=self.image_url(document),
+                )
+            )
+        return SearchResponse(
+            query=shown_query,
+            mode=mode,
+            alpha=query.alpha if fused else None,
+            image_id=image_id,
+            total=page.total,
+            offset=query.offset,
+            k=query.k,
+            took_ms=round((time.perf_counter() - started) * 1000.0, 3),
+            results=results,
+        )

@@ -1,0 +1,87 @@
+"""Service settings: the one place the search service's configuration is read from the environment.
+
+Read once at the edge (``medsearch serve``, the Lambda handler) into a frozen
+:class:`ServiceSettings` and passed down; nothing below reads ``os.environ``. Every field has an
+environment variable ``MEDSEARCH_<FIELD>`` (``MEDSEARCH_INDEX_DIR``, ``MEDSEARCH_CORS_ORIGINS``...);
+constructor arguments win over the environment, so the CLI's flags override it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """How the search service finds its index and model, and how the API presents itself."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MEDSEARCH_", frozen=True, extra="ignore", protected_namespaces=()
+    )
+
+    engine: Literal["embedded", "opensearch"] = Field(
+        "embedded", description="embedded: one folder on disk; opensearch: a cluster"
+    )
+    index_dir: str | None = Field(None, description="embedded engine folder (local or s3://)")
+    model: str | None = Field(
+        None, description="model folder, Hugging Face id or s3:// prefix; none = text search only"
+    )
+    encoder: Literal["torch", "onnx"] = Field("torch", description="encoder implementation")
+    onnx_int8: bool = Field(False, description="use the int8 ONNX towers")
+    web_dir: Path | None = Field(None, description="static web page served at / (local mode)")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed to call the API (comma separated)"
+    )
+    image_base_url: str | None = Field(
+        None,
+        description=(
+            "where result images are served from instead of the API's /images/{id}/file: a "
+            "template with {image_id} and/or {name} (the stored file name), or a base URL that "
+            "the file name is appended to"
+        ),
+    )
+    root_path: str = Field("", description="path prefix the API is served under (API stage)")
+    opensearch_url: str | None = Field(None, description="OpenSearch endpoint URL")
+    opensearch_index: str = Field("medsearch", description="OpenSearch index or alias")
+    opensearch_auth: Literal["sigv4", "basic", "none"] = "sigv4"
+    opensearch_service: Literal["es", "aoss"] = "es"
+    aws_region: str | None = None
+    log_level: str = "INFO"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("root_path")
+    @classmethod
+    def _clean_root_path(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        return value if not value or value.startswith("/") else f"/{value}"
+
+    @model_validator(mode="after")
+    def _engine_needs(self) -> ServiceSettings:
+        if self.engine == "opensearch" and not self.opensearch_url:
+            raise ValueError("engine 'opensearch' needs MEDSEARCH_OPENSEARCH_URL")
+        return self
+
+
+def load_settings(**overrides: object) -> ServiceSettings:
+    """Read settings from the environment with explicit overrides; bad values raise ConfigError."""
+    from pydantic import ValidationError
+
+    from medsearch.errors import ConfigError
+
+    try:
+        return ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"invalid service settings: {problems}") from None

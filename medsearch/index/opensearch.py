@@ -1,0 +1,939 @@
+"""The OpenSearch engine: :class:`SearchIndex` on an OpenSearch domain (the one opensearch-py user).
+
+Layout of a deployment:
+
+- One physical index per pipeline run (``<alias>-<run id>``), created with the mapping of
+  :func:`build_index_body`: captions as ``text`` (the analysis of :mod:`medsearch.index.analysis`,
+  so BM25 terms match the embedded engine), the CLIP vector as an HNSW ``knn_vector``, metadata
+  as ``keyword`` fields under ``metadata.*`` and the image location stored.
+- The vector space is ``lucene``/``cosinesimil`` by default: its score ``(1 + cos) / 2`` is affine
+  in the cosine, so the search pipeline's min-max fusion ranks exactly like :mod:`medsearch.fusion`
+  and the embedded engine. ``faiss``/``innerproduct`` (unit vectors: inner product = cosine) is
+  faster on large indexes, but its score is ``1 + cos`` only for positive cosines (``1 / (1 - cos)``
+  below zero), so fused rankings can differ slightly where cosines are negative.
+- Loading runs with ``refresh_interval: -1`` and no replicas (:meth:`OpenSearchIndex.loading`);
+  the settings are restored afterwards, then one ``_aliases`` request moves the read alias to the
+  new index atomically (blue/green) and old run indexes are pruned.
+- Every request goes through one retry policy: 429 and 5xx answers and connection errors are
+  retried with exponential back-off and jitter, a bounded number of times. Bulk items rejected
+  with 429 are resent; other per-item errors come back in :class:`UpsertResult.failed`.
+
+Scores: the BM25 score is OpenSearch's; kNN scores are converted back from OpenSearch's score
+to the cosine (see :func:`knn_score_to_cosine`), so hits carry the same numbers as the embedded
+engine. Hybrid queries fuse through a search pipeline with the ``normalization-processor``
+(``min_max``, ``arithmetic_mean``, weights ``[1 - alpha, alpha]``; one pipeline per alpha rounded to
+:data:`ALPHA_DECIMALS` decimals, created on first use), or on the client with
+:mod:`medsearch.fusion` for domains without the neural-search plugin (``hybrid="client"``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit
+
+import numpy as np
+from opensearchpy import OpenSearch, RequestsHttpConnection
+from opensearchpy.exceptions import ConnectionError as TransportConnectionError
+from opensearchpy.exceptions import TransportError
+from opensearchpy.helpers.signer import RequestsAWSV4SignerAuth
+
+from medsearch import fusion
+from medsearch.errors import ConfigError, InvalidInputError, SearchIndexError
+from medsearch.index.analysis import ANALYZER_NAME, OPENSEARCH_ANALYSIS
+from medsearch.index.base import (
+    MAX_K,
+    Document,
+    Filters,
+    Hit,
+    SearchPage,
+    SearchQuery,
+    UpsertResult,
+)
+from medsearch.vectors import normalize
+
+log = logging.getLogger(__name__)
+
+# Field names in the OpenSearch documents.
+ID_FIELD = "image_id"
+TEXT_FIELD = "caption"
+VECTOR_FIELD = "vector"
+IMAGE_FIELD = "image"
+METADATA_FIELD = "metadata"
+
+# Hybrid pipelines are cached per alpha at this precision (weights must sum to exactly 1).
+ALPHA_DECIMALS = 2
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# OpenSearch index names: lowercase, none of \ / * ? " < > | space , # and no leading - _ +.
+_INDEX_NAME_BAD = re.compile(r"[^a-z0-9._-]+")
+
+Engine = Literal["faiss", "lucene"]
+HybridMode = Literal["pipeline", "client"]
+
+# Each engine's similarity space for unit vectors (both rank by cosine).
+SPACE_TYPES: dict[str, str] = {"faiss": "innerproduct", "lucene": "cosinesimil"}
+
+
+@dataclass(frozen=True)
+class OpenSearchConfig:
+    """How indexes are built, loaded and queried (defaults suit a small single-node domain)."""
+
+    engine: Engine = "lucene"
+    m: int = 16
+    ef_construction: int = 128
+    ef_search: int = 128
+    shards: int = 1
+    replicas: int = 1
+    refresh_interval: str = "1s"
+    hybrid: HybridMode = "pipeline"
+    pipeline_prefix: str = "medsearch-hybrid"
+    bulk_max_docs: int = 500
+    bulk_max_bytes: int = 5 * 1024 * 1024
+    max_attempts: int = 8
+    backoff_base: float = 0.2
+    backoff_max: float = 20.0
+    keep_indexes: int = 2
+    facet_size: int = 50
+    # Refresh after every upsert/delete call (read-your-writes for tests and small admin edits);
+    # bulk loads leave it off and refresh once in finish_load.
+    refresh_writes: bool = False
+
+    def __post_init__(self) -> None:
+        if self.engine not in SPACE_TYPES:
+            raise ConfigError(f"engine must be one of {sorted(SPACE_TYPES)}, got {self.engine!r}")
+        if self.hybrid not in ("pipeline", "client"):
+            raise ConfigError(f"hybrid must be 'pipeline' or 'client', got {self.hybrid!r}")
+        for name in ("m", "ef_construction", "ef_search", "shards", "bulk_max_docs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.replicas < 0 or self.keep_indexes < 1 or self.max_attempts < 1:
+            raise ConfigError("replicas must be >= 0, keep_indexes and max_attempts >= 1")
+        if self.bulk_max_bytes < 1024:
+            raise ConfigError("bulk_max_bytes must be at least 1024")
+
+    @property
+    def space_type(self) -> str:
+        """The kNN space of the configured engine."""
+        return SPACE_TYPES[self.engine]
+
+
+# --- connecting ---------------------------------------------------------------------------------
+
+
+def connect(
+    url: str,
+    *,
+    http_auth: Any | None = None,
+    credentials: Any | None = None,
+    region: str | None = None,
+    service: Literal["es", "aoss"] = "es",
+    timeout: float = 30.0,
+    connection_class: type | None = None,
+    **connection_kwargs: Any,
+) -> OpenSearch:
+    """Return a client for ``url`` with SigV4 (``credentials`` + ``region``) or basic auth.
+
+    ``credentials`` is a botocore credentials object made by the caller (the Lambda edge), so this
+    module creates no AWS session; ``http_auth`` may be any auth object or a ``(user, password)``
+    pair; ``https://user:password@host`` also gives basic auth. Transport-level retries are off:
+    :class:`OpenSearchIndex` retries with back-off itself.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"OpenSearch URL must be http(s)://host[:port], got {url!r}")
+    if credentials is not None:
+        if http_auth is not None:
+            raise ConfigError("give either credentials (SigV4) or http_auth, not both")
+        if not region:
+            raise ConfigError("SigV4 needs the AWS region of the domain")
+        http_auth = RequestsAWSV4SignerAuth(credentials, region, service)
+    elif http_auth is None and parts.username:
+        http_auth = (unquote(parts.username), unquote(parts.password or ""))
+    use_ssl = parts.scheme == "https"
+    host = {"host": parts.hostname, "port": parts.port or (443 if use_ssl else 80)}
+    if parts.path.strip("/"):
+        host["url_prefix"] = parts.path.strip("/")
+    return OpenSearch(
+        hosts=[host],
+        http_auth=http_auth,
+        use_ssl=use_ssl,
+        verify_certs=use_ssl,
+        connection_class=connection_class or RequestsHttpConnection,
+        timeout=timeout,
+        max_retries=0,
+        retry_on_timeout=False,
+        **connection_kwargs,
+    )
+
+
+def run_index_name(alias: str, run_id: str) -> str:
+    """Return the physical index of a pipeline run: ``<alias>-<run id>``, lowercased and cleaned."""
+    cleaned = _INDEX_NAME_BAD.sub("-", f"{alias}-{run_id}".lower()).strip("-_.+")
+    if not cleaned or cleaned == alias.lower() or len(cleaned.encode()) > 255:
+        raise InvalidInputError(f"cannot make an index name from alias {alias!r}, run {run_id!r}")
+    return cleaned
+
+
+# --- request bodies (pure functions: tested against golden JSON) -------------------------------
+
+
+def build_index_body(dim: int, config: OpenSearchConfig, *, loading: bool = True) -> dict[str, Any]:
+    """Return the settings and mappings of a run index (no replicas, no refresh while loading)."""
+    if dim < 1:
+        raise InvalidInputError(f"vector dimension must be positive, got {dim}")
+    settings: dict[str, Any] = {
+        "index": {
+            "knn": True,
+            "knn.algo_param.ef_search": config.ef_search,
+            "number_of_shards": config.shards,
+            "number_of_replicas": 0 if loading else config.replicas,
+            "refresh_interval": "-1" if loading else config.refresh_interval,
+        },
+        "analysis": OPENSEARCH_ANALYSIS,
+    }
+    keyword = {"type": "keyword"}
+    mappings: dict[str, Any] = {
+        "dynamic": "strict",
+        "_meta": {"medsearch": {"replicas": config.replicas, "refresh": config.refresh_interval}},
+        "properties": {
+            ID_FIELD: keyword,
+            TEXT_FIELD: {"type": "text", "analyzer": ANALYZER_NAME},
+            IMAGE_FIELD: {"type": "keyword", "index": False},
+            VECTOR_FIELD: {
+                "type": "knn_vector",
+                "dimension": dim,
+                "method": {
+                    "name": "hnsw",
+                    "engine": config.engine,
+                    "space_type": config.space_type,
+                    "parameters": {"m": config.m, "ef_construction": config.ef_construction},
+                },
+            },
+            # Any metadata key is accepted; every scalar becomes a keyword (filters and facets).
+            METADATA_FIELD: {"type": "object", "dynamic": True},
+        },
+        "dynamic_templates": [
+            {
+                f"metadata_{kind}": {
+                    "path_match": f"{METADATA_FIELD}.*",
+                    "match_mapping_type": kind,
+                    "mapping": keyword,
+                }
+            }
+            for kind in ("string", "long", "double", "boolean")
+        ],
+    }
+    return {"settings": settings, "mappings": mappings}
+
+
+def build_pipeline_body(alpha: float) -> dict[str, Any]:
+    """Return the search pipeline fusing [BM25, kNN] with weights [1 - alpha, alpha]."""
+    vector_weight = round(fusion.check_alpha(alpha), ALPHA_DECIMALS)
+    text_weight = round(1.0 - vector_weight, ALPHA_DECIMALS)
+    return {
+        "description": f"medsearch hybrid fusion, alpha {vector_weight}",
+        "phase_results_processors": [
+            {
+                "normalization-processor": {
+                    "normalization": {"technique": "min_max"},
+                    "combination": {
+                        "technique": "arithmetic_mean",
+                        "parameters": {"weights": [text_weight, vector_weight]},
+                    },
+                }
+            }
+        ],
+    }
+
+
+def pipeline_name(prefix: str, alpha: float) -> str:
+    """Return the pipeline id for an alpha (rounded to ``ALPHA_DECIMALS``), e.g. ``x-a050``."""
+    hundredths = round(fusion.check_alpha(alpha) * 10**ALPHA_DECIMALS)
+    return f"{prefix}-a{hundredths:03d}"
+
+
+def build_filter(filters: Filters, exclude_ids: Iterable[str] = ()) -> dict[str, Any] | None:
+    """Return a ``bool`` filter: ``terms`` per metadata field (AND across fields), ids left out."""
+    clauses = [
+        {"terms": {f"{METADATA_FIELD}.{name}": [str(v) for v in values]}}
+        for name, values in sorted(filters.items())
+    ]
+    excluded = sorted(exclude_ids)
+    if not clauses and not excluded:
+        return None
+    body: dict[str, Any] = {}
+    if clauses:
+        body["filter"] = clauses
+    if excluded:
+        body["must_not"] = [{"ids": {"values": excluded}}]
+    return {"bool": body}
+
+
+def build_match_query(
+    text: str, filters: Filters, exclude_ids: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Return a BM25 ``match`` on the caption (OR of the terms) with the filters beside it."""
+    match = {"match": {TEXT_FIELD: {"query": text, "operator": "or"}}}
+    restriction = build_filter(filters, exclude_ids)
+    if restriction is None:
+        return match
+    return {"bool": {"must": [match], **restriction["bool"]}}
+
+
+def build_knn_query(
+    vector: np.ndarray, k: int, filters: Filters, exclude_ids: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Return a ``knn`` query with the filters inside it (efficient filtering: k hits survive)."""
+    body: dict[str, Any] = {"vector": vector_to_json(vector), "k": k}
+    restriction = build_filter(filters, exclude_ids)
+    if restriction is not None:
+        body["filter"] = restriction
+    return {"knn": {VECTOR_FIELD: body}}
+
+
+def build_search_body(query: Mapping[str, Any], size: int, offset: int = 0) -> dict[str, Any]:
+    """Return a search request for ids and scores only (no ``_source``), with an exact total."""
+    return {
+        "query": dict(query),
+        "from": offset,
+        "size": size,
+        "_source": False,
+        "track_total_hits": True,
+    }
+
+
+def build_hybrid_body(query: SearchQuery) -> dict[str, Any]:
+    """Return the hybrid request: [match, knn] each with its own top N, the page cut client-side.
+
+    Both sub-queries return their top ``query.candidates`` (``size`` = N from 0, knn ``k`` = N),
+    exactly the lists :mod:`medsearch.fusion` normalises, so this works on every neural-search
+    version without ``pagination_depth``.
+    """
+    assert query.text is not None and query.vector is not None
+    n = query.candidates
+    hybrid = {
+        "hybrid": {
+            "queries": [
+                build_match_query(query.text, query.filters, query.exclude_ids),
+                build_knn_query(query.vector, n, query.filters, query.exclude_ids),
+            ]
+        }
+    }
+    return build_search_body(hybrid, size=n)
+
+
+def build_count_query(query: SearchQuery) -> dict[str, Any]:
+    """Return the query whose hit count is the page total (text matches, vectors, or the union)."""
+    parts: list[dict[str, Any]] = []
+    if query.text is not None:
+        parts.append({"match": {TEXT_FIELD: {"query": query.text, "operator": "or"}}})
+    if query.vector is not None:
+        parts.append({"exists": {"field": VECTOR_FIELD}})
+    body: dict[str, Any] = {"should": parts, "minimum_should_match": 1}
+    restriction = build_filter(query.filters, query.exclude_ids)
+    if restriction is not None:
+        body.update(restriction["bool"])
+    return {"bool": body}
+
+
+def build_bulk_lines(doc: Document) -> str:
+    """Return the two NDJSON lines that index one document with ``_id = image_id``."""
+    action = json.dumps({"index": {"_id": doc.image_id}}, separators=(",", ":"))
+    return action + "\n" + json.dumps(document_source(doc), separators=(",", ":")) + "\n"
+
+
+def build_alias_actions(
+    alias: str, index: str, current: Iterable[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Return one ``_aliases`` request moving ``alias`` from ``current`` to ``index`` at once."""
+    actions: list[dict[str, Any]] = [
+        {"remove": {"index": old, "alias": alias}} for old in sorted(current) if old != index
+    ]
+    actions.append({"add": {"index": index, "alias": alias}})
+    return {"actions": actions}
+
+
+def vector_to_json(vector: np.ndarray) -> list[float]:
+    """Return a float32 vector as the shortest decimals that round-trip (half a double's JSON)."""
+    return [float(str(x)) for x in np.asarray(vector, dtype=np.float32).ravel()]
+
+
+def document_source(doc: Document) -> dict[str, Any]:
+    """Return the ``_source`` stored for a document."""
+    source: dict[str, Any] = {ID_FIELD: doc.image_id}
+    if doc.caption is not None:
+        source[TEXT_FIELD] = doc.caption
+    if doc.image is not None:
+        source[IMAGE_FIELD] = doc.image
+    if doc.vector is not None:
+        source[VECTOR_FIELD] = vector_to_json(doc.vector)
+    if doc.metadata:
+        source[METADATA_FIELD] = dict(doc.metadata)
+    return source
+
+
+def document_from_source(image_id: str, source: Mapping[str, Any]) -> Document:
+    """Rebuild a :class:`Document` from a stored ``_source``."""
+    vector = source.get(VECTOR_FIELD)
+    return Document(
+        image_id=str(source.get(ID_FIELD, image_id)),
+        caption=source.get(TEXT_FIELD),
+        vector=None if vector is None else np.asarray(vector, dtype=np.float32),
+        image=source.get(IMAGE_FIELD),
+        metadata=dict(source.get(METADATA_FIELD) or {}),
+    )
+
+
+def knn_score_to_cosine(score: float, space_type: str) -> float:
+    """Invert OpenSearch's kNN score to the cosine of unit vectors (documented per space)."""
+    if space_type == "innerproduct":
+        # faiss: score = 1 + dot for dot >= 0, else 1 / (1 - dot).
+        return score - 1.0 if score >= 1.0 else 1.0 - 1.0 / score
+    if space_type == "cosinesimil":
+        return 2.0 * score - 1.0  # score = (1 + cos) / 2
+    raise ConfigError(f"no cosine conversion for space {space_type!r}")
+
+
+def _vector_problem(vector: np.ndarray | None) -> str | None:
+    """Return why a vector cannot be stored (JSON has no NaN; zero vectors have no direction)."""
+    if vector is None:
+        return None
+    array = np.asarray(vector, dtype=np.float32)
+    if array.ndim != 1 or array.size == 0:
+        return "vector must be a non-empty 1-d array"
+    if not np.all(np.isfinite(array)):
+        return "vector has NaN or infinite values"
+    if not np.any(array):
+        return "vector is all zeros"
+    return None
+
+
+# --- the engine ----------------------------------------------------------------------------------
+
+
+class OpenSearchIndex:
+    """:class:`SearchIndex` over one OpenSearch index or alias (``name``).
+
+    Readers open it on the alias; the loader opens it on a run's physical index, creates it with
+    :meth:`create`, writes inside :meth:`loading` and publishes with :meth:`swap_alias`.
+    ``sleep`` and ``rng`` drive the retry back-off (tests pass fakes, so nothing really waits).
+    """
+
+    def __init__(
+        self,
+        client: OpenSearch,
+        name: str,
+        *,
+        config: OpenSearchConfig | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._client = client
+        self.name = name
+        self.config = config or OpenSearchConfig()
+        self._sleep = sleep
+        self._rng = rng
+        self._pipelines: set[str] = set()
+        self._dim: int | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        name: str,
+        *,
+        config: OpenSearchConfig | None = None,
+        **connect_kwargs: Any,
+    ) -> OpenSearchIndex:
+        """Open ``name`` on the domain at ``url`` (auth arguments as for :func:`connect`)."""
+        return cls(connect(url, **connect_kwargs), name, config=config)
+
+    def with_name(self, name: str) -> OpenSearchIndex:
+        """Return the same engine (client, config, retry policy) on another index or alias."""
+        return OpenSearchIndex(
+            self._client, name, config=self.config, sleep=self._sleep, rng=self._rng
+        )
+
+    # -- transport with retries --
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        *,
+        ignore: Sequence[int] = (),
+    ) -> Any:
+        """Send one request; retry 429/5xx/connection errors with capped, jittered back-off."""
+        attempts = self.config.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._client.transport.perform_request(
+                    method, path, params=dict(params or {}), body=body
+                )
+            except TransportConnectionError as exc:
+                reason = f"connection error: {exc}"
+            except TransportError as exc:
+                status = exc.status_code
+                if isinstance(status, int) and status in ignore:
+                    return {"status": status, "error": exc.info}
+                if status not in RETRY_STATUSES:
+                    raise SearchIndexError(
+                        f"OpenSearch {method} {path} failed: {status} {_error_text(exc)}"
+                    ) from exc
+                reason = f"{status} {_error_text(exc)}"
+            if attempt == attempts:
+                raise SearchIndexError(
+                    f"OpenSearch {method} {path} failed after {attempts} attempts: {reason}"
+                )
+            delay = self._backoff(attempt)
+            log.warning(
+                "OpenSearch %s %s: %s; retry %d in %.2fs", method, path, reason, attempt, delay
+            )
+            self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential back-off with equal jitter: half the step fixed, half random."""
+        step = min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1))
+        return step / 2 + self._rng() * step / 2
+
+    # -- lifecycle --
+
+    def exists(self) -> bool:
+        """Tell whether the index (or alias) exists."""
+        return bool(self._client.transport.perform_request("HEAD", f"/{self.name}"))
+
+    def create(self, dim: int, *, loading: bool = True) -> bool:
+        """Create the index for ``dim``-d vectors; return False if it already existed (same dim)."""
+        body = build_index_body(dim, self.config, loading=loading)
+        answer = self._request("PUT", f"/{self.name}", body, ignore=(400,))
+        if isinstance(answer, dict) and answer.get("status") == 400:
+            error = json.dumps(answer.get("error"))
+            if "resource_already_exists_exception" not in error:
+                raise SearchIndexError(f"cannot create index {self.name}: {error}")
+            existing = self._read_dim()
+            if existing is not None and existing != dim:
+                raise SearchIndexError(
+                    f"index {self.name} holds {existing}-d vectors, cannot load {dim}-d ones"
+                )
+            return False
+        self._dim = dim
+        log.info("created index %s (%d-d, %s)", self.name, dim, self.config.engine)
+        return True
+
+    def begin_load(self) -> None:
+        """Turn off refresh and replicas while bulk loading (much faster indexing)."""
+        self._put_settings({"refresh_interval": "-1", "number_of_replicas": 0})
+
+    def finish_load(self) -> None:
+        """Restore refresh and replicas, then refresh so every loaded document is searchable."""
+        self._put_settings(
+            {
+                "refresh_interval": self.config.refresh_interval,
+                "number_of_replicas": self.config.replicas,
+            }
+        )
+        self.refresh()
+
+    @contextmanager
+    def loading(self) -> Iterator[OpenSearchIndex]:
+        """Context manager around a bulk load: :meth:`begin_load`, then :meth:`finish_load`.
+
+        The settings are restored even if the load fails, so a broken run never leaves an index
+        without replicas behind.
+        """
+        self.begin_load()
+        try:
+            yield self
+        finally:
+            self.finish_load()
+
+    def refresh(self) -> None:
+        """Make every written document visible to search and count."""
+        self._request("POST", f"/{self.name}/_refresh")
+
+    def _put_settings(self, settings: Mapping[str, Any]) -> None:
+        self._request("PUT", f"/{self.name}/_settings", {"index": dict(settings)})
+
+    def alias_targets(self, alias: str) -> list[str]:
+        """Return the indexes an alias points at (empty if the alias does not exist)."""
+        answer = self._request("GET", f"/_alias/{alias}", ignore=(404,))
+        if not isinstance(answer, dict) or answer.get("status") == 404:
+            return []
+        return sorted(name for name, info in answer.items() if isinstance(info, dict))
+
+    def swap_alias(self, alias: str, *, keep: int | None = None) -> list[str]:
+        """Point ``alias`` at this index in one atomic request, then prune old run indexes.
+
+        Keeps the ``keep`` newest ``<alias>-*`` indexes (this one included; default from the
+        config) so a bad run can be rolled back by swapping again; returns the deleted names.
+        """
+        current = self.alias_targets(alias)
+        self._request("POST", "/_aliases", build_alias_actions(alias, self.name, current))
+        log.info("alias %s -> %s (was %s)", alias, self.name, ", ".join(current) or "unset")
+        return self.prune(alias, keep=keep)
+
+    def prune(self, alias: str, *, keep: int | None = None) -> list[str]:
+        """Delete all but the ``keep`` newest run indexes of ``alias`` (never the live ones)."""
+        keep = self.config.keep_indexes if keep is None else keep
+        answer = self._request("GET", f"/{alias}-*/_settings", ignore=(404,))
+        if not isinstance(answer, dict) or answer.get("status") == 404:
+            return []
+        created = {
+            name: int(info.get("settings", {}).get("index", {}).get("creation_date", 0))
+            for name, info in answer.items()
+            if isinstance(info, dict)
+        }
+        live = set(self.alias_targets(alias)) | {self.name}
+        newest_first = sorted(created, key=lambda name: (created[name], name), reverse=True)
+        doomed = [n for n in newest_first[max(keep, 1) :] if n not in live]
+        if doomed:
+            self._request("DELETE", "/" + ",".join(doomed))
+            log.info("pruned old indexes: %s", ", ".join(doomed))
+        return doomed
+
+    def drop(self) -> None:
+        """Delete this physical index (tests and clean-up)."""
+        self._request("DELETE", f"/{self.name}", ignore=(404,))
+
+    # -- writes --
+
+    def upsert(self, documents: Iterable[Document]) -> UpsertResult:
+        """Insert or replace documents by ``image_id`` in bounded bulk chunks.
+
+        Items rejected with 429 are resent with back-off; other per-item errors (and documents
+        that cannot be encoded) are returned in ``failed`` with the reason, never dropped.
+        """
+        result = UpsertResult()
+        for chunk in self._chunks(documents, result):
+            self._send_chunk(chunk, result)
+        if self.config.refresh_writes:
+            self.refresh()
+        return result
+
+    def _chunks(
+        self, documents: Iterable[Document], result: UpsertResult
+    ) -> Iterator[list[tuple[str, str]]]:
+        """Group (image_id, NDJSON lines) by count and bytes; bad documents go to ``failed``."""
+        chunk: list[tuple[str, str]] = []
+        size = 0
+        dim = self.dim
+        for doc in documents:
+            problem = _vector_problem(doc.vector)
+            if problem is not None:
+                result.failed.append((doc.image_id, problem))
+                continue
+            if doc.vector is not None and dim is not None and np.size(doc.vector) != dim:
+                raise InvalidInputError(
+                    f"{doc.image_id}: vector has {np.size(doc.vector)} dimensions, "
+                    f"the index has {dim}"
+                )
+            lines = build_bulk_lines(doc)
+            nbytes = len(lines.encode("utf-8"))
+            if chunk and (
+                len(chunk) >= self.config.bulk_max_docs
+                or size + nbytes > self.config.bulk_max_bytes
+            ):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append((doc.image_id, lines))
+            size += nbytes
+        if chunk:
+            yield chunk
+
+    def _send_chunk(self, chunk: list[tuple[str, str]], result: UpsertResult) -> None:
+        """Send one bulk chunk; resend 429 items until they land or attempts run out."""
+        pending = chunk
+        for attempt in range(1, self.config.max_attempts + 1):
+            body = "".join(lines for _, lines in pending)
+            answer = self._request("POST", f"/{self.name}/_bulk", body)
+            retry: list[tuple[str, str]] = []
+            items = answer.get("items", [])
+            if len(items) != len(pending):
+                raise SearchIndexError(
+                    f"bulk answer has {len(items)} items for {len(pending)} documents"
+                )
+            for (image_id, lines), item in zip(pending, items, strict=True):
+                outcome = next(iter(item.values()))
+                status = int(outcome.get("status", 500))
+                if 200 <= status < 300:
+                    result.written += 1
+                elif status in RETRY_STATUSES:
+                    retry.append((image_id, lines))
+                else:
+                    result.failed.append((image_id, f"{status} {_item_error(outcome)}"))
+            if not retry:
+                return
+            if attempt == self.config.max_attempts:
+                break
+            delay = self._backoff(attempt)
+            log.warning("bulk: %d items throttled; resending in %.2fs", len(retry), delay)
+            self._sleep(delay)
+            pending = retry
+        for image_id, _ in retry:
+            result.failed.append(
+                (image_id, f"still rejected after {self.config.max_attempts} attempts")
+            )
+
+    def delete(self, image_ids: Iterable[str]) -> int:
+        """Remove documents; return how many existed."""
+        ids = sorted(set(image_ids))
+        if not ids:
+            return 0
+        body = "".join(
+            json.dumps({"delete": {"_id": image_id}}, separators=(",", ":")) + "\n"
+            for image_id in ids
+        )
+        answer = self._request("POST", f"/{self.name}/_bulk", body)
+        deleted = 0
+        for item in answer.get("items", []):
+            outcome = item.get("delete", {})
+            if outcome.get("result") == "deleted":
+                deleted += 1
+            elif int(outcome.get("status", 500)) not in (200, 404):
+                raise SearchIndexError(
+                    f"cannot delete {outcome.get('_id')}: {_item_error(outcome)}"
+                )
+        if self.config.refresh_writes:
+            self.refresh()
+        return deleted
+
+    # -- reads --
+
+    def get(self, image_id: str) -> Document | None:
+        """Return one document (with its vector) or ``None``."""
+        path = f"/{self.name}/_doc/{quote(image_id, safe='')}"
+        answer = self._request("GET", path, ignore=(404,))
+        if not isinstance(answer, dict) or not answer.get("found"):
+            return None
+        return document_from_source(image_id, answer.get("_source") or {})
+
+    def count(self) -> int:
+        """Return the number of (refreshed) documents."""
+        return int(self._request("GET", f"/{self.name}/_count")["count"])
+
+    @property
+    def dim(self) -> int | None:
+        """The vector dimension from the mapping, or ``None`` if the index does not exist."""
+        if self._dim is None:
+            self._dim = self._read_dim()
+        return self._dim
+
+    def _read_dim(self) -> int | None:
+        answer = self._request("GET", f"/{self.name}/_mapping", ignore=(404,))
+        if not isinstance(answer, dict) or answer.get("status") == 404:
+            return None
+        for info in answer.values():
+            vector = info.get("mappings", {}).get("properties", {}).get(VECTOR_FIELD, {})
+            if "dimension" in vector:
+                return int(vector["dimension"])
+        return None
+
+    def facets(self, fields: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+        """Return metadata fields with their values and counts (``terms`` aggregations)."""
+        names = list(fields) if fields is not None else self._metadata_fields()
+        if not names:
+            return {}
+        aggs = {
+            name: {"terms": {"field": f"{METADATA_FIELD}.{name}", "size": self.config.facet_size}}
+            for name in names
+        }
+        answer = self._request(
+            "POST", f"/{self.name}/_search", {"size": 0, "aggs": aggs, "track_total_hits": False}
+        )
+        out: dict[str, dict[str, int]] = {}
+        for name in names:
+            buckets = answer.get("aggregations", {}).get(name, {}).get("buckets", [])
+            values = {str(b["key"]): int(b["doc_count"]) for b in buckets}
+            if values:
+                out[name] = values
+        return out
+
+    def _metadata_fields(self) -> list[str]:
+        """Return the keyword fields under ``metadata`` (dotted paths for nested objects)."""
+        answer = self._request("GET", f"/{self.name}/_mapping", ignore=(404,))
+        if not isinstance(answer, dict) or answer.get("status") == 404:
+            return []
+        found: set[str] = set()
+
+        def walk(properties: Mapping[str, Any], prefix: str) -> None:
+            for name, spec in properties.items():
+                if "properties" in spec:
+                    walk(spec["properties"], f"{prefix}{name}.")
+                elif spec.get("type") == "keyword":
+                    found.add(prefix + name)
+
+        for info in answer.values():
+            props = info.get("mappings", {}).get("properties", {})
+            walk(props.get(METADATA_FIELD, {}).get("properties", {}), "")
+        return sorted(found)
+
+    # -- search --
+
+    def search(self, query: SearchQuery) -> SearchPage:
+        """Rank documents for a text (BM25), vector (kNN) or hybrid query, one page at a time."""
+        query = self._checked(query)
+        if query.vector is None:
+            return self._search_text(query)
+        if query.text is None:
+            return self._search_vector(query)
+        if self.config.hybrid == "client":
+            return self._search_hybrid_client(query)
+        return self._search_hybrid_pipeline(query)
+
+    def _checked(self, query: SearchQuery) -> SearchQuery:
+        """Validate a query; return it with the vector as unit float32."""
+        text = query.text
+        if text is None and query.vector is None:
+            raise InvalidInputError("a search needs a text, a vector or both")
+        if not 1 <= query.k <= MAX_K:
+            raise InvalidInputError(f"k must be between 1 and {MAX_K}, got {query.k}")
+        if query.offset < 0:
+            raise InvalidInputError(f"offset must be >= 0, got {query.offset}")
+        fusion.check_alpha(query.alpha)
+        vector = query.vector
+        if vector is not None:
+            vector = np.asarray(vector, dtype=np.float32)
+            if _vector_problem(vector) is not None:
+                raise InvalidInputError(f"query {_vector_problem(vector)}")
+            if self.dim is not None and vector.shape[0] != self.dim:
+                raise InvalidInputError(
+                    f"query vector has {vector.shape[0]} dimensions, the index has {self.dim}"
+                )
+            vector = normalize(vector)
+        return SearchQuery(
+            text=text,
+            vector=vector,
+            alpha=query.alpha,
+            k=query.k,
+            offset=query.offset,
+            filters=query.filters,
+            exclude_ids=query.exclude_ids,
+        )
+
+    def _search(self, body: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> Any:
+        return self._request("POST", f"/{self.name}/_search", body, params)
+
+    def _msearch(self, bodies: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Run several searches in one round trip; a failed sub-search is an error."""
+        payload = "".join(
+            "{}\n" + json.dumps(body, separators=(",", ":")) + "\n" for body in bodies
+        )
+        answer = self._request("POST", f"/{self.name}/_msearch", payload)
+        responses = answer.get("responses", [])
+        for response in responses:
+            if "error" in response:
+                status = response.get("status")
+                raise SearchIndexError(f"OpenSearch search failed: {status} {response['error']}")
+        return responses
+
+    def _search_text(self, query: SearchQuery) -> SearchPage:
+        assert query.text is not None
+        body = build_search_body(
+            build_match_query(query.text, query.filters, query.exclude_ids), query.k, query.offset
+        )
+        answer = self._search(body)
+        hits = [
+            Hit(image_id=h["_id"], score=float(h["_score"]), text_score=float(h["_score"]))
+            for h in answer["hits"]["hits"]
+        ]
+        return SearchPage(hits=fusion.sort_hits(hits), total=_total(answer))
+
+    def _cosine(self, score: float) -> float:
+        return knn_score_to_cosine(float(score), self.config.space_type)
+
+    def _search_vector(self, query: SearchQuery) -> SearchPage:
+        assert query.vector is not None
+        knn = build_knn_query(query.vector, query.candidates, query.filters, query.exclude_ids)
+        page, total = self._msearch(
+            [
+                build_search_body(knn, query.k, query.offset),
+                build_search_body(build_count_query(query), 0),
+            ]
+        )
+        hits = []
+        for h in page["hits"]["hits"]:
+            cosine = self._cosine(h["_score"])
+            hits.append(Hit(image_id=h["_id"], score=cosine, vector_score=cosine))
+        return SearchPage(hits=fusion.sort_hits(hits), total=_total(total))
+
+    def _component_lists(
+        self, query: SearchQuery
+    ) -> tuple[list[tuple[str, float]], list[tuple[str, float]], int]:
+        """Return each sub-query's top N (raw BM25, cosine) and the union total, in one msearch."""
+        assert query.text is not None and query.vector is not None
+        n = query.candidates
+        text, vector, total = self._msearch(
+            [
+                build_search_body(
+                    build_match_query(query.text, query.filters, query.exclude_ids), n
+                ),
+                build_search_body(
+                    build_knn_query(query.vector, n, query.filters, query.exclude_ids), n
+                ),
+                build_search_body(build_count_query(query), 0),
+            ]
+        )
+        text_list = [(h["_id"], float(h["_score"])) for h in text["hits"]["hits"]]
+        vector_list = [(h["_id"], self._cosine(h["_score"])) for h in vector["hits"]["hits"]]
+        return text_list, vector_list, _total(total)
+
+    def _search_hybrid_client(self, query: SearchQuery) -> SearchPage:
+        text_list, vector_list, total = self._component_lists(query)
+        fused = fusion.fuse(text_list, vector_list, query.alpha)
+        return SearchPage(hits=fused[query.offset : query.offset + query.k], total=total)
+
+    def _search_hybrid_pipeline(self, query: SearchQuery) -> SearchPage:
+        pipeline = self._ensure_pipeline(query.alpha)
+        answer = self._search(build_hybrid_body(query), {"search_pipeline": pipeline})
+        text_list, vector_list, total = self._component_lists(query)
+        text_scores, vector_scores = dict(text_list), dict(vector_list)
+        fused = fusion.sort_hits(
+            Hit(
+                image_id=h["_id"],
+                score=float(h["_score"]),
+                text_score=text_scores.get(h["_id"]),
+                vector_score=vector_scores.get(h["_id"]),
+            )
+            for h in answer["hits"]["hits"]
+        )
+        return SearchPage(hits=fused[query.offset : query.offset + query.k], total=total)
+
+    def _ensure_pipeline(self, alpha: float) -> str:
+        """Create (once per process) the normalization pipeline for this alpha; return its id."""
+        name = pipeline_name(self.config.pipeline_prefix, alpha)
+        if name not in self._pipelines:
+            self._request("PUT", f"/_search/pipeline/{name}", build_pipeline_body(alpha))
+            self._pipelines.add(name)
+        return name
+
+
+def _total(answer: Mapping[str, Any]) -> int:
+    total = answer.get("hits", {}).get("total", 0)
+    return int(total["value"] if isinstance(total, Mapping) else total)
+
+
+def _error_text(exc: TransportError) -> str:
+    info = exc.info
+    if isinstance(info, Mapping):
+        error = info.get("error", info)
+        if isinstance(error, Mapping):
+            return f"{error.get('type', '')}: {error.get('reason', '')}".strip(": ")
+        return str(error)
+    return str(exc.error)
+
+
+def _item_error(outcome: Mapping[str, Any]) -> str:
+    error = outcome.get("error")
+    if isinstance(error, Mapping):
+        return f"{error.get('type', 'error')}: {error.get('reason', '')}"
+    return str(error or "unknown error")

@@ -1,0 +1,541 @@
+"""The index loader: batch-transform output (JSON Lines of vectors) into a run's search index.
+
+For each ``*.out`` object the batch transform writes, :meth:`IndexLoader.load_object` streams the
+lines (``{"image_id", "vector", "model", "dim"}`` or ``{"image_id", "error"}``), joins captions and
+metadata from the run's manifest (read once per container), and upserts documents with
+``_id = image_id`` into the run's own index (``<alias>-<run id>``), so a rerun after a crash
+rewrites the same documents: no duplicates, no gaps.
+
+Nothing here is fatal per record: malformed lines and ids the manifest does not know are reported
+(and logged with their ids); a known image whose line has no usable vector (the transform could
+not embed it, or the vector is malformed) is indexed by its caption alone and reported, so every
+manifest record ends up in the index. Documents the index rejected make the object's message
+fail, so SQS delivers it again. After each object a small report is
+written beside it (``<object>.loaded.json``); when the reports account for every manifest record,
+the loader publishes the run: restores the index settings, checks the document count and moves
+the read alias to the new index in one atomic request (blue/green), pruning old runs.
+
+S3 goes through :mod:`medsearch.storage`, the index through the small :class:`RunIndex` protocol
+(implemented by :class:`medsearch.index.opensearch.OpenSearchIndex`), so this module imports no
+AWS SDK and no OpenSearch client; the Lambda handler wires them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote_plus
+
+import numpy as np
+
+from medsearch import storage
+from medsearch.constants import TRANSFORM_OUTPUT_SUFFIX, VECTORS_PREFIX
+from medsearch.data.manifest import BadRecord, Record, read_manifest
+from medsearch.errors import InvalidInputError, MedsearchError, SearchIndexError
+from medsearch.index.base import Document, SearchIndex, UpsertResult
+from medsearch.vectors import normalize
+
+log = logging.getLogger(__name__)
+
+REPORT_SUFFIX = ".loaded.json"
+VECTORIZE_ERROR = "vectorize error"
+# Runs are told apart by the folder after the vectors prefix: ``vectors/<run id>/part-0.jsonl.out``.
+DEFAULT_RUN_PATTERN = rf"(?:^|/){re.escape(VECTORS_PREFIX)}(?P<run_id>[A-Za-z0-9._-]+)/"
+
+
+class RunIndex(SearchIndex, Protocol):
+    """What the loader needs beyond :class:`SearchIndex`: create, load mode and publishing."""
+
+    name: str
+
+    def create(self, dim: int, *, loading: bool = True) -> bool:
+        """Create the index (idempotent)."""
+        ...
+
+    def finish_load(self) -> None:
+        """Restore refresh and replicas and refresh."""
+        ...
+
+    def swap_alias(self, alias: str, *, keep: int | None = None) -> list[str]:
+        """Point the alias at this index atomically; prune old ones."""
+        ...
+
+
+# Physical index name -> engine on it, and (alias, run id) -> physical index name.
+IndexFactory = Callable[[str], RunIndex]
+IndexNamer = Callable[[str, str], str]
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Where runs live and how they are published; built once from the handler's settings."""
+
+    manifest_url: str
+    alias: str = "medsearch"
+    run_pattern: str = DEFAULT_RUN_PATTERN
+    auto_publish: bool = True
+    keep_indexes: int = 2
+    batch_docs: int = 500
+
+    def __post_init__(self) -> None:
+        try:
+            pattern = re.compile(self.run_pattern)
+        except re.error as exc:
+            raise InvalidInputError(f"run_pattern is not a regular expression: {exc}") from None
+        if "run_id" not in pattern.groupindex:
+            raise InvalidInputError("run_pattern needs a (?P<run_id>...) group")
+
+    def run_id(self, url: str) -> str:
+        """Return the run id of an output object (from its key), or raise."""
+        key = storage.split_s3(url)[1] if storage.is_s3(url) else Path(url).as_posix()
+        found = re.search(self.run_pattern, key)
+        if not found:
+            raise InvalidInputError(f"{url}: no run id in the key (pattern {self.run_pattern})")
+        return found.group("run_id")
+
+    def manifest_for(self, run_id: str) -> str:
+        """Return the manifest location of a run (``{run_id}`` in the template is filled in)."""
+        return self.manifest_url.replace("{run_id}", run_id)
+
+
+@dataclass
+class ObjectReport:
+    """What loading one output object did, record by record."""
+
+    url: str
+    run_id: str
+    index: str
+    lines: int = 0
+    written: int = 0
+    vector_errors: list[BadRecord] = field(default_factory=list)
+    malformed: list[BadRecord] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    failed: list[BadRecord] = field(default_factory=list)
+    model: str | None = None
+    dim: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether every document the object holds is in the index (nothing to retry)."""
+        return not self.failed
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the report written beside the object."""
+        return {
+            "url": self.url,
+            "run_id": self.run_id,
+            "index": self.index,
+            "lines": self.lines,
+            "written": self.written,
+            "model": self.model,
+            "dim": self.dim,
+            "vector_errors": [b.to_json() for b in self.vector_errors],
+            "malformed": [b.to_json() for b in self.malformed],
+            "unknown": self.unknown,
+            "failed": [b.to_json() for b in self.failed],
+        }
+
+
+@dataclass
+class MessageResult:
+    """The objects of one event record (one SQS message, or one S3 notification record)."""
+
+    message_id: str | None
+    urls: list[str]
+    reports: list[ObjectReport] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every object loaded completely (else the message is retried)."""
+        return not self.errors and all(r.complete for r in self.reports)
+
+
+@dataclass
+class EventResult:
+    """The outcome of one Lambda event: per-message results and the runs published."""
+
+    messages: list[MessageResult] = field(default_factory=list)
+    published: list[str] = field(default_factory=list)
+
+    @property
+    def reports(self) -> list[ObjectReport]:
+        """Every object report of the event."""
+        return [r for m in self.messages for r in m.reports]
+
+    def batch_item_failures(self) -> list[dict[str, str]]:
+        """Return SQS ``batchItemFailures``: the message ids that must be delivered again."""
+        return [
+            {"itemIdentifier": m.message_id}
+            for m in self.messages
+            if not m.ok and m.message_id is not None
+        ]
+
+    @property
+    def failed(self) -> bool:
+        """Whether anything must be retried."""
+        return any(not m.ok for m in self.messages)
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+def _s3_records(payload: Mapping[str, Any]) -> list[str]:
+    """Return ``s3://`` URLs of an S3 notification (or EventBridge "Object Created") payload."""
+    urls: list[str] = []
+    for record in payload.get("Records", []):
+        s3 = record.get("s3") if isinstance(record, Mapping) else None
+        if not isinstance(s3, Mapping):
+            continue
+        bucket = s3.get("bucket", {}).get("name")
+        key = s3.get("object", {}).get("key")
+        if bucket and key:
+            # Keys in S3 notifications are URL-encoded (spaces as '+').
+            urls.append(f"s3://{bucket}/{unquote_plus(key)}")
+    detail = payload.get("detail")
+    if payload.get("source") == "aws.s3" and isinstance(detail, Mapping):
+        bucket = detail.get("bucket", {}).get("name")
+        key = detail.get("object", {}).get("key")
+        if bucket and key:
+            urls.append(f"s3://{bucket}/{key}")
+    return urls
+
+
+def parse_event(event: Mapping[str, Any]) -> list[MessageResult]:
+    """Split a Lambda event into messages: SQS records (each wrapping an S3 event) or S3 records.
+
+    Only ``*.out`` objects are kept (reports and anything else in the prefix are ignored); an SQS
+    body that is not JSON becomes a message with an error, so it is reported, not lost.
+    """
+    messages: list[MessageResult] = []
+    records = event.get("Records")
+    if isinstance(records, list) and records and records[0].get("eventSource") == "aws:sqs":
+        for record in records:
+            message = MessageResult(message_id=record.get("messageId"), urls=[])
+            try:
+                body = json.loads(record.get("body") or "{}")
+            except json.JSONDecodeError:
+                message.errors.append("message body is not JSON")
+                messages.append(message)
+                continue
+            # SNS fan-out wraps the S3 event once more.
+            if isinstance(body, Mapping) and body.get("Type") == "Notification":
+                body = json.loads(body.get("Message") or "{}")
+            if isinstance(body, Mapping):
+                message.urls = [u for u in _s3_records(body) if _is_output(u)]
+            messages.append(message)
+        return messages
+    urls = [u for u in _s3_records(event) if _is_output(u)]
+    if urls:
+        messages.append(MessageResult(message_id=None, urls=urls))
+    return messages
+
+
+def _is_output(url: str) -> bool:
+    return url.endswith(TRANSFORM_OUTPUT_SUFFIX)
+
+
+# --- output lines -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VectorLine:
+    """One good output line: an id, its vector, and the model that made it."""
+
+    image_id: str
+    vector: list[float]
+    model: str | None
+
+
+def parse_line(line: str, where: str) -> VectorLine | BadRecord:
+    """Parse one output line; a vector line or a :class:`BadRecord` saying what is wrong."""
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return BadRecord(where, f"malformed line: not JSON ({exc.msg})")
+    if not isinstance(raw, Mapping):
+        return BadRecord(where, "malformed line: not a JSON object")
+    image_id = raw.get("image_id")
+    if not isinstance(image_id, str) or not image_id:
+        return BadRecord(where, "malformed line: no image_id")
+    if "error" in raw:
+        return BadRecord(image_id, f"{VECTORIZE_ERROR}: {raw['error']}")
+    vector = raw.get("vector")
+    if (
+        not isinstance(vector, list)
+        or not vector
+        or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vector)
+    ):
+        return BadRecord(image_id, f"malformed line {where}: vector must be a list of numbers")
+    if not all(math.isfinite(x) for x in vector):
+        return BadRecord(image_id, f"malformed line {where}: vector has NaN or infinity")
+    dim = raw.get("dim")
+    if dim is not None and dim != len(vector):
+        return BadRecord(image_id, f"malformed line {where}: dim {dim} but {len(vector)} values")
+    model = raw.get("model")
+    return VectorLine(image_id, vector, model if isinstance(model, str) else None)
+
+
+def _lines(url: str) -> Iterator[tuple[int, str]]:
+    text = storage.read_text(url)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield number, line
+
+
+# --- the loader ---------------------------------------------------------------------------------
+
+
+class IndexLoader:
+    """Loads output objects into run indexes and publishes complete runs.
+
+    ``index_factory`` opens the engine on a physical index name; ``index_name`` maps (alias,
+    run id) to that name. Manifests are cached per instance (one instance per container).
+    """
+
+    def __init__(
+        self,
+        config: LoaderConfig,
+        index_factory: IndexFactory,
+        index_name: IndexNamer,
+        *,
+        manifest_reader: Callable[[str], Sequence[Record]] = read_manifest,
+    ) -> None:
+        self.config = config
+        self._open = index_factory
+        self._name = index_name
+        self._read_manifest = manifest_reader
+        self._manifests: dict[str, dict[str, Record]] = {}
+        self._created: set[str] = set()
+
+    def manifest(self, run_id: str) -> dict[str, Record]:
+        """Return the run's manifest by id, read once and cached."""
+        url = self.config.manifest_for(run_id)
+        if url not in self._manifests:
+            records = self._read_manifest(url)
+            self._manifests = {url: {r.image_id: r for r in records}}  # one run at a time
+            log.info("manifest %s: %d records", url, len(records))
+        return self._manifests[url]
+
+    def index_for(self, run_id: str) -> RunIndex:
+        """Return the engine on a run's physical index."""
+        return self._open(self._name(self.config.alias, run_id))
+
+    def load_object(self, url: str) -> ObjectReport:
+        """Load one output object into its run's index and write its report beside it."""
+        run_id = self.config.run_id(url)
+        index = self.index_for(run_id)
+        report = ObjectReport(url=url, run_id=run_id, index=index.name)
+        manifest = self.manifest(run_id)
+        batch: list[Document] = []
+        for number, line in _lines(url):
+            report.lines += 1
+            parsed = parse_line(line, f"{url}:{number}")
+            if isinstance(parsed, VectorLine) and report.dim is None:
+                report.dim, report.model = len(parsed.vector), parsed.model
+            if isinstance(parsed, VectorLine) and len(parsed.vector) != report.dim:
+                parsed = BadRecord(
+                    parsed.image_id, f"{len(parsed.vector)}-d vector, expected {report.dim}"
+                )
+            record = manifest.get(parsed.image_id)
+            if record is None:
+                if isinstance(parsed, VectorLine) or parsed.reason.startswith(VECTORIZE_ERROR):
+                    report.unknown.append(parsed.image_id)
+                else:
+                    report.malformed.append(parsed)
+                continue
+            if isinstance(parsed, BadRecord):
+                # A known image without a usable vector: its caption stays searchable by text.
+                bad = report.vector_errors if parsed.reason.startswith(VECTORIZE_ERROR) else None
+                (bad if bad is not None else report.malformed).append(parsed)
+                batch.append(_document(record, None))
+            else:
+                batch.append(_document(record, parsed))
+            if len(batch) >= self.config.batch_docs:
+                self._write(index, batch, report)
+                batch = []
+        if batch:
+            self._write(index, batch, report)
+        self._log(report)
+        storage.write_text(url + REPORT_SUFFIX, json.dumps(report.to_json()) + "\n")
+        return report
+
+    def _ensure_index(self, index: RunIndex, dim: int | None) -> None:
+        """Create the run's index once (sized by the first vector), or find it already there."""
+        if index.name in self._created:
+            return
+        if dim is None:
+            dim = index.dim
+            if dim is None:
+                raise SearchIndexError(
+                    f"{index.name} does not exist and no vector has sized it yet; retry later"
+                )
+        index.create(dim, loading=True)
+        self._created.add(index.name)
+
+    def _write(self, index: RunIndex, batch: list[Document], report: ObjectReport) -> None:
+        self._ensure_index(index, report.dim)
+        result: UpsertResult = index.upsert(batch)
+        report.written += result.written
+        report.failed.extend(BadRecord(i, reason) for i, reason in result.failed)
+
+    def _log(self, report: ObjectReport) -> None:
+        log.info(
+            "loaded %s into %s: %d lines, %d written, %d vectorize errors, %d malformed, "
+            "%d unknown ids, %d failed",
+            report.url,
+            report.index,
+            report.lines,
+            report.written,
+            len(report.vector_errors),
+            len(report.malformed),
+            len(report.unknown),
+            len(report.failed),
+        )
+        for bad in report.vector_errors + report.malformed + report.failed:
+            log.warning("record %s: %s", bad.image_id, bad.reason)
+        if report.unknown:
+            log.warning("ids not in the manifest: %s", ", ".join(report.unknown))
+
+    def handle(self, event: Mapping[str, Any]) -> EventResult:
+        """Load every output object of an S3 or SQS event; publish runs that became complete."""
+        result = EventResult(messages=parse_event(event))
+        touched: dict[str, str] = {}
+        for message in result.messages:
+            for url in message.urls:
+                try:
+                    report = self.load_object(url)
+                except MedsearchError as exc:
+                    log.error("cannot load %s: %s", url, exc)
+                    message.errors.append(f"{url}: {exc}")
+                    continue
+                message.reports.append(report)
+                touched[report.run_id] = url.rsplit("/", 1)[0]
+        if self.config.auto_publish:
+            for run_id, prefix in touched.items():
+                try:
+                    if self.publish(run_id, prefix):
+                        result.published.append(self._name(self.config.alias, run_id))
+                except MedsearchError as exc:
+                    # The objects are loaded; a later object (or a manual publish) retries this.
+                    log.error("cannot publish run %s: %s", run_id, exc)
+        return result
+
+    def run_status(self, run_id: str, prefix: str) -> RunStatus:
+        """Read the reports of a run's output prefix and tell whether the run is complete."""
+        outputs, reports = _outputs_and_reports(prefix)
+        status = RunStatus(run_id=run_id, objects=len(outputs), manifest=len(self.manifest(run_id)))
+        for url in outputs:
+            if url + REPORT_SUFFIX not in reports:
+                status.missing.append(url)
+                continue
+            data = json.loads(storage.read_text(url + REPORT_SUFFIX))
+            status.written += int(data.get("written", 0))
+            if data.get("failed"):
+                status.incomplete.append(url)
+        return status
+
+    def publish(self, run_id: str, prefix: str, *, force: bool = False) -> bool:
+        """Publish a complete run: restore settings, verify the count, swap the alias.
+
+        Complete = every output object under ``prefix`` has a report without failures, and the
+        reports wrote every manifest record (with or without a vector); ``force`` skips
+        the manifest check (a transform over part of the manifest). Raises if the index holds
+        a different number of documents than the reports wrote.
+        """
+        status = self.run_status(run_id, prefix)
+        if not status.ready(force=force):
+            log.info("run %s not complete yet: %s", run_id, status.describe())
+            return False
+        index = self.index_for(run_id)
+        index.finish_load()
+        count = index.count()
+        if count != status.written:
+            raise SearchIndexError(
+                f"run {run_id}: index {index.name} has {count} documents, reports wrote "
+                f"{status.written}; not publishing"
+            )
+        pruned = index.swap_alias(self.config.alias, keep=self.config.keep_indexes)
+        log.info(
+            "published run %s: alias %s -> %s (%d documents); pruned %s",
+            run_id,
+            self.config.alias,
+            index.name,
+            count,
+            ", ".join(pruned) or "nothing",
+        )
+        return True
+
+
+@dataclass
+class RunStatus:
+    """How far a run's loading is: objects with reports, documents written, what is missing."""
+
+    run_id: str
+    objects: int
+    manifest: int
+    written: int = 0
+    missing: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+
+    def ready(self, *, force: bool = False) -> bool:
+        """Whether the run can be published."""
+        if self.objects == 0 or self.missing or self.incomplete:
+            return False
+        return force or self.written >= self.manifest
+
+    def describe(self) -> str:
+        """One line for the logs."""
+        return (
+            f"{self.objects} objects, {len(self.missing)} without report, "
+            f"{len(self.incomplete)} with failures, {self.written} of {self.manifest} "
+            "manifest records written"
+        )
+
+
+def _document(record: Record, line: VectorLine | None) -> Document:
+    """Join a manifest record with its vector (unit length, through the one normaliser)."""
+    vector = None if line is None else normalize(np.asarray(line.vector, dtype=np.float32))
+    return Document(
+        image_id=record.image_id,
+        caption=record.caption,
+        vector=vector,
+        image=record.image,
+        metadata=dict(record.metadata),
+    )
+
+
+def _outputs_and_reports(prefix: str) -> tuple[list[str], set[str]]:
+    """List the ``*.out`` objects and the report objects directly under a prefix."""
+    names: Iterable[str]
+    if storage.is_s3(prefix):
+        bucket, key = storage.split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        names = (
+            f"s3://{bucket}/{k}"
+            for k in storage.object_store().list(bucket, key)
+            if "/" not in k[len(key) :]
+        )
+    else:
+        folder = Path(prefix)
+        names = (str(p) for p in folder.iterdir() if p.is_file()) if folder.is_dir() else ()
+    listed = sorted(names)
+    outputs = [n for n in listed if _is_output(n)]
+    reports = {n for n in listed if n.endswith(TRANSFORM_OUTPUT_SUFFIX + REPORT_SUFFIX)}
+    return outputs, reports
+
+
+def publish_event(event: Mapping[str, Any]) -> tuple[str, bool] | None:
+    """Return (output prefix, force) of a direct ``{"action": "publish", ...}`` event, else None."""
+    if event.get("action") != "publish":
+        return None
+    prefix = event.get("output_prefix")
+    if not isinstance(prefix, str) or not prefix:
+        raise InvalidInputError("a publish event needs 'output_prefix'")
+    return prefix.rstrip("/"), bool(event.get("force", False))

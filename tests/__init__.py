@@ -1,0 +1,1 @@
+"""Test suite of medsearch (mirrors the source layout)."""

@@ -1,0 +1,1 @@
+"""Tests of the Lambda handlers (JSON fixture events in events/)."""

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: the in-memory OpenSearch (fake_opensearch)."""

@@ -1,0 +1,726 @@
+"""An in-memory OpenSearch for tests: a real opensearch-py client over a fake connection.
+
+:class:`FakeCluster` keeps indexes, aliases and search pipelines in dicts and answers the REST
+calls the OpenSearch engine makes (index create/settings/mapping/refresh, ``_bulk``, ``_doc``,
+``_count``, ``_search``, ``_msearch``, ``_aliases``, ``_search/pipeline``) with the documented
+semantics, so tests of the engine, the loader and the API see real behaviour:
+
+- BM25 (k1 1.2, b 0.75) over the caption terms of :mod:`medsearch.index.analysis`; ``match`` is an
+  OR of the terms; ``bool`` (must/filter/should/must_not), ``terms``, ``term``, ``ids``,
+  ``exists``, ``match_all``; ``knn`` with efficient filtering (exact, scores as OpenSearch's
+  ``innerproduct``/``cosinesimil`` spaces); ``hybrid`` through a stored pipeline's
+  ``normalization-processor``; ``terms`` aggregations; ``from``/``size``; exact totals.
+- ``refresh_interval: -1`` is honoured: search and count see only refreshed documents, while
+  ``GET _doc`` is real-time, as in OpenSearch.
+- Faults for resilience tests: :meth:`FakeCluster.fail_requests` (request-level 429/5xx),
+  :meth:`FakeCluster.fail_items` (per-item bulk errors), :meth:`FakeCluster.storm` (random 429s on
+  requests and bulk items) and :meth:`FakeCluster.crash_after` (raises :class:`SimulatedCrash`, a
+  ``BaseException``, like a process killed mid-run).
+
+Use::
+
+    cluster = FakeCluster()
+    client = fake_client(cluster)                 # an opensearchpy.OpenSearch
+    index = OpenSearchIndex(client, "medsearch", sleep=lambda s: None)
+    ...
+    cluster.requests                              # every request: method, path, params, body
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from opensearchpy import Connection, OpenSearch
+
+try:  # the project's caption analysis (tantivy); a plain split keeps the fake usable without it
+    from medsearch.index.analysis import analyze as _analyze
+except ImportError:  # pragma: no cover
+
+    def _analyze(text: str) -> list[str]:
+        return re.findall(r"[a-z0-9]+", text.lower())
+
+
+K1, B = 1.2, 0.75
+MIN_SCORE, SINGLE_RESULT_SCORE = 0.001, 1.0
+
+
+class SimulatedCrash(BaseException):
+    """Raised by the fake to stop a run dead, as a killed Lambda or container would."""
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the server saw it: body parsed from JSON, or a list for NDJSON bodies."""
+
+    method: str
+    path: str
+    params: dict[str, Any]
+    body: Any
+
+
+@dataclass
+class FakeIndex:
+    """One index: settings, mappings, real-time docs and the refreshed (searchable) view."""
+
+    name: str
+    settings: dict[str, Any]
+    mappings: dict[str, Any]
+    created: int
+    docs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    visible: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def refresh_disabled(self) -> bool:
+        return str(self.settings.get("refresh_interval", "1s")) == "-1"
+
+    def write(self, image_id: str, source: dict[str, Any] | None) -> None:
+        if source is None:
+            self.docs.pop(image_id, None)
+        else:
+            self.docs[image_id] = source
+        if not self.refresh_disabled:
+            self.refresh()
+
+    def refresh(self) -> None:
+        self.visible = dict(self.docs)
+
+    def vector_spec(self) -> dict[str, Any]:
+        for spec in self.mappings.get("properties", {}).values():
+            if spec.get("type") == "knn_vector":
+                return spec
+        return {}
+
+
+class HttpError(Exception):
+    """An error answer: status code and OpenSearch-style error body."""
+
+    def __init__(self, status: int, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.body = {"error": {"type": kind, "reason": reason}, "status": status}
+
+
+@dataclass
+class _Fault:
+    status: int
+    remaining: int
+    path: str
+
+
+class FakeCluster:
+    """The in-memory cluster shared by every fake connection made for it."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.indexes: dict[str, FakeIndex] = {}
+        self.aliases: dict[str, set[str]] = {}
+        self.pipelines: dict[str, dict[str, Any]] = {}
+        self.requests: list[RecordedRequest] = []
+        self._faults: list[_Fault] = []
+        self._item_faults: dict[str, list[int]] = {}
+        self._storm_rate = 0.0
+        self._rng = random.Random(seed)
+        self._clock = 0
+        self._crash_after: tuple[str, int] | None = None
+        self.injected = Counter[str]()
+
+    # -- fault injection --
+
+    def fail_requests(self, status: int = 429, times: int = 1, path: str = "") -> None:
+        """Answer the next ``times`` requests whose path contains ``path`` with ``status``."""
+        self._faults.append(_Fault(status, times, path))
+
+    def fail_items(self, image_ids: Iterable[str], status: int = 429, times: int = 1) -> None:
+        """Reject these ids in bulk ``times`` times with ``status`` (400 = mapping error)."""
+        for image_id in image_ids:
+            self._item_faults.setdefault(image_id, []).extend([status] * times)
+
+    def storm(self, rate: float) -> None:
+        """From now on answer a ``rate`` share of requests and of bulk items with 429."""
+        self._storm_rate = rate
+
+    def crash_after(self, requests: int, path: str = "_bulk") -> None:
+        """Raise :class:`SimulatedCrash` on the request after ``requests`` matching ones."""
+        self._crash_after = (path, requests)
+
+    def calm(self) -> None:
+        """Remove every injected fault."""
+        self._faults.clear()
+        self._item_faults.clear()
+        self._storm_rate = 0.0
+        self._crash_after = None
+
+    # -- queries for assertions --
+
+    def documents(self, name: str) -> dict[str, dict[str, Any]]:
+        """Return the real-time documents of an index or alias (``_id`` -> ``_source``)."""
+        out: dict[str, dict[str, Any]] = {}
+        for index in self._resolve(name):
+            out.update(index.docs)
+        return out
+
+    def requests_to(self, fragment: str, method: str | None = None) -> list[RecordedRequest]:
+        """Return the recorded requests whose path contains ``fragment``."""
+        return [
+            r
+            for r in self.requests
+            if fragment in r.path and (method is None or r.method == method)
+        ]
+
+    # -- the server --
+
+    def handle(
+        self, method: str, path: str, params: Mapping[str, Any] | None, body: bytes | None
+    ) -> tuple[int, Any]:
+        """Answer one HTTP request: (status, JSON-able body)."""
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        parsed: Any = None
+        if text:
+            if path.endswith(("/_bulk", "/_msearch")):
+                parsed = [json.loads(line) for line in text.splitlines() if line.strip()]
+            else:
+                parsed = json.loads(text)
+        params = dict(params or {})
+        self.requests.append(RecordedRequest(method, path, params, parsed))
+        if self._crash_after is not None and self._crash_after[0] in path:
+            fragment, left = self._crash_after
+            if left <= 0:
+                self._crash_after = None
+                raise SimulatedCrash(f"crashed before {method} {path}")
+            self._crash_after = (fragment, left - 1)
+        for fault in self._faults:
+            if fault.remaining > 0 and fault.path in path:
+                fault.remaining -= 1
+                self.injected[f"request {fault.status}"] += 1
+                return fault.status, _error(fault.status, "injected", "injected fault")
+        if self._storm_rate and self._rng.random() < self._storm_rate:
+            self.injected["request 429"] += 1
+            return 429, _error(429, "too_many_requests", "injected storm")
+        try:
+            return 200, self._route(method, path, params, parsed)
+        except HttpError as exc:
+            return exc.status, exc.body
+
+    def _route(self, method: str, path: str, params: dict[str, Any], body: Any) -> Any:
+        parts = [p for p in path.split("/") if p]
+        if parts == ["_aliases"]:
+            return self._update_aliases(body)
+        if len(parts) == 2 and parts[0] == "_alias":
+            return self._get_alias(parts[1])
+        if parts[:2] == ["_search", "pipeline"] and len(parts) == 3:
+            if method == "PUT":
+                self.pipelines[parts[2]] = body
+                return {"acknowledged": True}
+            if parts[2] not in self.pipelines:
+                raise HttpError(404, "resource_not_found_exception", f"pipeline {parts[2]}")
+            return {parts[2]: self.pipelines[parts[2]]}
+        if len(parts) == 1:
+            return self._index_op(method, parts[0], body)
+        target, action = parts[0], parts[1]
+        if action == "_doc" and len(parts) == 3:
+            return self._get_doc(target, unquote(parts[2]))
+        handlers: dict[str, Callable[[], Any]] = {
+            "_settings": lambda: self._settings(method, target, body),
+            "_mapping": lambda: self._get_mapping(target),
+            "_refresh": lambda: self._refresh(target),
+            "_bulk": lambda: self._bulk(target, body),
+            "_count": lambda: self._count(target, body),
+            "_search": lambda: self._search(target, body or {}, params),
+            "_msearch": lambda: self._msearch(target, body),
+        }
+        if action not in handlers:
+            raise HttpError(400, "illegal_argument_exception", f"unsupported {method} {path}")
+        return handlers[action]()
+
+    # -- indexes and aliases --
+
+    def _resolve(self, name: str, *, must_exist: bool = True) -> list[FakeIndex]:
+        found: list[FakeIndex] = []
+        for pattern in name.split(","):
+            if pattern in self.aliases:
+                found.extend(self.indexes[i] for i in sorted(self.aliases[pattern]))
+            elif any(c in pattern for c in "*?"):
+                found.extend(self.indexes[i] for i in sorted(fnmatch.filter(self.indexes, pattern)))
+            elif pattern in self.indexes:
+                found.append(self.indexes[pattern])
+            elif must_exist:
+                raise HttpError(404, "index_not_found_exception", f"no such index [{pattern}]")
+        return found
+
+    def _index_op(self, method: str, name: str, body: Any) -> Any:
+        if method == "HEAD":
+            self._resolve(name)
+            return {}
+        if method == "DELETE":
+            for index in self._resolve(name):
+                del self.indexes[index.name]
+                for members in self.aliases.values():
+                    members.discard(index.name)
+            self.aliases = {a: m for a, m in self.aliases.items() if m}
+            return {"acknowledged": True}
+        if method == "PUT":
+            if name in self.indexes or name in self.aliases:
+                raise HttpError(
+                    400, "resource_already_exists_exception", f"index [{name}] already exists"
+                )
+            body = body or {}
+            settings = dict(body.get("settings", {}).get("index", {}))
+            mappings = body.get("mappings", {})
+            vector = next(
+                (
+                    s
+                    for s in mappings.get("properties", {}).values()
+                    if s.get("type") == "knn_vector"
+                ),
+                None,
+            )
+            if vector is not None and not settings.get("knn"):
+                raise HttpError(400, "mapper_parsing_exception", "knn_vector needs index.knn")
+            self._clock += 1
+            self.indexes[name] = FakeIndex(name, settings, mappings, created=self._clock)
+            return {"acknowledged": True, "index": name}
+        raise HttpError(405, "method_not_allowed", f"{method} /{name}")
+
+    def _settings(self, method: str, name: str, body: Any) -> Any:
+        indexes = self._resolve(name)
+        if method == "PUT":
+            for index in indexes:
+                index.settings.update((body or {}).get("index", {}))
+            return {"acknowledged": True}
+        return {
+            index.name: {
+                "settings": {"index": {**index.settings, "creation_date": str(index.created)}}
+            }
+            for index in indexes
+        }
+
+    def _get_mapping(self, name: str) -> Any:
+        out = {}
+        for index in self._resolve(name):
+            mappings = json.loads(json.dumps(index.mappings))
+            # Dynamic metadata fields appear in the mapping once documents used them.
+            metadata: dict[str, Any] = {}
+            for source in index.docs.values():
+                for key in source.get("metadata") or {}:
+                    metadata[key] = {"type": "keyword"}
+            if metadata:
+                mappings.setdefault("properties", {}).setdefault("metadata", {})["properties"] = (
+                    metadata
+                )
+            out[index.name] = {"mappings": mappings}
+        return out
+
+    def _refresh(self, name: str) -> Any:
+        for index in self._resolve(name):
+            index.refresh()
+        return {"_shards": {"total": 1, "successful": 1, "failed": 0}}
+
+    def _get_alias(self, alias: str) -> Any:
+        if alias not in self.aliases:
+            raise HttpError(404, "aliases_not_found_exception", f"alias [{alias}] missing")
+        return {name: {"aliases": {alias: {}}} for name in sorted(self.aliases[alias])}
+
+    def _update_aliases(self, body: Any) -> Any:
+        aliases = {a: set(m) for a, m in self.aliases.items()}
+        for action in body["actions"]:
+            ((kind, spec),) = action.items()
+            if spec["index"] not in self.indexes:
+                raise HttpError(404, "index_not_found_exception", spec["index"])
+            members = aliases.setdefault(spec["alias"], set())
+            if kind == "add":
+                members.add(spec["index"])
+            elif kind == "remove":
+                if spec["index"] not in members:
+                    raise HttpError(404, "aliases_not_found_exception", spec["alias"])
+                members.discard(spec["index"])
+        # All actions apply together, or none (the request is atomic).
+        self.aliases = {a: m for a, m in aliases.items() if m}
+        return {"acknowledged": True}
+
+    def _write_index(self, name: str) -> FakeIndex:
+        indexes = self._resolve(name)
+        if len(indexes) != 1:
+            raise HttpError(400, "illegal_argument_exception", f"{name} is not one index")
+        return indexes[0]
+
+    # -- documents --
+
+    def _get_doc(self, name: str, image_id: str) -> Any:
+        index = self._write_index(name)
+        if image_id not in index.docs:
+            raise HttpError(404, "not_found", image_id) from None
+        return {
+            "_index": index.name,
+            "_id": image_id,
+            "found": True,
+            "_source": index.docs[image_id],
+        }
+
+    def _bulk(self, name: str, lines: list[Any]) -> Any:
+        index = self._write_index(name)
+        items: list[dict[str, Any]] = []
+        position = 0
+        while position < len(lines):
+            ((kind, meta),) = lines[position].items()
+            position += 1
+            source = None
+            if kind in ("index", "create"):
+                source = lines[position]
+                position += 1
+            image_id = str(meta["_id"])
+            outcome: dict[str, Any] = {"_index": index.name, "_id": image_id}
+            status = self._item_fault(image_id)
+            try:
+                if status is not None:
+                    kinds = {429: "es_rejected_execution_exception"}
+                    raise HttpError(
+                        status, kinds.get(status, "mapper_parsing_exception"), "injected"
+                    )
+                if kind == "delete":
+                    existed = image_id in index.docs
+                    index.write(image_id, None)
+                    outcome.update(
+                        status=200 if existed else 404, result="deleted" if existed else "not_found"
+                    )
+                else:
+                    self._check_source(index, source)
+                    existed = image_id in index.docs
+                    index.write(image_id, source)
+                    outcome.update(
+                        status=200 if existed else 201, result="updated" if existed else "created"
+                    )
+            except HttpError as exc:
+                outcome.update(status=exc.status, error=exc.body["error"])
+            items.append({kind: outcome})
+        errors = any(next(iter(i.values())).get("error") for i in items)
+        return {"took": 1, "errors": errors, "items": items}
+
+    def _item_fault(self, image_id: str) -> int | None:
+        queued = self._item_faults.get(image_id)
+        if queued:
+            self.injected[f"item {queued[0]}"] += 1
+            return queued.pop(0)
+        if self._storm_rate and self._rng.random() < self._storm_rate:
+            self.injected["item 429"] += 1
+            return 429
+        return None
+
+    def _check_source(self, index: FakeIndex, source: dict[str, Any]) -> None:
+        properties = index.mappings.get("properties", {})
+        if index.mappings.get("dynamic") == "strict":
+            unknown = set(source) - set(properties)
+            if unknown:
+                raise HttpError(400, "strict_dynamic_mapping_exception", f"fields {unknown}")
+        for name, spec in properties.items():
+            if spec.get("type") == "knn_vector" and name in source:
+                vector = source[name]
+                if not isinstance(vector, list) or len(vector) != spec["dimension"]:
+                    raise HttpError(
+                        400,
+                        "mapper_parsing_exception",
+                        f"Vector dimension mismatch. Expected: {spec['dimension']}",
+                    )
+
+    # -- search --
+
+    def _count(self, name: str, body: Any) -> Any:
+        query = (body or {}).get("query", {"match_all": {}})
+        docs = self._visible(name)
+        return {"count": len(_Evaluator(docs, self._index_for(name)).matching(query))}
+
+    def _visible(self, name: str) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for index in self._resolve(name):
+            out.update(index.visible)
+        return out
+
+    def _index_for(self, name: str) -> FakeIndex | None:
+        indexes = self._resolve(name)
+        return indexes[0] if indexes else None
+
+    def _msearch(self, name: str, lines: list[Any]) -> Any:
+        responses = []
+        for header, body in zip(lines[::2], lines[1::2], strict=True):
+            target = header.get("index", name)
+            try:
+                responses.append({**self._search(target, body, {}), "status": 200})
+            except HttpError as exc:
+                responses.append(exc.body)
+        return {"took": 1, "responses": responses}
+
+    def _search(self, name: str, body: dict[str, Any], params: dict[str, Any]) -> Any:
+        docs = self._visible(name)
+        evaluator = _Evaluator(docs, self._index_for(name))
+        query = body.get("query", {"match_all": {}})
+        offset, size = int(body.get("from", 0)), int(body.get("size", 10))
+        if "hybrid" in query:
+            pipeline_id = params.get("search_pipeline") or body.get("search_pipeline")
+            pipeline = self.pipelines.get(pipeline_id) if isinstance(pipeline_id, str) else None
+            if pipeline is None:
+                raise HttpError(400, "illegal_argument_exception", "hybrid needs a search pipeline")
+            scored = evaluator.hybrid(query["hybrid"], pipeline, offset + size)
+        else:
+            scores = evaluator.matching(query)
+            scored = sorted(scores.items(), key=lambda item: -item[1])
+        total = len(scored)
+        page = scored[offset : offset + size]
+        source = body.get("_source", True)
+        hits = []
+        for image_id, score in page:
+            hit: dict[str, Any] = {"_index": name, "_id": image_id, "_score": score}
+            if source is not False:
+                hit["_source"] = docs[image_id]
+            hits.append(hit)
+        answer: dict[str, Any] = {
+            "took": 1,
+            "timed_out": False,
+            "hits": {"total": {"value": total, "relation": "eq"}, "hits": hits},
+        }
+        if "aggs" in body or "aggregations" in body:
+            matched = evaluator.matching(query) if "hybrid" not in query else dict(scored)
+            answer["aggregations"] = evaluator.aggregations(
+                body.get("aggs") or body["aggregations"], matched
+            )
+        return answer
+
+
+class _Evaluator:
+    """Evaluates the query DSL subset over a set of documents (exact, like a tiny Lucene)."""
+
+    def __init__(self, docs: Mapping[str, dict[str, Any]], index: FakeIndex | None) -> None:
+        self.docs = docs
+        self.index = index
+        self._stats: dict[str, tuple[dict[str, list[str]], float]] = {}
+
+    def matching(self, query: Mapping[str, Any]) -> dict[str, float]:
+        """Return id -> score for every matching document."""
+        ((kind, spec),) = query.items()
+        method = getattr(self, f"_q_{kind}", None)
+        if method is None:
+            raise HttpError(400, "parsing_exception", f"unknown query [{kind}]")
+        return method(spec)
+
+    def _q_match_all(self, spec: Any) -> dict[str, float]:
+        return dict.fromkeys(self.docs, 1.0)
+
+    def _q_bool(self, spec: Mapping[str, Any]) -> dict[str, float]:
+        def clauses(key: str) -> list[Any]:
+            value = spec.get(key, [])
+            return value if isinstance(value, list) else [value]
+
+        candidates = set(self.docs)
+        scores = dict.fromkeys(candidates, 0.0)
+        for clause in clauses("must"):
+            matched = self.matching(clause)
+            candidates &= matched.keys()
+            for image_id in candidates:
+                scores[image_id] += matched[image_id]
+        for clause in clauses("filter"):
+            candidates &= self.matching(clause).keys()
+        for clause in clauses("must_not"):
+            candidates -= self.matching(clause).keys()
+        should = clauses("should")
+        if should:
+            required = spec.get("minimum_should_match")
+            if required is None:
+                required = 0 if clauses("must") or clauses("filter") else 1
+            hits: Counter[str] = Counter()
+            for clause in should:
+                matched = self.matching(clause)
+                for image_id in candidates & matched.keys():
+                    hits[image_id] += 1
+                    scores[image_id] += matched[image_id]
+            candidates = {i for i in candidates if hits[i] >= int(required)}
+        return {image_id: scores[image_id] for image_id in candidates}
+
+    def _field(self, source: Mapping[str, Any], path: str) -> Any:
+        value: Any = source
+        for part in path.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                return None
+            value = value[part]
+        return value
+
+    def _keywords(self, source: Mapping[str, Any], path: str) -> set[str]:
+        value = self._field(source, path)
+        if value is None:
+            return set()
+        values = value if isinstance(value, list) else [value]
+        return {str(v).lower() if isinstance(v, bool) else str(v) for v in values}
+
+    def _q_terms(self, spec: Mapping[str, Any]) -> dict[str, float]:
+        ((path, values),) = spec.items()
+        wanted = {str(v) for v in values}
+        return {i: 1.0 for i, s in self.docs.items() if self._keywords(s, path) & wanted}
+
+    def _q_term(self, spec: Mapping[str, Any]) -> dict[str, float]:
+        ((path, value),) = spec.items()
+        value = value.get("value") if isinstance(value, Mapping) else value
+        return self._q_terms({path: [value]})
+
+    def _q_ids(self, spec: Mapping[str, Any]) -> dict[str, float]:
+        return {i: 1.0 for i in spec["values"] if i in self.docs}
+
+    def _q_exists(self, spec: Mapping[str, Any]) -> dict[str, float]:
+        return {i: 1.0 for i, s in self.docs.items() if self._field(s, spec["field"]) is not None}
+
+    def _terms_of(self, path: str) -> tuple[dict[str, list[str]], float]:
+        if path not in self._stats:
+            terms = {
+                i: _analyze(value)
+                for i, s in self.docs.items()
+                if isinstance(value := self._field(s, path), str)
+            }
+            average = sum(map(len, terms.values())) / len(terms) if terms else 0.0
+            self._stats[path] = (terms, average)
+        return self._stats[path]
+
+    def _q_match(self, spec: Mapping[str, Any]) -> dict[str, float]:
+        ((path, options),) = spec.items()
+        options = options if isinstance(options, Mapping) else {"query": options}
+        query_terms = _analyze(str(options["query"]))
+        operator = str(options.get("operator", "or")).lower()
+        terms, average = self._terms_of(path)
+        n = len(terms)
+        frequencies = {t: Counter(doc_terms) for t, doc_terms in terms.items()}
+        document_frequency = {
+            term: sum(1 for c in frequencies.values() if term in c) for term in set(query_terms)
+        }
+        scores: dict[str, float] = {}
+        for image_id, counts in frequencies.items():
+            present = [t for t in query_terms if t in counts]
+            if not present or (operator == "and" and len(set(present)) < len(set(query_terms))):
+                continue
+            length = sum(counts.values())
+            score = 0.0
+            for term in query_terms:
+                tf = counts.get(term, 0)
+                if not tf:
+                    continue
+                df = document_frequency[term]
+                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+                score += idf * tf / (tf + K1 * (1 - B + B * length / (average or 1.0)))
+            scores[image_id] = score
+        return scores
+
+    def _q_knn(self, spec: Mapping[str, Any]) -> dict[str, float]:
+        ((path, options),) = spec.items()
+        query = [float(x) for x in options["vector"]]
+        vector_spec = self.index.vector_spec() if self.index else {}
+        if vector_spec and len(query) != vector_spec.get("dimension"):
+            raise HttpError(400, "illegal_argument_exception", "query vector dimension mismatch")
+        space = vector_spec.get("method", {}).get("space_type", "innerproduct")
+        allowed = set(self.matching(options["filter"])) if "filter" in options else set(self.docs)
+        scored = []
+        for image_id in allowed:
+            vector = self._field(self.docs[image_id], path)
+            if vector is None:
+                continue
+            dot = sum(a * b for a, b in zip(query, vector, strict=True))
+            if space == "cosinesimil":
+                norm = math.sqrt(sum(a * a for a in query) * sum(b * b for b in vector)) or 1.0
+                score = (1 + dot / norm) / 2
+            else:  # innerproduct, as the faiss engine scores it
+                score = 1 + dot if dot >= 0 else 1 / (1 - dot)
+            scored.append((image_id, score))
+        scored.sort(key=lambda item: -item[1])
+        return dict(scored[: int(options["k"])])
+
+    def hybrid(
+        self, spec: Mapping[str, Any], pipeline: Mapping[str, Any], depth: int
+    ) -> list[tuple[str, float]]:
+        """Run each sub-query for its top ``depth``, then the pipeline's normalization-processor."""
+        processor = pipeline["phase_results_processors"][0]["normalization-processor"]
+        technique = processor.get("normalization", {}).get("technique", "min_max")
+        combination = processor.get("combination", {})
+        if technique != "min_max" or combination.get("technique", "arithmetic_mean") != (
+            "arithmetic_mean"
+        ):
+            raise HttpError(400, "illegal_argument_exception", "fake supports min_max/mean only")
+        queries = spec["queries"]
+        weights = combination.get("parameters", {}).get("weights") or [1.0] * len(queries)
+        if len(weights) != len(queries) or abs(sum(weights) - 1.0) > 1e-6:
+            raise HttpError(400, "illegal_argument_exception", "weights must match and sum to 1")
+        normalised: list[dict[str, float]] = []
+        for sub in queries:
+            ranked = sorted(self.matching(sub).items(), key=lambda item: -item[1])[:depth]
+            if not ranked:
+                normalised.append({})
+                continue
+            low, high = ranked[-1][1], ranked[0][1]
+            values = {}
+            for image_id, score in ranked:
+                if high == low:
+                    values[image_id] = SINGLE_RESULT_SCORE
+                else:
+                    values[image_id] = (score - low) / (high - low) or MIN_SCORE
+            normalised.append(values)
+        union = set().union(*normalised)
+        combined = {
+            i: sum(w * n.get(i, 0.0) for w, n in zip(weights, normalised, strict=True))
+            / sum(weights)
+            for i in union
+        }
+        return sorted(combined.items(), key=lambda item: -item[1])
+
+    def aggregations(self, aggs: Mapping[str, Any], matched: Mapping[str, float]) -> dict[str, Any]:
+        """Answer ``terms`` aggregations over the matching documents."""
+        out = {}
+        for name, spec in aggs.items():
+            terms = spec["terms"]
+            counts: Counter[str] = Counter()
+            for image_id in matched:
+                counts.update(self._keywords(self.docs[image_id], terms["field"]))
+            ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            out[name] = {
+                "buckets": [{"key": k, "doc_count": c} for k, c in ordered[: terms.get("size", 10)]]
+            }
+        return out
+
+
+def _error(status: int, kind: str, reason: str) -> dict[str, Any]:
+    return {"error": {"type": kind, "reason": reason}, "status": status}
+
+
+class FakeConnection(Connection):
+    """An opensearch-py connection answering from a :class:`FakeCluster`, not the network."""
+
+    def __init__(self, host: str = "fake", port: int | None = 9200, **kwargs: Any) -> None:
+        self.cluster: FakeCluster = kwargs.pop("cluster")
+        for unused in ("http_auth", "verify_certs", "use_ssl", "ssl_show_warn"):
+            kwargs.pop(unused, None)
+        super().__init__(host=host, port=port, **kwargs)
+
+    def perform_request(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | None = None,
+        body: bytes | None = None,
+        timeout: float | None = None,
+        ignore: Iterable[int] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], str]:
+        status, answer = self.cluster.handle(method, url, params, body)
+        raw = json.dumps(answer)
+        if not 200 <= status < 300 and status not in tuple(ignore):
+            self._raise_error(status, raw, "application/json")
+        return status, {"content-type": "application/json"}, raw
+
+
+def fake_client(cluster: FakeCluster) -> OpenSearch:
+    """Return a real opensearch-py client whose requests go to ``cluster`` (no retries below)."""
+    return OpenSearch(
+        hosts=[{"host": "fake", "port": 9200}],
+        connection_class=FakeConnection,
+        cluster=cluster,
+        max_retries=0,
+    )

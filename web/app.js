@@ -20,7 +20,8 @@
   const RESERVED = new Set(["q", "mode", "alpha", "k", "offset", "similar", "smode", "upload"]);
   const FACET_PREVIEW = 6; // values shown per filter group before "Show all"
   const FACET_MAX_RENDER = 200; // a group with more values gets a search box instead of a long list
-  const META_PREFERRED = ["modality", "plane", "location_category", "location", "sex", "age"];
+  // Metadata shown as chips on a card (first three present); the full record is one click away.
+  const META_PREFERRED = ["modality", "body_region", "plane", "finding", "location_category", "location", "laterality"];
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -306,8 +307,14 @@
 
   // --- rendering ----------------------------------------------------------------------------
 
+  /** Record what the results area shows (intro, loading, done, empty, error, info) for scripts and tests. */
+  function setPhase(phase) {
+    el.region.dataset.state = phase;
+  }
+
   function clearResults() {
     el.results.replaceChildren();
+    el.results.dataset.ids = "";
     el.results.classList.remove("is-loading");
     el.region.removeAttribute("aria-busy");
     el.pager.hidden = true;
@@ -325,6 +332,7 @@
     p.textContent = text;
     el.message.replaceChildren(h, p);
     if (extra) el.message.append(extra);
+    setPhase(kind);
   }
 
   function showError(text, status) {
@@ -360,6 +368,7 @@
     el.message.hidden = true;
     el.region.setAttribute("aria-busy", "true");
     el.status.textContent = "Searching…";
+    setPhase("loading");
     el.pager.hidden = true;
     if (el.results.children.length && !el.results.querySelector(".skeleton")) {
       el.results.classList.add("is-loading");
@@ -430,10 +439,12 @@
       `${from}–${to} of ${total.toLocaleString()} · ${modeLabel(s, page)}` + (took ? ` · ${took} ms` : "");
     const cards = hits.map((hit, i) => renderCard(hit, offset + i + 1));
     el.results.replaceChildren(...cards);
+    el.results.dataset.ids = cards.map((card) => card.dataset.imageId).join(" ");
     el.range.textContent = `${from}–${to} of ${total.toLocaleString()}`;
     el.prev.disabled = offset === 0;
     el.next.disabled = to >= total || offset + s.k > MAX_OFFSET;
     el.pager.hidden = false;
+    setPhase("done");
   }
 
   function metadataSummary(meta) {
@@ -786,7 +797,7 @@
   }
 
   function acceptFile(file) {
-    if (!file) return;
+    if (!file || el.chooseFile.disabled) return;
     setUpload(file);
     navigate(withChanges({ upload: file.name || "image", similar: null, offset: 0, q: el.q.value.trim() }));
   }
@@ -901,13 +912,32 @@
       const model = h.model_id ?? h.model;
       const bits = [];
       if (typeof count === "number") bits.push(`${count.toLocaleString()} images`);
-      if (model) bits.push(`model ${model}`);
+      // A model given as a folder path shows as its last part; the full id is in the tooltip.
+      if (model) bits.push(`model ${String(model).replace(/\/+$/, "").split("/").pop()}`);
+      el.health.title = model ? `Model: ${model}` : "";
       el.health.textContent = bits.join(" · ");
+      if (Array.isArray(h.modes)) applyModes(h.modes);
       el.health.classList.toggle("is-down", h.status && h.status !== "ok");
     } catch (err) {
       el.health.textContent = "API unreachable";
       el.health.title = err.message;
       el.health.classList.add("is-down");
+    }
+  }
+
+  /** Disable what the service cannot run (a server without a model offers text search only). */
+  function applyModes(modes) {
+    for (const r of el.form.querySelectorAll('input[name="mode"]')) {
+      r.disabled = !modes.includes(r.value);
+      const label = el.form.querySelector(`label[for="${r.id}"]`);
+      if (r.disabled) label.title = "Not available: the server runs without a model";
+    }
+    const canUpload = modes.includes("upload");
+    el.chooseFile.disabled = !canUpload;
+    el.dropzone.classList.toggle("is-disabled", !canUpload);
+    if (!canUpload) el.dropzone.querySelector(".drop-types").textContent = "Not available: the server runs without a model";
+    if (!modes.includes(state.mode) && view(state) === "search") {
+      navigate(withChanges({ mode: "text", offset: 0 }), { replace: true });
     }
   }
 

@@ -49,6 +49,19 @@ def expect_ids(page: Any, ids: list[str]) -> None:
     expect(page.locator("#results")).to_have_attribute("data-ids", " ".join(ids))
 
 
+def settle_images(page: Any) -> None:
+    """Load every thumbnail now (they are lazy), so a full-page screenshot shows them all."""
+    page.evaluate(
+        """() => Promise.all([...document.images].map((img) => {
+            img.loading = "eager";
+            return img.complete ? null : new Promise((done) => {
+                img.addEventListener("load", done, { once: true });
+                img.addEventListener("error", done, { once: true });
+            });
+        }))"""
+    )
+
+
 def ids_of(body: dict[str, Any]) -> list[str]:
     """Image ids of an API search response, in rank order."""
     return [hit["image_id"] for hit in body["results"]]
@@ -106,6 +119,7 @@ def test_switching_to_hybrid_and_moving_alpha_update_results(
     expect_ids(page, ids_of(hybrid))
     assert page_params(page)["mode"] == ["hybrid"]
     expect(page.locator("#status")).to_contain_text("α 0.50")
+    settle_images(page)
     page.screenshot(path=str(artifacts / "search.png"), full_page=True)
     # When the slider moves to the vector end (keyboard: End)
     page.focus("#alpha")
@@ -159,6 +173,7 @@ def test_similar_images_with_mode_switch_and_back_forward(
     banner = page.locator("#context")
     expect(banner).to_contain_text("Images similar to")
     expect(banner.locator(".image-id")).to_have_text(source)
+    settle_images(page)
     page.screenshot(path=str(artifacts / "similar.png"), full_page=True)
     # When the user switches to image + text
     page.click("label[for=smode-image_text]")

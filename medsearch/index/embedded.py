@@ -96,7 +96,8 @@ class EmbeddedConfig:
 
     facet_fields: metadata fields offered as facets; ``None`` picks them automatically: fields
     whose values are strings or booleans (lists of them count value by value) with at most
-    ``facet_max_values`` distinct values, so free text, ids and numbers such as ages are left out.
+    ``facet_max_values`` distinct values, so free text, ids and numbers such as ages (even
+    written as strings) are left out.
     Every metadata field can be filtered on, facet or not.
     """
 
@@ -139,11 +140,16 @@ def metadata_terms(value: Any) -> list[str]:
     return []  # nested objects are kept but not filterable
 
 
+_NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
+
+
 def _facet_candidate(value: Any) -> bool:
-    """Tell whether a metadata value is categorical (string or bool, or a list of them)."""
+    """Tell whether a value is categorical: a non-numeric string, a bool, or a list of them."""
     if isinstance(value, list | tuple):
         return all(_facet_candidate(item) for item in value)
-    return isinstance(value, str | bool)
+    if isinstance(value, str):
+        return not _NUMBER.fullmatch(value.strip())
+    return isinstance(value, bool)
 
 
 def choose_facet_fields(metadata: Sequence[Mapping[str, Any]], max_values: int) -> list[str]:
@@ -519,7 +525,10 @@ class EmbeddedIndex:
         gen = self._gen
         _check_page(query)
         alpha = check_alpha(query.alpha)
-        text = query.text if query.text is not None and query.text.strip() else None
+        # A text that analyses to no terms (blank, only stop words) matches nothing, like `match`.
+        text = query.text
+        if text is not None and not isinstance(text, str):
+            raise InvalidInputError(f"query text must be a string, got {type(text).__name__}")
         vector = self._query_vector(query.vector, gen) if query.vector is not None else None
         if text is None and query.vector is None:
             raise InvalidInputError("a search needs a query text, a vector or both")

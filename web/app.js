@@ -464,7 +464,10 @@
     const link = node.querySelector(".card-link");
     const target = withChanges({ similar: id, offset: 0, upload: null });
     link.href = urlFromState(target);
-    link.setAttribute("aria-label", `Result ${rank}: find images similar to ${captionless ? `captionless image ${id}` : id}`);
+    link.setAttribute(
+      "aria-label",
+      `Result ${rank}: ${captionless ? "captionless image" : hit.caption} (${id}). Show similar images.`,
+    );
     link.addEventListener("click", (e) => {
       if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
       e.preventDefault();

@@ -215,6 +215,49 @@ def test_uploaded_image_finds_itself_first(page: Any, web_server: str, synth_cor
     assert page_params(page)["q"] == [QUERY]
 
 
+def test_copied_url_shows_the_same_results_in_a_new_tab(page: Any, web_server: str) -> None:
+    # Given a search typed into the page, with a filter ticked
+    page.goto("/")
+    page.fill("#q", QUERY)
+    page.press("#q", "Enter")
+    expect_phase(page, "done")
+    page.locator("fieldset.facet input[type=checkbox]").first.check()
+    expect_phase(page, "done")
+    shown = page.locator("#results").get_attribute("data-ids")
+    assert shown
+    # When its address is opened in another tab
+    other = page.context.new_page()
+    other.goto(page.url)
+    # Then that tab shows the same results
+    expect(other.locator("#results-region")).to_have_attribute("data-state", "done")
+    expect(other.locator("#results")).to_have_attribute("data-ids", shown)
+    other.close()
+
+
+def test_dropped_image_is_searched(page: Any, web_server: str, synth_corpus: Path) -> None:
+    # Given an image of the corpus dragged onto the drop zone as a file
+    record = read_manifest(synth_corpus)[5]
+    page.goto("/")
+    expect_phase(page, "intro")
+    transfer = page.evaluate_handle(
+        """async (url) => {
+            const blob = await (await fetch(url)).blob();
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([blob], "dropped.png", { type: blob.type }));
+            return transfer;
+        }""",
+        f"{web_server}/images/{record.image_id}/file",
+    )
+    page.dispatch_event("#dropzone", "dragenter", {"dataTransfer": transfer})
+    expect(page.locator("#dropzone")).to_have_class(re.compile("is-dragover"))
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+    # Then it is searched like a chosen file: the same image comes first
+    expect_phase(page, "done")
+    expect(page.locator(".card").first).to_have_attribute("data-image-id", record.image_id)
+    expect(page.locator("#context")).to_contain_text("dropped.png")
+    expect(page.locator("#dropzone")).not_to_have_class(re.compile("is-dragover"))
+
+
 def test_shared_url_reproduces_the_search(page: Any, web_server: str) -> None:
     # Given a shared link with a query, mode, alpha, page size, offset and a filter
     status, facets = api_get(web_server, "facets")
@@ -298,6 +341,13 @@ def test_errors_show_the_api_message(page: Any, web_server: str) -> None:
     alert = page.get_by_role("alert")
     expect(alert).to_contain_text(body["detail"])
     expect(page.locator(".card")).to_have_count(0)
+    # And a file that is not an image shows the API's 415 message
+    page.fill("#q", "")
+    page.set_input_files(
+        "#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"}]
+    )
+    expect_phase(page, "error")
+    expect(page.get_by_role("alert")).to_contain_text("not an accepted image")
     # And an unknown image id shows the API's 404 message
     status, missing = api_get(web_server, "images/no-such-image/similar")
     assert status == 404

@@ -334,6 +334,8 @@ class IndexLoader:
         report = ObjectReport(url=url, run_id=run_id, index=index.name)
         manifest = self.manifest(run_id)
         batch: list[Document] = []
+        with_vector: set[str] = set()
+        written: set[str] = set()  # ids, so a repeated line is one document
         for number, line in _lines(url):
             report.lines += 1
             parsed = parse_line(line, f"{url}:{number}")
@@ -351,17 +353,21 @@ class IndexLoader:
                     report.malformed.append(parsed)
                 continue
             if isinstance(parsed, BadRecord):
-                # A known image without a usable vector: its caption stays searchable by text.
                 bad = report.vector_errors if parsed.reason.startswith(VECTORIZE_ERROR) else None
                 (bad if bad is not None else report.malformed).append(parsed)
-                batch.append(_document(record, None))
+                # A known image without a usable vector: its caption stays searchable by text,
+                # unless a good line of this object already gave it a vector.
+                if record.image_id not in with_vector:
+                    batch.append(_document(record, None))
             else:
+                with_vector.add(record.image_id)
                 batch.append(_document(record, parsed))
             if len(batch) >= self.config.batch_docs:
-                self._write(index, batch, report)
+                self._write(index, batch, report, written)
                 batch = []
         if batch:
-            self._write(index, batch, report)
+            self._write(index, batch, report, written)
+        report.written = len(written)
         self._log(report)
         storage.write_text(url + REPORT_SUFFIX, json.dumps(report.to_json()) + "\n")
         return report
@@ -379,10 +385,13 @@ class IndexLoader:
         index.create(dim, loading=True)
         self._created.add(index.name)
 
-    def _write(self, index: RunIndex, batch: list[Document], report: ObjectReport) -> None:
+    def _write(
+        self, index: RunIndex, batch: list[Document], report: ObjectReport, written: set[str]
+    ) -> None:
         self._ensure_index(index, report.dim)
         result: UpsertResult = index.upsert(batch)
-        report.written += result.written
+        failed = {image_id for image_id, _ in result.failed}
+        written.update(d.image_id for d in batch if d.image_id not in failed)
         report.failed.extend(BadRecord(i, reason) for i, reason in result.failed)
 
     def _log(self, report: ObjectReport) -> None:

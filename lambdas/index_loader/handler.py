@@ -58,6 +58,9 @@ class IndexLoaderSettings(BaseSettings):
     replicas: int = Field(1, ge=0)
     bulk_max_docs: int = Field(500, ge=1)
     bulk_max_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    retry_max_attempts: int = Field(8, ge=1, description="tries per request on 429/5xx")
+    retry_backoff_base: float = Field(0.2, ge=0, description="first back-off step, seconds")
+    retry_backoff_max: float = Field(20.0, ge=0, description="largest back-off step, seconds")
 
     def engine_config(self) -> OpenSearchConfig:
         """Return the engine configuration these settings describe."""
@@ -70,6 +73,9 @@ class IndexLoaderSettings(BaseSettings):
             keep_indexes=self.keep_indexes,
             bulk_max_docs=self.bulk_max_docs,
             bulk_max_bytes=self.bulk_max_bytes,
+            max_attempts=self.retry_max_attempts,
+            backoff_base=self.retry_backoff_base,
+            backoff_max=self.retry_backoff_max,
         )
 
     def loader_config(self) -> LoaderConfig:

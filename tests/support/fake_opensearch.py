@@ -724,3 +724,17 @@ def fake_client(cluster: FakeCluster) -> OpenSearch:
         cluster=cluster,
         max_retries=0,
     )
+
+
+def patch_index_loader(monkeypatch: Any, cluster: FakeCluster) -> None:
+    """Make the index loader Lambda talk to ``cluster`` (a fresh loader, undone after the test).
+
+    Set the handler's environment first (``MEDSEARCH_OPENSEARCH_URL``, ``MEDSEARCH_MANIFEST_URL``,
+    ``MEDSEARCH_OPENSEARCH_AUTH=none``; ``MEDSEARCH_RETRY_BACKOFF_BASE=0`` to skip waiting).
+    """
+    from functools import lru_cache
+
+    import lambdas.index_loader.handler as handler
+
+    monkeypatch.setattr(handler, "make_client", lambda settings: fake_client(cluster))
+    monkeypatch.setattr(handler, "get_loader", lru_cache(maxsize=1)(handler.get_loader.__wrapped__))

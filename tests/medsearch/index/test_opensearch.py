@@ -1,0 +1,507 @@
+"""The OpenSearch engine without a server: request bodies, retries, lifecycle and parsing.
+
+Request bodies are compared with golden JSON files in ``golden/`` (written from the documented
+DSL: knn_vector mapping, match, knn with an efficient filter, hybrid + normalization-processor,
+_bulk NDJSON, _aliases). ``MEDSEARCH_UPDATE_GOLDEN=1`` rewrites them; review the diff by hand.
+Requests go through the real opensearch-py client into the in-memory fake cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from opensearchpy import RequestsHttpConnection
+
+from medsearch.errors import ConfigError, InvalidInputError, SearchIndexError
+from medsearch.index.base import Document, SearchIndex, SearchQuery
+from medsearch.index.opensearch import (
+    OpenSearchConfig,
+    OpenSearchIndex,
+    build_pipeline_body,
+    connect,
+    knn_score_to_cosine,
+    pipeline_name,
+    run_index_name,
+)
+from tests.support.fake_opensearch import FakeCluster, RecordedRequest, fake_client
+
+GOLDEN = Path(__file__).parent / "golden"
+DIM = 4
+
+
+def unit(values: list[float]) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float32)
+    return array / np.linalg.norm(array)
+
+
+DOCS = [
+    Document("a1", "Fracture of the left femur", unit([1, 0, 0, 0]), "s3://b/a1.png",
+             {"modality": "X-ray", "region": "leg"}),
+    Document("a2", "Lung nodule on CT", unit([0, 1, 0, 0]), "s3://b/a2.png",
+             {"modality": "CT", "region": "chest"}),
+    Document("a3", None, unit([1, 1, 0, 0]), "s3://b/a3.png", {"modality": "CT"}),
+]  # fmt: skip
+
+
+def assert_golden(name: str, actual: Any) -> None:
+    """Compare a request body with ``golden/<name>.json`` (rewrite when asked to)."""
+    path = GOLDEN / f"{name}.json"
+    if os.environ.get("MEDSEARCH_UPDATE_GOLDEN") == "1":
+        path.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
+    assert actual == json.loads(path.read_text()), f"{name} differs from {path}"
+
+
+class Clock:
+    """A fake sleep that records the delays instead of waiting."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    return FakeCluster(seed=1)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make_index(
+    cluster: FakeCluster, clock: Clock, name: str = "medsearch-run1", **config: Any
+) -> OpenSearchIndex:
+    return OpenSearchIndex(
+        fake_client(cluster), name, config=OpenSearchConfig(**config), sleep=clock, rng=lambda: 0.5
+    )
+
+
+@pytest.fixture
+def loaded(cluster: FakeCluster, clock: Clock) -> OpenSearchIndex:
+    """The three documents in a run index behind the alias ``medsearch``."""
+    index = make_index(cluster, clock)
+    index.create(DIM)
+    with index.loading():
+        assert index.upsert(DOCS).failed == []
+    index.swap_alias("medsearch")
+    cluster.requests.clear()
+    return index.with_name("medsearch")
+
+
+def last(cluster: FakeCluster, fragment: str, method: str | None = None) -> RecordedRequest:
+    return cluster.requests_to(fragment, method)[-1]
+
+
+# --- golden request bodies -------------------------------------------------------------------
+
+
+def test_given_a_dimension_when_index_created_then_mapping_matches_golden(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    index = make_index(cluster, clock)
+    assert index.create(DIM) is True
+    request = last(cluster, "/medsearch-run1", "PUT")
+    assert request.path == "/medsearch-run1"
+    assert_golden("create_index", request.body)
+    mapping = request.body["mappings"]["properties"]["vector"]
+    assert mapping["method"]["engine"] == "lucene"
+    assert mapping["method"]["space_type"] == "cosinesimil"
+
+
+def test_given_faiss_config_then_mapping_uses_inner_product(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    index = make_index(cluster, clock, engine="faiss", m=32, ef_construction=256, ef_search=64)
+    index.create(8, loading=False)
+    body = last(cluster, "/medsearch-run1", "PUT").body
+    method = body["mappings"]["properties"]["vector"]["method"]
+    assert method == {
+        "name": "hnsw",
+        "engine": "faiss",
+        "space_type": "innerproduct",
+        "parameters": {"m": 32, "ef_construction": 256},
+    }
+    assert body["settings"]["index"]["knn.algo_param.ef_search"] == 64
+    assert body["settings"]["index"]["number_of_replicas"] == 1  # not loading: live settings
+
+
+def test_text_query_body_matches_golden(loaded: OpenSearchIndex, cluster: FakeCluster) -> None:
+    page = loaded.search(
+        SearchQuery(text="femur fracture", k=5, offset=1, filters={"modality": ["X-ray", "CT"]})
+    )
+    request = last(cluster, "/_search")
+    assert request.path == "/medsearch/_search"
+    assert_golden("search_text", request.body)
+    assert page.total == 1 and page.hits == []  # one match, page starts after it
+
+
+def test_vector_query_body_with_filter_matches_golden(
+    loaded: OpenSearchIndex, cluster: FakeCluster
+) -> None:
+    page = loaded.search(
+        SearchQuery(
+            vector=unit([1, 0.2, 0, 0]),
+            k=2,
+            filters={"modality": ["CT"]},
+            exclude_ids=frozenset({"a2"}),
+        )
+    )
+    request = last(cluster, "/_msearch")
+    assert_golden("search_vector_msearch", request.body)
+    knn = request.body[1]["query"]["knn"]["vector"]
+    assert knn["k"] == 100 and "filter" in knn  # efficient filtering: the filter is inside knn
+    assert [h.image_id for h in page.hits] == ["a3"]
+    assert page.total == 1
+
+
+def test_hybrid_query_and_pipeline_match_golden(
+    loaded: OpenSearchIndex, cluster: FakeCluster
+) -> None:
+    loaded.search(SearchQuery(text="lung nodule", vector=unit([0, 1, 0, 0]), alpha=0.3, k=2))
+    pipeline = last(cluster, "/_search/pipeline/", "PUT")
+    assert pipeline.path == "/_search/pipeline/medsearch-hybrid-a030"
+    assert_golden("hybrid_pipeline", pipeline.body)
+    search = last(cluster, "/medsearch/_search")
+    assert search.params == {"search_pipeline": "medsearch-hybrid-a030"}
+    assert_golden("search_hybrid", search.body)
+    # The same alpha again reuses the pipeline: it is created once per process.
+    loaded.search(SearchQuery(text="lung", vector=unit([0, 1, 0, 0]), alpha=0.3))
+    assert len(cluster.requests_to("/_search/pipeline/")) == 1
+
+
+def test_bulk_body_is_ndjson_with_ids_matching_golden(cluster: FakeCluster, clock: Clock) -> None:
+    index = make_index(cluster, clock)
+    index.create(DIM)
+    index.upsert(DOCS[:2])
+    request = last(cluster, "/_bulk")
+    assert request.path == "/medsearch-run1/_bulk"
+    assert_golden("bulk", request.body)
+    assert [line["index"]["_id"] for line in request.body[::2]] == ["a1", "a2"]
+
+
+def test_alias_swap_is_one_atomic_request_matching_golden(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    # Given run 1 live behind the alias
+    first = make_index(cluster, clock, name="medsearch-run1")
+    first.create(DIM)
+    first.swap_alias("medsearch")
+    # When run 2 is published
+    second = first.with_name("medsearch-run2")
+    second.create(DIM)
+    second.swap_alias("medsearch")
+    # Then one _aliases request removes run 1 and adds run 2
+    request = last(cluster, "/_aliases")
+    assert_golden("alias_swap", request.body)
+    assert cluster.aliases == {"medsearch": {"medsearch-run2"}}
+
+
+# --- lifecycle -------------------------------------------------------------------------------
+
+
+def test_create_is_idempotent_and_refuses_another_dimension(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    index = make_index(cluster, clock)
+    assert index.create(DIM) is True
+    assert index.create(DIM) is False
+    with pytest.raises(SearchIndexError, match="4-d"):
+        make_index(cluster, clock).create(DIM + 1)
+
+
+def test_loading_hides_documents_until_finished_then_restores_settings(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    index = make_index(cluster, clock, replicas=2, refresh_interval="5s")
+    index.create(DIM)
+    with index.loading():
+        index.upsert(DOCS)
+        # Refresh is off while loading: search and count do not see the documents yet ...
+        assert index.count() == 0
+        # ... while get is real-time.
+        assert index.get("a1") is not None
+    assert index.count() == 3
+    settings = cluster.indexes["medsearch-run1"].settings
+    assert settings["refresh_interval"] == "5s" and settings["number_of_replicas"] == 2
+
+
+def test_loading_restores_settings_even_when_the_load_fails(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    index = make_index(cluster, clock)
+    index.create(DIM)
+    with pytest.raises(RuntimeError), index.loading():
+        raise RuntimeError("load failed")
+    assert cluster.indexes["medsearch-run1"].settings["refresh_interval"] == "1s"
+
+
+def test_prune_keeps_the_newest_indexes_and_never_the_live_one(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    base = make_index(cluster, clock)
+    for run in ("r1", "r2", "r3", "r4"):
+        index = base.with_name(run_index_name("medsearch", run))
+        index.create(DIM)
+        deleted = index.swap_alias("medsearch", keep=2)
+    assert deleted == ["medsearch-r2"]
+    assert sorted(cluster.indexes) == ["medsearch-r3", "medsearch-r4"]
+    assert base.alias_targets("medsearch") == ["medsearch-r4"]
+
+
+def test_run_index_names_are_valid_opensearch_names() -> None:
+    assert run_index_name("medsearch", "2024-06-01T12:00Z#A") == "medsearch-2024-06-01t12-00z-a"
+    with pytest.raises(InvalidInputError):
+        run_index_name("medsearch", "///")
+
+
+# --- writes: partial failures and retries ----------------------------------------------------
+
+
+def test_partial_bulk_failure_is_reported_and_throttled_items_resent(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    index = make_index(cluster, clock, refresh_writes=True)
+    index.create(DIM)
+    # Given a2 rejected once with 429 and a3 with a mapping error
+    cluster.fail_items(["a2"], status=429)
+    cluster.fail_items(["a3"], status=400)
+    result = index.upsert(DOCS)
+    # Then a2 is resent and lands; a3 is reported with its reason, not dropped
+    assert result.written == 2
+    assert result.failed == [("a3", "400 mapper_parsing_exception: injected")]
+    assert set(cluster.documents("medsearch-run1")) == {"a1", "a2"}
+    resent = cluster.requests_to("/_bulk")[-1].body
+    assert [line["index"]["_id"] for line in resent[::2]] == ["a2"]
+
+
+def test_request_level_429_and_5xx_are_retried_with_bounded_exponential_backoff(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    index = make_index(cluster, clock, backoff_base=1.0, backoff_max=4.0)
+    index.create(DIM)
+    cluster.fail_requests(status=429, times=2, path="_bulk")
+    cluster.fail_requests(status=503, times=2, path="_bulk")
+    assert index.upsert(DOCS).written == 3
+    # rng() = 0.5 -> delay = 0.75 * step, steps 1, 2, 4, 4 (capped)
+    assert clock.delays == [0.75, 1.5, 3.0, 3.0]
+
+
+def test_backoff_jitter_stays_within_half_to_full_step(cluster: FakeCluster) -> None:
+    for value in (0.0, 0.999):
+        index = OpenSearchIndex(
+            fake_client(cluster),
+            "x",
+            config=OpenSearchConfig(backoff_base=2.0),
+            rng=lambda v=value: v,
+        )
+        delay = index._backoff(3)  # step 8
+        assert 4.0 <= delay <= 8.0
+
+
+def test_retries_are_bounded_then_the_error_names_the_request(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    index = make_index(cluster, clock, max_attempts=3)
+    index.create(DIM)
+    cluster.fail_requests(status=429, times=10, path="_count")
+    with pytest.raises(SearchIndexError, match="_count failed after 3 attempts"):
+        index.count()
+    assert len(clock.delays) == 2
+
+
+def test_items_throttled_beyond_the_attempts_are_failed_not_dropped(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    index = make_index(cluster, clock, max_attempts=2)
+    index.create(DIM)
+    cluster.fail_items(["a1"], status=429, times=5)
+    result = index.upsert(DOCS)
+    assert result.written == 2
+    assert result.failed == [("a1", "still rejected after 2 attempts")]
+
+
+def test_client_errors_are_not_retried(cluster: FakeCluster, clock: Clock) -> None:
+    index = make_index(cluster, clock)
+    with pytest.raises(SearchIndexError, match="index_not_found"):
+        index.count()
+    assert clock.delays == []
+
+
+def test_chunks_are_bounded_by_count_and_bytes(cluster: FakeCluster, clock: Clock) -> None:
+    index = make_index(cluster, clock, bulk_max_docs=2)
+    index.create(DIM)
+    index.upsert(DOCS)
+    assert [len(r.body) // 2 for r in cluster.requests_to("/_bulk")] == [2, 1]
+    cluster.requests.clear()
+    by_bytes = make_index(cluster, clock, bulk_max_bytes=1024)
+    long_docs = [Document(f"l{i}", "word " * 120, unit([1, 2, 3, i])) for i in range(3)]
+    by_bytes.upsert(long_docs)
+    bodies = [r.body for r in cluster.requests_to("/_bulk")]
+    assert [len(b) // 2 for b in bodies] == [1, 1, 1]
+
+
+def test_unencodable_vectors_fail_without_a_request(cluster: FakeCluster, clock: Clock) -> None:
+    index = make_index(cluster, clock)
+    index.create(DIM)
+    bad = [
+        Document("nan", "x", np.array([np.nan, 0, 0, 1], dtype=np.float32)),
+        Document("zero", "x", np.zeros(DIM, dtype=np.float32)),
+    ]
+    result = index.upsert(bad)
+    assert [i for i, _ in result.failed] == ["nan", "zero"]
+    assert cluster.requests_to("/_bulk") == []
+
+
+def test_delete_counts_existing_documents(loaded: OpenSearchIndex, cluster: FakeCluster) -> None:
+    physical = loaded.with_name("medsearch-run1")
+    assert physical.delete(["a1", "nope"]) == 1
+    assert "a1" not in cluster.documents("medsearch")
+
+
+# --- reads and parsing -----------------------------------------------------------------------
+
+
+def test_get_returns_the_document_with_its_vector(loaded: OpenSearchIndex) -> None:
+    doc = loaded.get("a1")
+    assert doc is not None
+    assert doc.caption == DOCS[0].caption and doc.image == DOCS[0].image
+    assert dict(doc.metadata) == {"modality": "X-ray", "region": "leg"}
+    np.testing.assert_allclose(doc.vector, DOCS[0].vector, atol=1e-6)
+    assert loaded.get("missing") is None
+    assert loaded.dim == DIM and loaded.count() == 3
+
+
+def test_engine_satisfies_the_protocol(loaded: OpenSearchIndex) -> None:
+    assert isinstance(loaded, SearchIndex)
+
+
+def test_facets_are_terms_aggregations(loaded: OpenSearchIndex, cluster: FakeCluster) -> None:
+    facets = loaded.facets()
+    assert facets == {"modality": {"CT": 2, "X-ray": 1}, "region": {"chest": 1, "leg": 1}}
+    aggs = last(cluster, "/_search").body["aggs"]
+    assert aggs["modality"] == {"terms": {"field": "metadata.modality", "size": 50}}
+    assert loaded.facets(["region"]) == {"region": {"chest": 1, "leg": 1}}
+
+
+@pytest.mark.parametrize("cosine", [-0.9, -0.2, 0.0, 0.35, 1.0])
+def test_knn_scores_convert_back_to_cosine(cosine: float) -> None:
+    # Given OpenSearch's documented score per space — Then the cosine comes back.
+    faiss = 1 + cosine if cosine >= 0 else 1 / (1 - cosine)
+    lucene = (1 + cosine) / 2
+    assert knn_score_to_cosine(faiss, "innerproduct") == pytest.approx(cosine)
+    assert knn_score_to_cosine(lucene, "cosinesimil") == pytest.approx(cosine)
+
+
+def test_vector_hits_carry_cosines(loaded: OpenSearchIndex) -> None:
+    query = unit([1, 0.5, 0, 0])
+    page = loaded.search(SearchQuery(vector=query, k=3))
+    expected = sorted(((float(d.vector @ query), d.image_id) for d in DOCS), reverse=True)
+    assert [h.image_id for h in page.hits] == [i for _, i in expected]
+    assert [h.vector_score for h in page.hits] == pytest.approx([c for c, _ in expected], abs=1e-6)
+
+
+def test_pipeline_and_client_fusion_rank_alike(cluster: FakeCluster, clock: Clock) -> None:
+    # Given the same index read through both hybrid paths
+    rng = np.random.default_rng(5)
+    docs = [
+        Document(
+            f"d{i}", f"lung nodule {'fracture ' * (i % 3)}case {i}", unit(rng.normal(size=DIM))
+        )
+        for i in range(30)
+    ]
+    writer = make_index(cluster, clock, refresh_writes=True)
+    writer.create(DIM, loading=False)
+    writer.upsert(docs)
+    pipeline = writer.with_name("medsearch-run1")
+    client = make_index(cluster, clock, hybrid="client")
+    query = SearchQuery(text="fracture nodule", vector=unit(rng.normal(size=DIM)), alpha=0.4, k=7)
+    # Then pages, totals, scores and component scores agree
+    a, b = pipeline.search(query), client.search(query)
+    assert a.total == b.total == 30
+    assert [h.image_id for h in a.hits] == [h.image_id for h in b.hits]
+    for x, y in zip(a.hits, b.hits, strict=True):
+        assert x.score == pytest.approx(y.score, abs=1e-6)
+        assert x.text_score == pytest.approx(y.text_score)
+        assert x.vector_score == pytest.approx(y.vector_score)
+
+
+def test_pipeline_name_and_weights_follow_alpha() -> None:
+    assert pipeline_name("p", 0.5) == "p-a050"
+    assert pipeline_name("p", 0.333) == "p-a033"
+    weights = build_pipeline_body(0.7)["phase_results_processors"][0]["normalization-processor"][
+        "combination"
+    ]["parameters"]["weights"]
+    assert weights == [0.3, 0.7] and sum(weights) == 1.0
+    with pytest.raises(InvalidInputError):
+        build_pipeline_body(1.5)
+
+
+def test_search_validates_the_query(loaded: OpenSearchIndex) -> None:
+    with pytest.raises(InvalidInputError, match="text, a vector"):
+        loaded.search(SearchQuery())
+    with pytest.raises(InvalidInputError, match="k must be"):
+        loaded.search(SearchQuery(text="x", k=0))
+    with pytest.raises(InvalidInputError, match="dimensions"):
+        loaded.search(SearchQuery(vector=np.ones(DIM + 1, dtype=np.float32)))
+    with pytest.raises(InvalidInputError, match="alpha"):
+        loaded.search(SearchQuery(text="x", vector=unit([1, 0, 0, 0]), alpha=2.0))
+
+
+# --- connecting ------------------------------------------------------------------------------
+
+
+def test_connect_with_basic_auth_from_the_url() -> None:
+    client = connect("https://admin:s%40cret@search.example.com:9200/prefix")
+    connection = client.transport.get_connection()
+    assert isinstance(connection, RequestsHttpConnection)
+    assert connection.session.auth == ("admin", "s@cret")
+    assert connection.host == "https://search.example.com:9200"
+    assert connection.url_prefix == "/prefix"
+    assert client.transport.max_retries == 0  # the engine retries with back-off itself
+
+
+def test_connect_with_sigv4_signs_requests() -> None:
+    # Given a credentials object made at the edge (botocore's, as a boto3 session returns)
+    from botocore.credentials import Credentials
+
+    client = connect(
+        "https://vpc-domain.eu-west-1.es.amazonaws.com",
+        credentials=Credentials("AKIDEXAMPLE", "secret"),
+        region="eu-west-1",
+        service="es",
+    )
+    auth = client.transport.get_connection().session.auth
+    import requests
+
+    prepared = requests.Request(
+        "GET", "https://vpc-domain.eu-west-1.es.amazonaws.com/_count"
+    ).prepare()
+    signed = auth(prepared)
+    assert signed.headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert "/eu-west-1/es/aws4_request" in signed.headers["Authorization"]
+
+
+@pytest.mark.parametrize(
+    ("url", "kwargs", "message"),
+    [
+        ("search.example.com", {}, "http"),
+        ("https://h", {"credentials": object()}, "region"),
+        ("https://h", {"credentials": object(), "http_auth": ("a", "b"), "region": "x"}, "either"),
+    ],
+)
+def test_connect_rejects_bad_settings(url: str, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        connect(url, **kwargs)
+
+
+def test_config_rejects_unknown_engine() -> None:
+    with pytest.raises(ConfigError):
+        OpenSearchConfig(engine="nmslib")  # type: ignore[arg-type]

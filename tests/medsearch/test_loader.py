@@ -1,0 +1,357 @@
+"""The index loader core: batch-transform output in moto S3 → the OpenSearch engine (fake cluster).
+
+Covers the loader acceptance of issue 4: a run killed midway and rerun gives exactly the
+manifest's documents; a 429 storm ends with every document indexed; malformed lines and unknown
+ids are reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medsearch import storage
+from medsearch.data.manifest import BadRecord
+from medsearch.errors import InvalidInputError
+from medsearch.index.opensearch import OpenSearchConfig, OpenSearchIndex, run_index_name
+from medsearch.loader import (
+    REPORT_SUFFIX,
+    IndexLoader,
+    LoaderConfig,
+    VectorLine,
+    parse_event,
+    parse_line,
+    publish_event,
+)
+from tests.support.aws_events import load_event, s3_event, sqs_event
+from tests.support.fake_opensearch import FakeCluster, SimulatedCrash, fake_client
+
+DIM = 8
+N = 12
+PARTS = 3
+MANIFEST = "s3://corpus/data/{run_id}/manifest.jsonl"
+
+
+def record_line(i: int) -> dict[str, object]:
+    return {
+        "image_id": f"img-{i:03d}",
+        "image": f"images/img-{i:03d}.png",
+        "caption": None if i % 5 == 4 else f"CT of the chest, nodule number {i}",
+        "split": "test",
+        "modality": "CT" if i % 2 else "MRI",
+    }
+
+
+def vector_for(i: int) -> list[float]:
+    rng = np.random.default_rng(i)
+    return [float(x) for x in rng.normal(size=DIM) * 3.0]  # not unit length: the loader normalises
+
+
+def write_run(
+    bucket: str, run_id: str = "run-1", extra: dict[int, list[str]] | None = None
+) -> list[str]:
+    """Write a manifest and PARTS output objects for a run; return the output keys."""
+    manifest = "".join(json.dumps(record_line(i)) + "\n" for i in range(N))
+    storage.write_text(f"s3://{bucket}/data/{run_id}/manifest.jsonl", manifest)
+    keys = []
+    for part in range(PARTS):
+        lines = [
+            json.dumps(
+                {"image_id": f"img-{i:03d}", "vector": vector_for(i), "model": "tiny", "dim": DIM}
+            )
+            for i in range(part, N, PARTS)
+        ]
+        lines += (extra or {}).get(part, [])
+        key = f"vectors/{run_id}/part-{part}.jsonl.out"
+        storage.write_text(f"s3://{bucket}/{key}", "\n".join(lines) + "\n")
+        keys.append(key)
+    return keys
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+def make_loader(cluster: FakeCluster, clock: Clock | None = None, **engine: object) -> IndexLoader:
+    """A loader as one Lambda container builds it (fresh caches), over the fake cluster."""
+    config = OpenSearchConfig(bulk_max_docs=2, **engine)  # type: ignore[arg-type]
+    base = OpenSearchIndex(fake_client(cluster), "medsearch", config=config, sleep=clock or Clock())
+    loader_config = LoaderConfig(manifest_url=MANIFEST, alias="medsearch", batch_docs=3)
+    return IndexLoader(loader_config, base.with_name, run_index_name)
+
+
+def manifest_ids() -> set[str]:
+    return {f"img-{i:03d}" for i in range(N)}
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    return FakeCluster(seed=7)
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("not json", "not JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"vector": [1.0]}', "no image_id"),
+        ('{"image_id": "a", "vector": "1,2"}', "list of numbers"),
+        ('{"image_id": "a", "vector": []}', "list of numbers"),
+        ('{"image_id": "a", "vector": [1.0, true]}', "list of numbers"),
+        ('{"image_id": "a", "vector": [1.0, NaN]}', "NaN"),
+        ('{"image_id": "a", "vector": [1.0, 2.0], "dim": 3}', "dim 3"),
+        ('{"image_id": "a", "error": "cannot identify image file"}', "vectorize error"),
+    ],
+)
+def test_given_a_bad_output_line_when_parsed_then_the_reason_is_named(
+    line: str, reason: str
+) -> None:
+    parsed = parse_line(line, "part-0.out:3")
+    assert isinstance(parsed, BadRecord)
+    assert reason in parsed.reason
+
+
+def test_given_a_vector_line_when_parsed_then_id_vector_and_model_come_back() -> None:
+    parsed = parse_line('{"image_id": "a", "vector": [1, 2.5], "model": "m", "dim": 2}', "x")
+    assert parsed == VectorLine("a", [1, 2.5], "m")
+
+
+def test_given_s3_and_sqs_events_when_parsed_then_only_output_objects_are_kept() -> None:
+    # Given an S3 notification with an encoded key (space as '+') and a report object
+    event = s3_event(
+        "corpus", ["vectors/run 1/part-0.jsonl.out", "vectors/run 1/x.out.loaded.json"]
+    )
+    (message,) = parse_event(event)
+    assert message.message_id is None
+    assert message.urls == ["s3://corpus/vectors/run 1/part-0.jsonl.out"]
+    # Given the SQS fixture: an S3 event message and an s3:TestEvent message
+    first, test_event = parse_event(load_event("sqs_s3_batch"))
+    assert first.urls == ["s3://corpus/vectors/run-1/part-0.jsonl.out"]
+    assert test_event.urls == [] and test_event.ok
+    # Given an SNS-wrapped message and a body that is not JSON
+    sns = sqs_event("corpus", [["vectors/r/a.out"]])
+    sns["Records"][0]["body"] = json.dumps(
+        {"Type": "Notification", "Message": sns["Records"][0]["body"]}
+    )
+    assert parse_event(sns)[0].urls == ["s3://corpus/vectors/r/a.out"]
+    broken = sqs_event("corpus", [["vectors/r/a.out"]])
+    broken["Records"][0]["body"] = "not json"
+    assert parse_event(broken)[0].errors == ["message body is not JSON"]
+
+
+def test_run_id_comes_from_the_key_and_fills_the_manifest_template() -> None:
+    config = LoaderConfig(manifest_url=MANIFEST)
+    assert config.run_id("s3://corpus/vectors/run-7/part-0.jsonl.out") == "run-7"
+    assert config.manifest_for("run-7") == "s3://corpus/data/run-7/manifest.jsonl"
+    with pytest.raises(InvalidInputError, match="no run id"):
+        config.run_id("s3://corpus/elsewhere/part-0.jsonl.out")
+    with pytest.raises(InvalidInputError, match="run_id"):
+        LoaderConfig(manifest_url=MANIFEST, run_pattern="vectors/(.*)/")
+
+
+def test_publish_event_needs_a_prefix() -> None:
+    assert publish_event({"Records": []}) is None
+    assert publish_event({"action": "publish", "output_prefix": "s3://b/vectors/r/"}) == (
+        "s3://b/vectors/r",
+        False,
+    )
+    with pytest.raises(InvalidInputError):
+        publish_event({"action": "publish"})
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def test_given_a_run_when_every_object_loads_then_the_alias_serves_the_joined_documents(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    keys = write_run(s3_bucket)
+    loader = make_loader(cluster)
+    # When the first objects arrive, the run is not published yet
+    first = loader.handle(s3_event(s3_bucket, keys[:2]))
+    assert not first.failed and first.published == []
+    assert "medsearch" not in cluster.aliases
+    # When the last one arrives
+    last = loader.handle(sqs_event(s3_bucket, [keys[2:]]))
+    assert last.batch_item_failures() == []
+    assert last.published == ["medsearch-run-1"]
+    # Then the alias points at the run index, which holds the manifest joined with the vectors
+    assert cluster.aliases == {"medsearch": {"medsearch-run-1"}}
+    settings = cluster.indexes["medsearch-run-1"].settings
+    assert settings["refresh_interval"] == "1s" and settings["number_of_replicas"] == 1
+    index = OpenSearchIndex(fake_client(cluster), "medsearch")
+    assert index.count() == N
+    doc = index.get("img-003")
+    assert doc is not None
+    assert doc.caption == "CT of the chest, nodule number 3"
+    assert doc.image == "s3://corpus/data/run-1/images/img-003.png"
+    assert dict(doc.metadata) == {"modality": "CT"}
+    assert np.linalg.norm(doc.vector) == pytest.approx(1.0, abs=1e-5)
+    assert index.get("img-004").caption is None  # type: ignore[union-attr]
+    # And each object has its report beside it
+    report = json.loads(storage.read_text(f"s3://{s3_bucket}/{keys[0]}{REPORT_SUFFIX}"))
+    assert report["written"] == 4 and report["failed"] == [] and report["model"] == "tiny"
+
+
+def test_acceptance_run_killed_midway_and_rerun_gives_exactly_the_manifest(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    keys = write_run(s3_bucket)
+    events = [s3_event(s3_bucket, [key]) for key in keys]
+    # Given a run killed after three bulk requests (mid-object, nothing published)
+    cluster.crash_after(3, path="_bulk")
+    with pytest.raises(SimulatedCrash):
+        crashed = make_loader(cluster)
+        for event in events:
+            crashed.handle(event)
+    partial = set(cluster.documents("medsearch-run-1"))
+    assert 0 < len(partial) < N
+    assert "medsearch" not in cluster.aliases
+    # When the whole run is delivered again to a fresh container
+    rerun = make_loader(cluster)
+    results = [rerun.handle(event) for event in events]
+    # Then the index holds exactly the manifest's documents: no duplicates, no gaps
+    assert not any(r.failed for r in results)
+    assert set(cluster.documents("medsearch")) == manifest_ids()
+    assert OpenSearchIndex(fake_client(cluster), "medsearch").count() == N
+    assert results[-1].published == ["medsearch-run-1"]
+
+
+def test_acceptance_429_storm_ends_with_every_document_indexed(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    keys = write_run(s3_bucket)
+    clock = Clock()
+    loader = make_loader(cluster, clock, max_attempts=12)
+    # Given 40% of requests and bulk items answered with 429
+    cluster.storm(0.4)
+    result = loader.handle(sqs_event(s3_bucket, [[key] for key in keys]))
+    cluster.calm()
+    # Then every document is indexed, after retries with back-off
+    assert result.batch_item_failures() == []
+    assert cluster.injected["request 429"] > 0 and cluster.injected["item 429"] > 0
+    assert clock.delays and max(clock.delays) <= 20.0
+    assert set(cluster.documents("medsearch-run-1")) == manifest_ids()
+    assert result.published == ["medsearch-run-1"]
+
+
+def test_acceptance_malformed_lines_and_unknown_ids_are_reported_not_fatal(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    # Given an object with garbage lines, an unknown id and a known id with a malformed vector
+    extra = {
+        1: [
+            "{not json",
+            '{"vector": [1, 2]}',
+            json.dumps({"image_id": "stranger", "vector": vector_for(1), "dim": DIM}),
+            json.dumps({"image_id": "img-001", "vector": [1.0, 2.0]}),
+        ]
+    }
+    keys = write_run(s3_bucket, extra=extra)
+    result = make_loader(cluster).handle(sqs_event(s3_bucket, [[key] for key in keys]))
+    # Then the messages succeed, the problems are reported by id, and the run is published
+    assert result.batch_item_failures() == []
+    report = next(r for r in result.reports if r.url.endswith("part-1.jsonl.out"))
+    assert report.unknown == ["stranger"]
+    reasons = [(bad.image_id, bad.reason) for bad in report.malformed]
+    assert any("not JSON" in reason for _, reason in reasons)
+    assert any("no image_id" in reason for _, reason in reasons)
+    assert ("img-001", "2-d vector, expected 8") in reasons
+    assert set(cluster.documents("medsearch")) == manifest_ids()
+    assert "stranger" not in cluster.documents("medsearch")
+    assert result.published == ["medsearch-run-1"]
+
+
+def test_vectorize_errors_index_the_caption_without_a_vector(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    keys = write_run(s3_bucket)
+    # Given the transform could not embed img-002: its line is an error line
+    key = keys[2]
+    lines = storage.read_text(f"s3://{s3_bucket}/{key}").splitlines()
+    lines[0] = json.dumps({"image_id": "img-002", "error": "truncated image"})
+    storage.write_text(f"s3://{s3_bucket}/{key}", "\n".join(lines) + "\n")
+    result = make_loader(cluster).handle(s3_event(s3_bucket, keys))
+    # Then it is reported and still found by text, with no vector
+    errors = [bad for r in result.reports for bad in r.vector_errors]
+    assert [(b.image_id, b.reason) for b in errors] == [
+        ("img-002", "vectorize error: truncated image")
+    ]
+    doc = OpenSearchIndex(fake_client(cluster), "medsearch").get("img-002")
+    assert doc is not None and doc.vector is None and doc.caption is not None
+    assert result.published == ["medsearch-run-1"]
+
+
+def test_rejected_documents_fail_the_message_and_a_redelivery_completes_the_run(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    keys = write_run(s3_bucket)
+    event = sqs_event(s3_bucket, [[key] for key in keys])
+    # Given one document rejected by the index (a mapping error, not retryable in place)
+    cluster.fail_items(["img-004"], status=400)
+    loader = make_loader(cluster)
+    result = loader.handle(event)
+    # Then only its message comes back, the ids are in the report, and nothing is published
+    failed_message = next(m for m in result.messages if not m.ok)
+    assert result.batch_item_failures() == [{"itemIdentifier": failed_message.message_id}]
+    assert [b.image_id for r in failed_message.reports for b in r.failed] == ["img-004"]
+    assert "medsearch" not in cluster.aliases
+    # When SQS delivers that message again
+    retry = loader.handle(
+        {"Records": [r for r in event["Records"] if r["messageId"] == failed_message.message_id]}
+    )
+    # Then the run is complete and published
+    assert retry.batch_item_failures() == []
+    assert retry.published == ["medsearch-run-1"]
+    assert set(cluster.documents("medsearch")) == manifest_ids()
+
+
+def test_an_unreadable_object_is_an_error_of_its_message_only(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    keys = write_run(s3_bucket)
+    event = sqs_event(s3_bucket, [[keys[0]], ["vectors/run-1/missing.jsonl.out"]])
+    result = make_loader(cluster).handle(event)
+    assert result.batch_item_failures() == [{"itemIdentifier": event["Records"][1]["messageId"]}]
+    assert result.messages[0].ok
+
+
+def test_a_new_run_swaps_the_alias_and_prunes_old_runs(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    for run in ("run-1", "run-2", "run-3"):
+        keys = write_run(s3_bucket, run_id=run)
+        result = make_loader(cluster).handle(s3_event(s3_bucket, keys))
+        assert result.published == [f"medsearch-{run}"]
+    assert cluster.aliases == {"medsearch": {"medsearch-run-3"}}
+    assert sorted(cluster.indexes) == ["medsearch-run-2", "medsearch-run-3"]  # keep 2
+
+
+def test_manual_publish_with_force_covers_a_partial_transform(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    keys = write_run(s3_bucket)
+    loader = make_loader(cluster)
+    loader.handle(s3_event(s3_bucket, keys[:1]))
+    # The other parts never arrive: only part 0 is under the prefix.
+    for key in keys[1:]:
+        _delete(s3_bucket, key)
+    prefix = f"s3://{s3_bucket}/vectors/run-1"
+    assert loader.publish("run-1", prefix) is False  # 4 of 12 manifest records
+    assert loader.publish("run-1", prefix, force=True) is True
+    assert cluster.aliases == {"medsearch": {"medsearch-run-1"}}
+
+
+def _delete(bucket: str, key: str) -> None:
+    import boto3
+
+    boto3.client("s3", region_name="us-east-1").delete_object(Bucket=bucket, Key=key)

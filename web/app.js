@@ -655,8 +655,20 @@
       updateFilterCount();
       return;
     }
+    // Re-rendering replaces the boxes; keep keyboard focus on the one the user just toggled.
+    const active = document.activeElement;
+    const focused =
+      active && el.facets.contains(active) && active.type === "checkbox"
+        ? { field: active.closest(".facet").dataset.field, value: active.value }
+        : null;
     const groups = fields.map((field, fi) => renderFacetGroup(field, fi));
     el.facets.replaceChildren(...groups);
+    if (focused) {
+      const box = [...el.facets.querySelectorAll(".facet")]
+        .find((g) => g.dataset.field === focused.field)
+        ?.querySelector(`input[value="${CSS.escape(focused.value)}"]`);
+      box?.focus();
+    }
     updateFilterCount();
   }
 

@@ -366,3 +366,34 @@ def test_query_with_no_match_shows_the_empty_state(page: Any, web_server: str) -
     expect(page.locator("#message")).to_contain_text("No images found")
     expect(page.locator("#message")).to_contain_text("vector or hybrid")
     expect(page.locator("#pager")).to_be_hidden()
+
+
+def test_keyboard_alone_searches_filters_and_opens_similar(page: Any, web_server: str) -> None:
+    # Given the page, used with the keyboard only
+    page.goto("/")
+    expect_phase(page, "intro")
+    # When "/" jumps to the search box, a query is typed and Enter pressed
+    page.locator("body").press("/")
+    expect(page.locator("#q")).to_be_focused()
+    page.keyboard.type(QUERY)
+    page.keyboard.press("Enter")
+    expect_phase(page, "done")
+    # And Space ticks a filter
+    box = page.locator("fieldset.facet input[type=checkbox]").first
+    field = box.evaluate("b => b.closest('fieldset').dataset.field")
+    value = box.get_attribute("value")
+    box.focus()
+    page.keyboard.press("Space")
+    # Then the filter applies and focus stays on that box for the next key
+    expect_phase(page, "done")
+    assert page_params(page)[field] == [value]
+    focused = page.locator("fieldset.facet input[type=checkbox]:focus")
+    expect(focused).to_have_attribute("value", value)
+    expect(focused).to_be_checked()
+    # When Enter is pressed on the first result
+    first = page.locator(".card").first.get_attribute("data-image-id")
+    page.locator(".card-link").first.focus()
+    page.keyboard.press("Enter")
+    # Then its similar images open
+    expect_phase(page, "done")
+    expect(page.locator("#context .image-id")).to_have_text(first)

@@ -1,0 +1,260 @@
+"""Embedded-engine behaviour beyond the shared contract: atomic generations, crashes, corrupt
+folders, facets, filtered ANN, bad documents."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from index_contract import corpus
+
+from medsearch.errors import InvalidInputError, SearchIndexError
+from medsearch.index.base import Document, SearchIndex, SearchQuery
+from medsearch.index.embedded import (
+    CURRENT,
+    EmbeddedConfig,
+    EmbeddedIndex,
+    build_index,
+    build_index_with_result,
+    open_index,
+)
+from medsearch.index.synthetic import embedding_like_vectors
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def snapshot(index: EmbeddedIndex) -> list[tuple[str, float]]:
+    """The ranking of a fixed hybrid query, to compare an index before and after an event."""
+    query = SearchQuery(text="fracture lung", vector=np.ones(8, dtype=np.float32), k=100)
+    return [(h.image_id, round(h.score, 6)) for h in index.search(query).hits]
+
+
+def generation_dirs(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir())
+
+
+def test_embedded_index_implements_the_protocol(tmp_path: Path) -> None:
+    assert isinstance(build_index(tmp_path / "i", corpus()), SearchIndex)
+
+
+def test_build_killed_midway_leaves_the_previous_index_whole(tmp_path: Path) -> None:
+    # Given an index built and searchable
+    root = tmp_path / "index"
+    before = snapshot(build_index(root, corpus(), model_id="first"))
+    # When a second, larger build is killed with SIGKILL while it writes its generation
+    script = textwrap.dedent(
+        f"""
+        from medsearch.index.base import Document
+        from medsearch.index.embedded import EmbeddedConfig, build_index
+        from medsearch.index.synthetic import embedding_like_vectors
+        vectors = embedding_like_vectors(40_000, 64, seed=1)
+        docs = (Document(f"n{{i:05d}}", "new caption", v) for i, v in enumerate(vectors))
+        build_index({str(root)!r}, docs, model_id="second", config=EmbeddedConfig(exact_below=10))
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(root.glob(".gen-*.tmp/vectors.npy")):
+            assert proc.poll() is None, "the build finished before it could be killed"
+            assert time.monotonic() < deadline, "the build never started writing"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert list(root.glob(".gen-*.tmp")), "killed after the swap: the test proves nothing"
+    # Then the previous generation is whole: same documents, same model, same ranking
+    reopened = EmbeddedIndex.open(root)
+    assert reopened.model_id == "first"
+    assert reopened.count() == len(corpus())
+    assert snapshot(reopened) == before
+    # and the next write succeeds and removes the half-written folder.
+    reopened.upsert([Document("d99", "new lung fracture", np.ones(8, np.float32))])
+    assert not list(root.glob(".gen-*.tmp"))
+    assert reopened.count() == len(corpus()) + 1
+
+
+def test_readers_keep_their_generation_until_reload(tmp_path: Path) -> None:
+    # Given a reader and a writer on the same folder
+    root = tmp_path / "index"
+    build_index(root, corpus())
+    reader = EmbeddedIndex.open(root)
+    writer = EmbeddedIndex.open(root)
+    # When the writer replaces a document
+    writer.delete(["d01"])
+    # Then the reader still sees its whole old generation, and the new one after reload().
+    assert reader.get("d01") is not None and reader.count() == len(corpus())
+    assert reader.reload() is True
+    assert reader.get("d01") is None
+    assert reader.reload() is False
+
+
+def test_only_the_live_and_previous_generations_are_kept(tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    index = build_index(root, corpus())
+    for i in range(3):
+        index.upsert([Document(f"x{i}", "extra", None)])
+    assert generation_dirs(root) == ["gen-000003", "gen-000004"]
+    assert (root / CURRENT).read_text().strip() == "gen-000004"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda root: None, "no index"),
+        (lambda root: (root / CURRENT).write_text("../../etc"), "corrupt"),
+        (lambda root: (root / CURRENT).write_text("gen-000009"), "missing"),
+        (lambda root: (root / "gen-000001" / "meta.json").write_text("{"), "cannot read"),
+        (lambda root: (root / "gen-000001" / "docs.jsonl").write_text('{"image_id": "d'), "cannot"),
+        (lambda root: (root / "gen-000001" / "vectors.npy").write_bytes(b"junk"), "cannot read"),
+        (lambda root: (root / "gen-000001" / "meta.json").write_text('{"format": 99}'), "format"),
+    ],
+)
+def test_missing_or_corrupt_index_is_a_clear_error(tmp_path: Path, damage, message: str) -> None:
+    root = tmp_path / "index"
+    if message != "no index":
+        build_index(root, corpus())
+    damage(root)
+    with pytest.raises(SearchIndexError, match=message):
+        open_index(root)
+
+
+def test_open_index_fetches_an_s3_prefix(tmp_path: Path, s3_bucket: str) -> None:
+    # Given an index folder uploaded under an s3:// prefix
+    from medsearch import storage
+
+    root = tmp_path / "index"
+    build_index(root, corpus(), model_id="m")
+    for path in root.rglob("*"):
+        if path.is_file():
+            storage.write_bytes(f"s3://{s3_bucket}/idx/{path.relative_to(root)}", path.read_bytes())
+    # When opened by URL — Then it answers like the local folder.
+    index = open_index(f"s3://{s3_bucket}/idx", cache_dir=tmp_path / "cache")
+    assert index.count() == len(corpus()) and index.model_id == "m"
+    with pytest.raises(SearchIndexError, match="cannot fetch"):
+        open_index(f"s3://{s3_bucket}/nothing", cache_dir=tmp_path / "cache")
+
+
+def test_facets_skip_free_text_ids_and_numbers(tmp_path: Path) -> None:
+    # Given 60 documents with a categorical field, a unique id field and ages (int and str)
+    docs = [
+        Document(
+            f"p{i:02d}",
+            "caption",
+            None,
+            metadata={
+                "sex": ["female", "male"][i % 2],
+                "case_id": f"case{i}",
+                "age": i,
+                "age_text": str(20 + i % 7),
+                "tags": ["a", "b"] if i % 3 else ["a"],
+                "urgent": i % 5 == 0,
+            },
+        )
+        for i in range(60)
+    ]
+    # When facets are chosen automatically
+    facets = build_index(tmp_path / "auto", docs).facets()
+    # Then only the categorical fields are facets, with counts (list values counted each)
+    assert set(facets) == {"sex", "tags", "urgent"}
+    assert facets["sex"] == {"female": 30, "male": 30}
+    assert facets["tags"] == {"a": 60, "b": 40}
+    assert facets["urgent"] == {"false": 48, "true": 12}
+    # and configured facet fields win; any field can still be filtered on.
+    index = build_index(tmp_path / "conf", docs, config=EmbeddedConfig(facet_fields=("case_id",)))
+    assert set(index.facets()) == {"case_id"}
+    assert index.facets(["age_text"])["age_text"]["20"] == 9
+    page = index.search(SearchQuery(text="caption", filters={"age": ["7"], "sex": ["male"]}))
+    assert [h.image_id for h in page.hits] == ["p07"]
+
+
+@pytest.mark.parametrize("share", [0.03, 0.5])
+def test_filtered_vector_search_is_accurate_on_the_hnsw_graph(tmp_path: Path, share: float) -> None:
+    # Given 20k vectors in an HNSW graph, a group holding 3% (exact path) or 50% (graph path)
+    n = 20_000
+    vectors = embedding_like_vectors(n, 64, seed=3)
+    in_group = np.random.default_rng(0).random(n) < share
+    docs = [
+        Document(f"v{i:05d}", None, v, metadata={"group": "g" if in_group[i] else "other"})
+        for i, v in enumerate(vectors)
+    ]
+    index = build_index(tmp_path / "i", docs, config=EmbeddedConfig(exact_below=1000))
+    assert index.info()["ann"] == "hnsw"
+    # When searched with the group as filter — Then only the group comes back, at high recall.
+    members = np.flatnonzero(in_group)
+    found = 0
+    queries = embedding_like_vectors(20, 64, seed=4)
+    for query in queries:
+        page = index.search(SearchQuery(vector=query, k=10, filters={"group": ["g"]}))
+        assert page.total == members.size
+        got = {h.image_id for h in page.hits}
+        assert all(index.get(i).metadata["group"] == "g" for i in got)  # type: ignore[union-attr]
+        exact = members[np.argsort(-(vectors[members] @ query))[:10]]
+        found += len(got & {f"v{i:05d}" for i in exact})
+    assert found / (10 * len(queries)) >= 0.95
+
+
+def test_bad_documents_are_reported_and_the_rest_written(tmp_path: Path) -> None:
+    good = Document("ok", "fine caption", np.ones(4, np.float32))
+    bad = [
+        Document("../x", "path-like id", None),
+        Document("zero", "zero vector", np.zeros(4, np.float32)),
+        Document("nan", "nan vector", np.array([np.nan, 1, 1, 1], np.float32)),
+        Document("meta", "bad metadata", None, metadata={"x": object()}),
+    ]
+    index, result = build_index_with_result(tmp_path / "i", [good, *bad])
+    assert result.written == 1
+    assert {image_id for image_id, _ in result.failed} == {"../x", "zero", "nan", "meta"}
+    assert index.count() == 1 and index.dim == 4
+
+
+def test_mixed_dimensions_in_one_build_are_invalid(tmp_path: Path) -> None:
+    docs = [Document("a", None, np.ones(4)), Document("b", None, np.ones(5))]
+    with pytest.raises(InvalidInputError, match="dimension"):
+        build_index(tmp_path / "i", docs)
+    assert not (tmp_path / "i" / CURRENT).exists()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        SearchQuery(text="x", k=0),
+        SearchQuery(text="x", k=101),
+        SearchQuery(text="x", offset=-1),
+        SearchQuery(text="x", offset=10_000),
+        SearchQuery(text="x", alpha=2.0),
+        SearchQuery(vector=np.zeros(8, np.float32)),
+        SearchQuery(vector=np.full(8, np.inf, np.float32)),
+        SearchQuery(vector=np.ones((2, 8), np.float32)),
+        SearchQuery(text="x", filters={"modality": []}),
+    ],
+)
+def test_invalid_queries_are_invalid_input(tmp_path: Path, query: SearchQuery) -> None:
+    index = build_index(tmp_path / "i", corpus())
+    with pytest.raises(InvalidInputError):
+        index.search(query)
+
+
+def test_empty_index_answers_empty(tmp_path: Path) -> None:
+    index = EmbeddedIndex.create(tmp_path / "i", model_id="m")
+    assert index.count() == 0 and index.dim is None and index.facets() == {}
+    assert index.search(SearchQuery(text="lung")).total == 0
+    assert index.search(SearchQuery(vector=np.ones(8, np.float32))).total == 0
+    assert EmbeddedIndex.create(tmp_path / "i").generation == index.generation
+
+
+def test_generation_metadata_is_recorded(tmp_path: Path) -> None:
+    index = build_index(tmp_path / "i", corpus(), model_id="clip-tiny")
+    meta = json.loads((tmp_path / "i" / index.generation / "meta.json").read_text())
+    assert meta["model_id"] == "clip-tiny" and meta["dim"] == 8 and meta["count"] == len(corpus())
+    assert meta["ann"] == "exact"  # a collection this small is searched exactly

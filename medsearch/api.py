@@ -16,6 +16,7 @@ results is worse than an error; an empty value (``?modality=``) sets no constrai
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -135,16 +136,26 @@ def image_url_for(settings: ServiceSettings) -> ImageUrl | None:
 
 
 def open_index(settings: ServiceSettings) -> SearchIndex:
-    """Open the configured engine's index (imports the engine only now)."""
+    """Open the configured engine's index (the engine is imported only now).
+
+    OpenSearch with SigV4 needs AWS credentials, which only the Lambda edge creates: it opens the
+    index itself and passes it to :func:`build_service`.
+    """
     if settings.engine == "embedded":
         if not settings.index_dir:
             raise ConfigError("no index configured: set MEDSEARCH_INDEX_DIR or pass --index")
         from medsearch.index.embedded import open_index as open_embedded
 
         return open_embedded(settings.index_dir)
-    from medsearch.index.opensearch import open_index as open_opensearch  # type: ignore[import-not-found]
+    if settings.opensearch_auth == "sigv4":
+        raise ConfigError(
+            "an OpenSearch index with SigV4 auth is opened by the caller with AWS credentials; "
+            "use MEDSEARCH_OPENSEARCH_AUTH=basic|none here"
+        )
+    from medsearch.index.opensearch import OpenSearchIndex
 
-    return open_opensearch(settings)
+    assert settings.opensearch_url is not None  # the settings validator requires it
+    return OpenSearchIndex.from_url(settings.opensearch_url, settings.opensearch_index)
 
 
 def load_encoder(settings: ServiceSettings) -> Encoder | None:
@@ -152,17 +163,17 @@ def load_encoder(settings: ServiceSettings) -> Encoder | None:
     if not settings.model:
         return None
     if settings.encoder == "onnx":
-        from medsearch.model.onnx_encoder import load_onnx_encoder  # type: ignore[import-not-found]
+        from medsearch.model.onnx_encoder import load_onnx_encoder
 
-        return load_onnx_encoder(settings.model, int8=settings.onnx_int8)  # type: ignore[no-any-return]
+        return load_onnx_encoder(settings.model, int8=settings.onnx_int8)
     from medsearch.model.encoder import load_encoder as load_torch_encoder
 
     return load_torch_encoder(settings.model)
 
 
-def build_service(settings: ServiceSettings) -> SearchService:
-    """Open the index and load the model that the settings name, and check that they fit."""
-    index = open_index(settings)
+def build_service(settings: ServiceSettings, *, index: SearchIndex | None = None) -> SearchService:
+    """Open the index (unless given) and load the model the settings name; check that they fit."""
+    index = index if index is not None else open_index(settings)
     encoder = load_encoder(settings)
     if encoder is not None and index.dim is not None and encoder.dim != index.dim:
         raise ConfigError(
@@ -495,35 +506,61 @@ def _describe(error: Any) -> str:
 # --- serving -------------------------------------------------------------------------------------
 
 
-def run_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the app with uvicorn until interrupted (the local server of ``medsearch serve``)."""
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind a listening socket; a port in use is a ConfigError with one clear line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def run_server(
+    app: FastAPI,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the app with uvicorn until interrupted (``medsearch serve``); port 0 = a free one.
+
+    ``on_ready`` gets the base URL once the port is bound, before requests are served.
+    """
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    sock = _listen(host, port)
+    try:
+        config = uvicorn.Config(app, log_level="info", access_log=False, lifespan="off")
+        if on_ready is not None:
+            on_ready(_url(sock))
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class BackgroundServer:
     """A real uvicorn server in a thread (port 0 = a free one), for tests and benches."""
 
     def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        import socket
-
         import uvicorn
 
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
-        self.host, self.port = self._socket.getsockname()[:2]
+        self._socket = _listen(host, port)
+        self.url = _url(self._socket)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
         )
-
-    @property
-    def url(self) -> str:
-        """The server's base URL."""
-        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> BackgroundServer:
         """Start serving and wait until the server accepts requests."""

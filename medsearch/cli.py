@@ -258,31 +258,94 @@ def _run_index(args: argparse.Namespace) -> int:
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an index from the command line")
-    p.add_argument("query", help="query text")
-    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("query", help="query text (1-512 characters)")
+    p.add_argument("--index", required=True, help="index folder (or s3:// prefix)")
     p.add_argument("--model", default=None, help="model for vector and hybrid modes")
-    p.add_argument("--mode", choices=["text", "vector", "hybrid"], default="hybrid")
+    p.add_argument(
+        "--mode",
+        choices=["text", "vector", "hybrid"],
+        default=None,
+        help="default: hybrid with --model, else text",
+    )
     p.add_argument("--alpha", type=float, default=0.5, help="hybrid weight of the vector score")
     p.add_argument("-k", type=int, default=10, help="results to show (1-100)")
+    p.add_argument("--offset", type=int, default=0, help="results to skip (paging)")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="metadata filter; repeat for several values or fields",
+    )
     p.add_argument("--json", action="store_true", help="print the API's JSON response")
     p.set_defaults(func=_run_search)
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    raise NotImplementedError("search: owned by the search module")
+    from medsearch.api import build_service
+    from medsearch.errors import InvalidInputError
+    from medsearch.settings import load_settings
+
+    filters = []
+    for item in args.filter:
+        field, sep, value = item.partition("=")
+        if not sep or not field.strip():
+            raise InvalidInputError(f"--filter {item!r}: write it as FIELD=VALUE")
+        filters.append((field.strip(), value))
+    # A text search needs no model, so none is loaded for it.
+    model = None if args.mode == "text" else args.model
+    service = build_service(load_settings(index_dir=str(args.index), model=model))
+    response = service.search(
+        args.query, mode=args.mode, alpha=args.alpha, k=args.k, offset=args.offset, filters=filters
+    )
+    if args.json:
+        print(response.model_dump_json(indent=2))
+        return 0
+    alpha = f" (alpha {response.alpha:g})" if response.alpha is not None else ""
+    print(
+        f"{response.total} matches · mode {response.mode}{alpha} · "
+        f"results {response.offset + 1}-{response.offset + len(response.results)} · "
+        f"{response.took_ms:.1f} ms"
+    )
+    if not response.results:
+        return 0
+    print(f"{'#':>4}  {'score':>8}  {'bm25':>8}  {'cosine':>7}  {'image_id':<24}  caption")
+    for rank, hit in enumerate(response.results, start=response.offset + 1):
+        bm25 = f"{hit.bm25_score:8.3f}" if hit.bm25_score is not None else f"{'-':>8}"
+        cosine = f"{hit.vector_score:7.3f}" if hit.vector_score is not None else f"{'-':>7}"
+        caption = hit.caption if hit.caption is not None else "(no caption)"
+        if len(caption) > 80:
+            caption = caption[:79] + "…"
+        print(f"{rank:>4}  {hit.score:8.4f}  {bm25}  {cosine}  {hit.image_id:<24}  {caption}")
+    return 0
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the API and the web page")
-    p.add_argument("--index", type=Path, required=True)
-    p.add_argument("--model", required=True)
+    p.add_argument("--index", required=True, help="index folder (or s3:// prefix)")
+    p.add_argument("--model", required=True, help="model folder, HF id or s3:// prefix")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--web", type=Path, default=None, help="web page folder (default: web/)")
     p.set_defaults(func=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    raise NotImplementedError("serve: owned by the api module")
+    from medsearch.api import build_service, create_app, run_server
+    from medsearch.settings import load_settings
+
+    web = args.web or Path(__file__).resolve().parent.parent / "web"
+    settings = load_settings(index_dir=str(args.index), model=args.model, web_dir=web)
+    # Built now, not on the first request, so a bad index or model ends here with one line.
+    service = build_service(settings)
+    app = create_app(settings, service_factory=lambda: service)
+    run_server(
+        app,
+        host=args.host,
+        port=args.port,
+        on_ready=lambda url: print(f"medsearch serve: {url}  (Ctrl+C to stop)", flush=True),
+    )
+    return 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

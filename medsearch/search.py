@@ -351,10 +351,10 @@ class SearchService:
 
     def image_file(self, image_id: str) -> tuple[bytes, str]:
         """Return an image's bytes and media type; DICOM is rendered to PNG, which browsers show."""
+        document = self._document(image_id)
         from medsearch import storage
         from medsearch.data.images import decode_image, sniff_media_type
 
-        document = self._document(image_id)
         if not document.image:
             raise NotFoundError(f"image {image_id!r} has no stored file")
         try:

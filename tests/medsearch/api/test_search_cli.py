@@ -1,0 +1,149 @@
+"""`medsearch search` and `medsearch serve` through the real entry point (``main([...])``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import CORPUS, make_image
+
+from medsearch.cli import main
+from medsearch.index.base import Document
+from medsearch.index.embedded import build_index
+
+
+@pytest.fixture(scope="module")
+def text_index(tmp_path_factory: pytest.TempPathFactory, request: Any) -> Path:
+    """The test corpus in the embedded engine (colour vectors: for text-mode commands)."""
+    folder = tmp_path_factory.mktemp("cli-index")
+    build_index(folder, request.getfixturevalue("corpus"), model_id="colour-encoder")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_index(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The test corpus indexed with the tiny CLIP's own image vectors (for vector modes)."""
+    from medsearch.model.encoder import load_encoder
+
+    encoder = load_encoder(str(tiny_model_dir))
+    images = [make_image(colour, i % 4) for i, (_, colour, *_rest) in enumerate(CORPUS)]
+    vectors = encoder.encode_images(images)
+    documents = [
+        Document(image_id, caption, vector, metadata={"modality": modality, "region": region})
+        for (image_id, _, caption, modality, region), vector in zip(CORPUS, vectors, strict=True)
+    ]
+    folder = tmp_path_factory.mktemp("cli-model-index")
+    build_index(folder, documents, model_id=str(tiny_model_dir))
+    return folder
+
+
+def test_given_an_index_when_searching_text_then_a_table_of_hits(
+    text_index: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["search", "--index", str(text_index), "--mode", "text", "knee meniscus"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("2 matches · mode text · results 1-2")
+    assert out[1].split() == ["#", "score", "bm25", "cosine", "image_id", "caption"]
+    assert {line.split()[4] for line in out[2:]} == {"blue-01", "blue-02"}
+    assert all(line.split()[3] == "-" for line in out[2:])  # no cosine in text mode
+
+
+def test_given_json_and_filters_when_searching_then_the_api_response_is_printed(
+    text_index: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["search", "--index", str(text_index), "--json", "-k", "50", "--mode", "text"]
+    code = main([*argv, "--filter", "modality=CT", "--filter", "modality=US", "mass lesion"])
+    body = json.loads(capsys.readouterr().out)
+    assert code == 0 and body["mode"] == "text" and body["k"] == 50
+    assert {r["metadata"]["modality"] for r in body["results"]} <= {"CT", "US"}
+    assert {r["image_id"] for r in body["results"]} == {"green-01", "green-02", "green-03"}
+
+
+def test_given_a_model_when_searching_hybrid_then_both_scores_show(
+    model_index: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["search", "--index", str(model_index), "--model", str(tiny_model_dir), "--json"]
+    assert main([*argv, "--alpha", "0.3", "-k", "18", "knee meniscus"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["mode"] == "hybrid" and body["alpha"] == 0.3 and body["total"] == 18
+    assert {"blue-01", "blue-02"} <= {r["image_id"] for r in body["results"]}
+    assert all(r["vector_score"] is not None for r in body["results"])
+    assert main([*argv, "--mode", "vector", "-k", "3", "captionless too"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-k", "0"], "k must be an integer from 1 to 100"),
+        (["--alpha", "2"], "alpha must be between 0 and 1"),
+        (["--mode", "vector"], "needs a model"),
+        (["--filter", "nonsense"], "FIELD=VALUE"),
+        (["--filter", "modalty=CT"], "unknown filter field"),
+    ],
+)
+def test_given_bad_arguments_when_searching_then_one_line_and_exit_2(
+    text_index: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    assert main(["search", "--index", str(text_index), *extra, "knee"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("medsearch search: error:")
+    assert message in err
+
+
+def test_given_a_missing_index_when_searching_or_serving_then_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["search", "--index", str(tmp_path / "none"), "knee"]) == 2
+    assert "no index at" in capsys.readouterr().err
+    assert main(["serve", "--index", str(tmp_path / "none"), "--model", "x", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no index at" in err
+
+
+def test_given_a_busy_port_when_serving_then_one_line_and_exit_2(
+    model_index: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = ["serve", "--index", str(model_index), "--model", str(tiny_model_dir)]
+        assert main([*argv, "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_given_serve_when_started_then_the_api_and_page_answer_on_127_0_0_1(
+    model_index: Path, tiny_model_dir: Path
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medsearch.cli", "serve", "--index", str(model_index),
+         "--model", str(tiny_model_dir), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        url = match.group(0)
+        health = httpx.get(f"{url}/health", timeout=30).json()
+        assert health["documents"] == 18 and health["model"] == str(tiny_model_dir)
+        body = httpx.get(f"{url}/search", params={"q": "knee", "k": 3}, timeout=30).json()
+        assert body["mode"] == "hybrid" and len(body["results"]) == 3
+        page = httpx.get(f"{url}/", timeout=30)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

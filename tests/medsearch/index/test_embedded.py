@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_contract import corpus
+from index_contract import corpus, reference_terms
 
+from medsearch.data.manifest import read_manifest
 from medsearch.errors import InvalidInputError, SearchIndexError
 from medsearch.index.base import Document, SearchIndex, SearchQuery
 from medsearch.index.embedded import (
@@ -29,6 +30,7 @@ from medsearch.index.embedded import (
 from medsearch.index.synthetic import embedding_like_vectors
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+MEDPIX = REPO_ROOT.parent / "shared" / "datasets" / "medpix"
 
 
 def snapshot(index: EmbeddedIndex) -> list[tuple[str, float]]:
@@ -258,3 +260,24 @@ def test_generation_metadata_is_recorded(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "i" / index.generation / "meta.json").read_text())
     assert meta["model_id"] == "clip-tiny" and meta["dim"] == 8 and meta["count"] == len(corpus())
     assert meta["ann"] == "exact"  # a collection this small is searched exactly
+
+
+@pytest.mark.skipif(not MEDPIX.exists(), reason="MedPix sample not present")
+def test_medpix_captions_are_searchable(tmp_path: Path) -> None:
+    # Given the real MedPix sample with embedding-like stand-in vectors
+    records = read_manifest(MEDPIX / "manifest.jsonl")
+    ids = [r.image_id for r in records]
+    docs = [
+        Document(r.image_id, r.caption, v, r.image, r.metadata)
+        for r, v in zip(records, embedding_like_vectors(len(ids), 32), strict=True)
+    ]
+    index = build_index(tmp_path / "ix", docs)
+    # When searched for a finding — Then every match mentions a query word's stem, best first.
+    for query in ("pulmonary embolism", "fracture of the femur", "brain tumor MRI"):
+        stems = set(reference_terms(query))
+        page = index.search(SearchQuery(text=query, k=20))
+        matching = [r for r in records if r.caption and stems & set(reference_terms(r.caption))]
+        assert page.total == len(matching) > 0
+        for hit in page.hits:
+            caption = index.get(hit.image_id).caption  # type: ignore[union-attr]
+            assert stems & set(reference_terms(caption or ""))

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medsearch.data.images import load_record_images
 from medsearch.errors import InvalidInputError
 from medsearch.vectors import normalize
 
@@ -235,8 +236,6 @@ def evaluate_model(
     ``batch_size`` is both the in-batch protocol's batch and the encoding batch. Records whose
     image cannot be decoded are left out and appended to ``bad`` (or raise when ``strict``).
     """
-    from medsearch.data.images import load_record_images
-
     if batch_size < 1:
         raise InvalidInputError("batch_size must be at least 1")
     skipped: list[BadRecord] = [] if bad is None else bad

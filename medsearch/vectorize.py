@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medsearch import storage
+from medsearch.data.images import load_record_images
 from medsearch.data.manifest import BadRecord, Record, write_report
 from medsearch.errors import InvalidInputError
 from medsearch.vectors import SIMILARITY, Encoder, normalize
@@ -264,8 +265,6 @@ def _load_batch(
     batch: Sequence[Record], *, strict: bool, bad: list[BadRecord]
 ) -> tuple[list[Record], list[Image.Image]]:
     """Decode a batch's images; bad ones go to ``bad`` (or raise when strict)."""
-    from medsearch.data.images import load_record_images
-
     pairs = load_record_images(batch, strict=strict, bad=bad)
     return [r for r, _ in pairs], [im for _, im in pairs]
 

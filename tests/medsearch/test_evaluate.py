@@ -334,3 +334,179 @@ def test_given_graded_query_sets_when_scored_then_matches_reference(seed: int) -
         assert actual is None
     else:
         assert_close(actual, expected)
+
+
+# --- evaluate_model, the summary files and the command -------------------------------------------
+
+
+ISSUE_KEYS = {"model", "split", "n", "in_batch", "text_to_image", "image_to_text"}
+
+
+class OracleEncoder:
+    """A torch-free encoder that understands the test corpus exactly.
+
+    Image k is a flat colour with red = 20*k; caption "finding k" names it. Both map to basis
+    vector k, so full-pool retrieval is perfect unless the plumbing mixes rows up. Other texts
+    (queries) map to the basis vector of the first digit they contain.
+    """
+
+    dim = 16
+    model_id = "oracle"
+
+    def encode_texts(self, texts, batch_size: int = 64) -> np.ndarray:
+        rows = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            digits = [int(word) for word in text.split() if word.isdigit()]
+            rows[i, digits[0] if digits else 15] = 1.0
+        return rows
+
+    def encode_images(self, images, batch_size: int = 32) -> np.ndarray:
+        rows = np.zeros((len(images), self.dim), dtype=np.float32)
+        for i, image in enumerate(images):
+            rows[i, image.convert("RGB").getpixel((0, 0))[0] // 20] = 1.0
+        return rows
+
+
+def oracle_records(folder, n: int, captionless: set[int] = frozenset(), bad: bool = False):
+    from PIL import Image
+
+    from medsearch.data.manifest import Record
+
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for k in range(n):
+        path = folder / f"img{k}.png"
+        Image.new("RGB", (8, 8), (20 * k, 0, 0)).save(path)
+        caption = None if k in captionless else f"finding {k}"
+        records.append(Record(f"img{k}", str(path), caption, "test"))
+    if bad:
+        (folder / "empty.png").write_bytes(b"")
+        records.insert(1, Record("broken", str(folder / "empty.png"), "finding 0", "test"))
+    return records
+
+
+def test_given_an_exact_encoder_when_evaluate_model_then_the_issue_shape_and_perfect_scores(
+    tmp_path,
+) -> None:
+    from medsearch.data.manifest import BadRecord
+    from medsearch.evaluate import evaluate_model
+
+    # Given 6 items, one captionless, one unreadable image, and a small in-batch size
+    records = oracle_records(tmp_path, 6, captionless={4}, bad=True)
+    bad: list[BadRecord] = []
+    # When
+    report = evaluate_model(OracleEncoder(), records, batch_size=4, bad=bad)
+    # Then exactly the issue's keys (no "queries" without a query set)
+    assert set(report) == ISSUE_KEYS
+    assert report["model"] == "oracle" and report["split"] == "test" and report["n"] == 6
+    assert set(report["in_batch"]) == {"batch_size", "mrr@1", "mrr@3", "mrr@5", "mrr@10", "mrr@20"}
+    assert report["in_batch"]["batch_size"] == 4 and report["in_batch"]["mrr@1"] == 1.0
+    perfect = {"r@1": 1.0, "r@5": 1.0, "r@10": 1.0, "mrr@10": 1.0, "median_rank": 1.0}
+    assert report["text_to_image"] == perfect
+    assert report["image_to_text"] == perfect
+    assert [b.image_id for b in bad] == ["broken"]
+
+
+def test_given_a_query_set_when_evaluate_model_then_queries_are_scored_within_the_split(
+    tmp_path,
+) -> None:
+    from types import SimpleNamespace
+
+    from medsearch.evaluate import evaluate_model
+
+    records = oracle_records(tmp_path, 5)
+    queries = [
+        SimpleNamespace(query="show 2", relevance={"img2": 2, "img-other-split": 3}),
+        SimpleNamespace(query="show 3", relevance={"img1": 1}),  # ranks img3 first: a miss
+        SimpleNamespace(query="show 9", relevance={"not-here": 1}),  # skipped
+    ]
+    report = evaluate_model(OracleEncoder(), records, queries=queries)
+    # img1 comes after img3 and the three zero-score images tie; ties put it last → rank 5
+    ndcg_second = (1 / math.log2(6)) / 1.0
+    assert report["queries"]["ndcg@10"] == pytest.approx((1.0 + ndcg_second) / 2, abs=1e-6)
+    assert report["queries"]["r@10"] == 1.0
+
+
+def test_given_a_swapped_encoder_when_evaluated_then_scores_drop(tmp_path) -> None:
+    from medsearch.evaluate import evaluate_model
+
+    class Shifted(OracleEncoder):
+        def encode_texts(self, texts, batch_size: int = 64) -> np.ndarray:
+            return np.roll(super().encode_texts(texts), 1, axis=1)
+
+    report = evaluate_model(Shifted(), oracle_records(tmp_path, 5))
+    assert report["text_to_image"]["r@1"] < 1.0
+    assert report["in_batch"]["mrr@1"] < 1.0
+
+
+def test_given_no_readable_or_captioned_images_when_evaluated_then_clear_errors(
+    tmp_path,
+) -> None:
+    from medsearch.errors import InvalidInputError
+    from medsearch.evaluate import evaluate_model
+
+    with pytest.raises(InvalidInputError, match="captioned"):
+        evaluate_model(OracleEncoder(), oracle_records(tmp_path, 3, captionless={0, 1, 2}))
+    broken = oracle_records(tmp_path, 0, bad=True)
+    with pytest.raises(InvalidInputError, match="readable"):
+        evaluate_model(OracleEncoder(), broken)
+
+
+def test_given_a_report_when_summarised_then_html_and_png_are_written(tmp_path) -> None:
+    from medsearch.evaluate import evaluate_model
+    from medsearch.report import write_summary
+
+    report = evaluate_model(OracleEncoder(), oracle_records(tmp_path / "img", 4))
+    written = write_summary(report, tmp_path / "report.json")
+    assert [p.name for p in written] == ["report.html", "report.png"]
+    page = (tmp_path / "report.html").read_text()
+    assert "Full pool text→image" in page and "<table>" in page and "median_rank" in page
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_given_blocked_torch_when_evaluate_imported_then_it_loads() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'transformers'}:\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import medsearch.evaluate, medsearch.report, medsearch.vectorize\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_given_the_tiny_model_when_evaluate_command_runs_then_report_files_appear(
+    tmp_path, tiny_model_dir, capsys
+) -> None:
+    import json
+
+    from medsearch.cli import main
+    from medsearch.data.manifest import write_manifest
+
+    # Given a manifest with a test split (one unreadable image) and a query set beside it
+    records = oracle_records(tmp_path / "images", 5, captionless={3}, bad=True)
+    manifest = tmp_path / "manifest.jsonl"
+    write_manifest(manifest, records)
+    (tmp_path / "queries.jsonl").write_text(json.dumps({"query": "finding", "relevant": ["img2"]}))
+    out = tmp_path / "out" / "report.json"
+    # When
+    command = ["evaluate", "--model", str(tiny_model_dir), "--data", str(manifest)]
+    code = main([*command, "--split", "test", "--out", str(out)])
+    # Then
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report) == {*ISSUE_KEYS, "queries"}
+    assert report["n"] == 5 and report["split"] == "test"
+    assert 1.0 <= report["text_to_image"]["median_rank"] <= 5.0
+    assert (out.parent / "report.html").exists() and (out.parent / "report.png").exists()
+    bad_lines = (out.parent / "report.bad_records.jsonl").read_text().splitlines()
+    assert [json.loads(line)["image_id"] for line in bad_lines] == ["broken"]
+    assert "skipped 1 unreadable" in capsys.readouterr().out
+    # And an empty split is a one-line user error, not a traceback
+    assert main([*command, "--split", "validation", "--out", str(out)]) == 2

@@ -145,7 +145,11 @@ def _record(result: EventResult) -> None:
         if not message.ok:
             logger.error(
                 "message not loaded completely",
-                extra={"message_id": message.message_id, "errors": message.errors},
+                extra={
+                    "message_id": message.message_id,
+                    "errors": message.errors,
+                    "failed_ids": [b.image_id for r in message.reports for b in r.failed],
+                },
             )
 
 
@@ -159,6 +163,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if publish is not None:
         prefix, force = publish
         published = loader.publish(loader.config.run_id(prefix + "/"), prefix, force=force)
+        metrics.add_metric("RunsPublished", MetricUnit.Count, int(published))
         return {"published": published}
     result = loader.handle(event)
     _record(result)

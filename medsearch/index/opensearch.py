@@ -135,6 +135,7 @@ def connect(
     region: str | None = None,
     service: Literal["es", "aoss"] = "es",
     timeout: float = 30.0,
+    verify_certs: bool | None = None,
     connection_class: type | None = None,
     **connection_kwargs: Any,
 ) -> OpenSearch:
@@ -142,8 +143,9 @@ def connect(
 
     ``credentials`` is a botocore credentials object made by the caller (the Lambda edge), so this
     module creates no AWS session; ``http_auth`` may be any auth object or a ``(user, password)``
-    pair; ``https://user:password@host`` also gives basic auth. Transport-level retries are off:
-    :class:`OpenSearchIndex` retries with back-off itself.
+    pair; ``https://user:password@host`` also gives basic auth. Certificates are verified for
+    https unless ``verify_certs=False`` (a self-managed test cluster). Transport-level retries are
+    off: :class:`OpenSearchIndex` retries with back-off itself.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -164,7 +166,8 @@ def connect(
         hosts=[host],
         http_auth=http_auth,
         use_ssl=use_ssl,
-        verify_certs=use_ssl,
+        verify_certs=use_ssl if verify_certs is None else verify_certs,
+        ssl_show_warn=verify_certs is not False,
         connection_class=connection_class or RequestsHttpConnection,
         timeout=timeout,
         max_retries=0,

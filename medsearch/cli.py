@@ -57,14 +57,30 @@ def _add_import_imageclef(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import-imageclef", help="turn an ImageCLEF 2017 caption-prediction tree into a manifest"
     )
-    p.add_argument("--root", type=Path, required=True, help="folder with training/ validation/ test/")
+    p.add_argument(
+        "--root", type=Path, required=True, help="folder with training/ validation/ test/"
+    )
     p.add_argument("--out", type=Path, required=True, help="manifest path to write (.jsonl)")
     p.add_argument("--seed", type=int, default=42, help="seed of the 90:10 train/validation split")
     p.set_defaults(func=_run_import_imageclef)
 
 
 def _run_import_imageclef(args: argparse.Namespace) -> int:
-    raise NotImplementedError("import-imageclef: owned by the data module")
+    from medsearch.data.imageclef import import_imageclef
+
+    result = import_imageclef(args.root, args.out, seed=args.seed)
+    counts = result.counts
+    print(
+        f"wrote {counts['records']} records to {result.manifest}: {counts['train']} train, "
+        f"{counts['validation']} validation, {counts['test']} test, "
+        f"{counts['captionless']} captionless"
+    )
+    if result.report is not None:
+        print(
+            f"left out {len(result.bad)} entries ({len(result.missing)} images missing on disk); "
+            f"see {result.report}"
+        )
+    return 0
 
 
 # --- train / evaluate / vectorize ----------------------------------------------------------------

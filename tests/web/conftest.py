@@ -8,6 +8,8 @@ serving ``web/`` at ``/``. The browser is Debian's ``chromium`` driven by Playwr
 
 from __future__ import annotations
 
+import http.server
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,46 @@ def web_server(web_index: Path, tiny_model_dir: Path) -> Iterator[str]:
     settings = ServiceSettings(index_dir=str(web_index), model=str(tiny_model_dir), web_dir=WEB_DIR)
     with background_server(create_app(settings)) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def static_site(
+    tmp_path_factory: pytest.TempPathFactory, web_index: Path, tiny_model_dir: Path
+) -> Iterator[tuple[str, str]]:
+    """The page hosted apart from the API, as on S3/CloudFront: a plain static server with
+    ``config.json`` naming the API, and the API allowing that origin (CORS). Yields both URLs."""
+    import functools
+    import shutil
+    import threading
+
+    from medsearch.api import background_server, create_app
+    from medsearch.settings import ServiceSettings
+
+    site = tmp_path_factory.mktemp("static-site")
+    shutil.copytree(WEB_DIR, site, dirs_exist_ok=True)
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    page_origin = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    settings = ServiceSettings(
+        index_dir=str(web_index), model=str(tiny_model_dir), cors_origins=[page_origin]
+    )
+    try:
+        with background_server(create_app(settings)) as api_url:
+            (site / "config.json").write_text(json.dumps({"apiBaseUrl": api_url}))
+            yield page_origin, api_url
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files without a log line per request."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
 @pytest.fixture(scope="session")

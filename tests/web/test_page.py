@@ -397,3 +397,28 @@ def test_keyboard_alone_searches_filters_and_opens_similar(page: Any, web_server
     # Then its similar images open
     expect_phase(page, "done")
     expect(page.locator("#context .image-id")).to_have_text(first)
+
+
+def test_page_hosted_apart_from_the_api_uses_config_json(
+    browser: Any, static_site: tuple[str, str]
+) -> None:
+    # Given the same files on a plain static host whose config.json names the API elsewhere
+    site, api = static_site
+    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        # When a search is opened there
+        page.goto(f"{site}/?q={urllib.parse.quote(QUERY)}&mode=hybrid")
+        # Then the page calls that API (cross-origin) and shows its results and thumbnails
+        expected = search_api(api, q=QUERY, mode="hybrid", alpha="0.50", k=DEFAULT_K)
+        expect_ids(page, ids_of(expected))
+        first_img = page.locator(".card img").first
+        expect(first_img).to_have_attribute("src", re.compile("^" + re.escape(api)))
+        expect(first_img).to_have_js_property("complete", True)
+        assert first_img.evaluate("img => img.naturalWidth") > 0
+        expect(page.locator("fieldset.facet").first).to_be_visible()
+    finally:
+        context.close()
+    assert not errors, errors

@@ -374,7 +374,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    raise NotImplementedError("demo")
+    from medsearch.demo import build_demo, serve_argv
+
+    layout = build_demo(args.workdir, main)
+    print(f"demo built in {layout.workdir}: evaluation report {layout.report}")
+    if args.no_serve:
+        print(f"serve it with: medsearch {' '.join(serve_argv(layout, args.host, args.port))}")
+        return 0
+    return main(serve_argv(layout, args.host, args.port))
 
 
 # --- entry point ---------------------------------------------------------------------------------

@@ -885,12 +885,9 @@
 
     window.addEventListener("popstate", (e) => {
       state = stateFromUrl(location.search);
+      // An upload view's file travels in the history entry (Files survive structured cloning).
       const file = e.state && e.state.upload;
-      if (state.upload && file instanceof File) {
-        if (!upload || upload.file !== file) setUpload(file);
-      } else if (!state.upload) {
-        // Keep the file object around for forward navigation, but stop using it.
-      }
+      if (state.upload && file instanceof File && (!upload || upload.file !== file)) setUpload(file);
       syncControls();
       run();
     });

@@ -213,6 +213,11 @@ def test_uploaded_image_finds_itself_first(page: Any, web_server: str, synth_cor
     expect_phase(page, "done")
     expect(page.locator("#status")).to_contain_text("α 0.50")
     assert page_params(page)["q"] == [QUERY]
+    # When the user goes back, the image-only search returns (the file is kept in history)
+    page.go_back()
+    expect(page.locator("#context")).to_contain_text("Image only")
+    expect_phase(page, "done")
+    expect(page.locator(".card").first).to_have_attribute("data-image-id", record.image_id)
 
 
 def test_copied_url_shows_the_same_results_in_a_new_tab(page: Any, web_server: str) -> None:

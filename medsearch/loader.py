@@ -66,6 +66,14 @@ class RunIndex(SearchIndex, Protocol):
         """Point the alias at this index atomically; prune old ones."""
         ...
 
+    def alias_targets(self, alias: str) -> list[str]:
+        """The indexes the alias points at now."""
+        ...
+
+    def newer_live_index(self, alias: str) -> str | None:
+        """A live index of a newer run, if any."""
+        ...
+
 
 # Physical index name -> engine on it, and (alias, run id) -> physical index name.
 IndexFactory = Callable[[str], RunIndex]
@@ -455,14 +463,26 @@ class IndexLoader:
 
         Complete = every output object under ``prefix`` has a report without failures, and the
         reports wrote every manifest record (with or without a vector); ``force`` skips
-        the manifest check (a transform over part of the manifest). Raises if the index holds
-        a different number of documents than the reports wrote.
+        the manifest check (a transform over part of the manifest) and allows publishing an
+        older run over a newer one (a rollback); without it, a late redelivery of an old run
+        never replaces a newer live run. Raises if the index holds a different number of
+        documents than the reports wrote.
         """
         status = self.run_status(run_id, prefix)
         if not status.ready(force=force):
             log.info("run %s not complete yet: %s", run_id, status.describe())
             return False
         index = self.index_for(run_id)
+        alias = self.config.alias
+        if index.name in index.alias_targets(alias):
+            log.info("run %s is already live behind %s", run_id, alias)
+            return True
+        newer = None if force else index.newer_live_index(alias)
+        if newer is not None:
+            log.warning(
+                "run %s not published: the newer %s is live behind %s", run_id, newer, alias
+            )
+            return False
         index.finish_load()
         count = index.count()
         if count != status.written:
@@ -470,11 +490,11 @@ class IndexLoader:
                 f"run {run_id}: index {index.name} has {count} documents, reports wrote "
                 f"{status.written}; not publishing"
             )
-        pruned = index.swap_alias(self.config.alias, keep=self.config.keep_indexes)
+        pruned = index.swap_alias(alias, keep=self.config.keep_indexes)
         log.info(
             "published run %s: alias %s -> %s (%d documents); pruned %s",
             run_id,
-            self.config.alias,
+            alias,
             index.name,
             count,
             ", ".join(pruned) or "nothing",

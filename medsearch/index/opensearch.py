@@ -349,7 +349,20 @@ def build_count_query(query: SearchQuery) -> dict[str, Any]:
 def build_bulk_lines(doc: Document) -> str:
     """Return the two NDJSON lines that index one document with ``_id = image_id``."""
     action = json.dumps({"index": {"_id": doc.image_id}}, separators=(",", ":"))
-    return action + "\n" + json.dumps(document_source(doc), separators=(",", ":")) + "\n"
+    source = json.dumps(document_source(doc, vector=False), separators=(",", ":"))
+    if doc.vector is not None:
+        # The vector is spliced in as text: formatting floats dominates the cost of a bulk body.
+        source = f'{source[:-1]},"{VECTOR_FIELD}":{vector_json_text(doc.vector)}}}'
+    return action + "\n" + source + "\n"
+
+
+def vector_json_text(vector: np.ndarray) -> str:
+    """Return a float32 vector as a JSON array with 9 significant digits (exact for float32).
+
+    About 3x faster than shortest-repr formatting, which matters at 185k documents of 512 floats.
+    """
+    values = np.asarray(vector, dtype=np.float32).ravel().tolist()
+    return "[" + ",".join(format(x, ".9g") for x in values) + "]"
 
 
 def build_alias_actions(
@@ -368,14 +381,14 @@ def vector_to_json(vector: np.ndarray) -> list[float]:
     return [float(str(x)) for x in np.asarray(vector, dtype=np.float32).ravel()]
 
 
-def document_source(doc: Document) -> dict[str, Any]:
-    """Return the ``_source`` stored for a document."""
+def document_source(doc: Document, *, vector: bool = True) -> dict[str, Any]:
+    """Return the ``_source`` stored for a document (optionally without the vector)."""
     source: dict[str, Any] = {ID_FIELD: doc.image_id}
     if doc.caption is not None:
         source[TEXT_FIELD] = doc.caption
     if doc.image is not None:
         source[IMAGE_FIELD] = doc.image
-    if doc.vector is not None:
+    if vector and doc.vector is not None:
         source[VECTOR_FIELD] = vector_to_json(doc.vector)
     if doc.metadata:
         source[METADATA_FIELD] = dict(doc.metadata)
@@ -588,14 +601,7 @@ class OpenSearchIndex:
     def prune(self, alias: str, *, keep: int | None = None) -> list[str]:
         """Delete all but the ``keep`` newest run indexes of ``alias`` (never the live ones)."""
         keep = self.config.keep_indexes if keep is None else keep
-        answer = self._request("GET", f"/{alias}-*/_settings", ignore=(404,))
-        if not isinstance(answer, dict) or answer.get("status") == 404:
-            return []
-        created = {
-            name: int(info.get("settings", {}).get("index", {}).get("creation_date", 0))
-            for name, info in answer.items()
-            if isinstance(info, dict)
-        }
+        created = self.creation_dates(f"{alias}-*")
         live = set(self.alias_targets(alias)) | {self.name}
         newest_first = sorted(created, key=lambda name: (created[name], name), reverse=True)
         doomed = [n for n in newest_first[max(keep, 1) :] if n not in live]
@@ -603,6 +609,27 @@ class OpenSearchIndex:
             self._request("DELETE", "/" + ",".join(doomed))
             log.info("pruned old indexes: %s", ", ".join(doomed))
         return doomed
+
+    def creation_dates(self, pattern: str) -> dict[str, int]:
+        """Return the creation time (ms since the epoch) of each index matching ``pattern``."""
+        answer = self._request("GET", f"/{pattern}/_settings", ignore=(404,))
+        if not isinstance(answer, dict) or answer.get("status") == 404:
+            return {}
+        return {
+            name: int(info.get("settings", {}).get("index", {}).get("creation_date", 0))
+            for name, info in answer.items()
+            if isinstance(info, dict)
+        }
+
+    def newer_live_index(self, alias: str) -> str | None:
+        """Return an index behind ``alias`` created after this one (a newer run is live), if any."""
+        live = [name for name in self.alias_targets(alias) if name != self.name]
+        if not live:
+            return None
+        created = self.creation_dates(",".join([self.name, *live]))
+        mine = created.get(self.name, 0)
+        newer = sorted(name for name in live if created.get(name, 0) > mine)
+        return newer[0] if newer else None
 
     def drop(self) -> None:
         """Delete this physical index (tests and clean-up)."""

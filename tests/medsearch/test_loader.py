@@ -355,3 +355,21 @@ def _delete(bucket: str, key: str) -> None:
     import boto3
 
     boto3.client("s3", region_name="us-east-1").delete_object(Bucket=bucket, Key=key)
+
+
+def test_a_late_redelivery_of_an_old_run_never_replaces_a_newer_live_run(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    # Given run 1 and then run 2 published
+    old_keys = write_run(s3_bucket, run_id="run-1")
+    make_loader(cluster).handle(s3_event(s3_bucket, old_keys))
+    new_keys = write_run(s3_bucket, run_id="run-2")
+    make_loader(cluster).handle(s3_event(s3_bucket, new_keys))
+    # When an object of run 1 is delivered again
+    late = make_loader(cluster).handle(s3_event(s3_bucket, old_keys[:1]))
+    # Then it loads, but the alias stays on run 2
+    assert not late.failed and late.published == []
+    assert cluster.aliases == {"medsearch": {"medsearch-run-2"}}
+    # And a forced publish rolls back on purpose
+    assert make_loader(cluster).publish("run-1", f"s3://{s3_bucket}/vectors/run-1", force=True)
+    assert cluster.aliases == {"medsearch": {"medsearch-run-1"}}

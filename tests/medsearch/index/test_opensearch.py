@@ -505,3 +505,15 @@ def test_connect_rejects_bad_settings(url: str, kwargs: dict[str, Any], message:
 def test_config_rejects_unknown_engine() -> None:
     with pytest.raises(ConfigError):
         OpenSearchConfig(engine="nmslib")  # type: ignore[arg-type]
+
+
+def test_bulk_vectors_round_trip_float32_exactly() -> None:
+    # Given float32 values of every magnitude — When written as bulk JSON — Then parsed back
+    # as float32 they are bit-identical.
+    rng = np.random.default_rng(0)
+    vector = (rng.normal(size=512) * 10.0 ** rng.integers(-12, 3, size=512)).astype(np.float32)
+    from medsearch.index.opensearch import build_bulk_lines
+
+    _, source = build_bulk_lines(Document("v", "c", vector)).splitlines()
+    back = np.asarray(json.loads(source)["vector"], dtype=np.float32)
+    assert np.array_equal(back, vector)

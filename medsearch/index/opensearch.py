@@ -71,6 +71,10 @@ METADATA_FIELD = "metadata"
 # Hybrid pipelines are cached per alpha at this precision (weights must sum to exactly 1).
 ALPHA_DECIMALS = 2
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A match query makes one clause per term; OpenSearch refuses more than 1024 (max_clause_count),
+# so longer query texts are cut after this many words.
+MAX_QUERY_TERMS = 1000
+_WORD = re.compile(r"[^\W_]+")
 # OpenSearch index names: lowercase, none of \ / * ? " < > | space , # and no leading - _ +.
 _INDEX_NAME_BAD = re.compile(r"[^a-z0-9._-]+")
 
@@ -279,11 +283,19 @@ def build_filter(filters: Filters, exclude_ids: Iterable[str] = ()) -> dict[str,
     return {"bool": body}
 
 
+def bounded_text(text: str) -> str:
+    """Return the query text cut after ``MAX_QUERY_TERMS`` words (the cluster's clause limit)."""
+    for count, word in enumerate(_WORD.finditer(text), start=1):
+        if count == MAX_QUERY_TERMS:
+            return text[: word.end()]
+    return text
+
+
 def build_match_query(
     text: str, filters: Filters, exclude_ids: Iterable[str] = ()
 ) -> dict[str, Any]:
     """Return a BM25 ``match`` on the caption (OR of the terms) with the filters beside it."""
-    match = {"match": {TEXT_FIELD: {"query": text, "operator": "or"}}}
+    match = {"match": {TEXT_FIELD: {"query": bounded_text(text), "operator": "or"}}}
     restriction = build_filter(filters, exclude_ids)
     if restriction is None:
         return match
@@ -336,7 +348,7 @@ def build_count_query(query: SearchQuery) -> dict[str, Any]:
     """Return the query whose hit count is the page total (text matches, vectors, or the union)."""
     parts: list[dict[str, Any]] = []
     if query.text is not None:
-        parts.append({"match": {TEXT_FIELD: {"query": query.text, "operator": "or"}}})
+        parts.append({"match": {TEXT_FIELD: {"query": bounded_text(query.text), "operator": "or"}}})
     if query.vector is not None:
         parts.append({"exists": {"field": VECTOR_FIELD}})
     body: dict[str, Any] = {"should": parts, "minimum_should_match": 1}

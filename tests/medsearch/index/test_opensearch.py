@@ -517,3 +517,15 @@ def test_bulk_vectors_round_trip_float32_exactly() -> None:
     _, source = build_bulk_lines(Document("v", "c", vector)).splitlines()
     back = np.asarray(json.loads(source)["vector"], dtype=np.float32)
     assert np.array_equal(back, vector)
+
+
+def test_long_query_texts_stay_under_the_clause_limit(
+    loaded: OpenSearchIndex, cluster: FakeCluster
+) -> None:
+    # Given 2,000 words (OpenSearch refuses a match of more than 1,024 clauses)
+    loaded.search(SearchQuery(text="lung " * 2000))
+    sent = last(cluster, "/_search").body["query"]["match"]["caption"]["query"]
+    # Then at most 1,000 words are sent, and short texts go unchanged
+    assert len(sent.split()) == 1000
+    loaded.search(SearchQuery(text="lung (nodule)*"))
+    assert last(cluster, "/_search").body["query"]["match"]["caption"]["query"] == "lung (nodule)*"

@@ -22,8 +22,11 @@ Use::
     cluster = FakeCluster()
     client = fake_client(cluster)                 # an opensearchpy.OpenSearch
     index = OpenSearchIndex(client, "medsearch", sleep=lambda s: None)
+    index = fake_index(cluster, "medsearch")      # the same in one call
+    patch_index_loader(monkeypatch, cluster)      # the loader Lambda writes into this cluster
     ...
     cluster.requests                              # every request: method, path, params, body
+    cluster.documents("medsearch")                # what an index or alias holds (real-time)
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from opensearchpy import Connection, OpenSearch
+
+if TYPE_CHECKING:
+    from medsearch.index.opensearch import OpenSearchIndex
 
 try:  # the project's caption analysis (tantivy); a plain split keeps the fake usable without it
     from medsearch.index.analysis import analyze as _analyze
@@ -723,6 +729,15 @@ def fake_client(cluster: FakeCluster) -> OpenSearch:
         connection_class=FakeConnection,
         cluster=cluster,
         max_retries=0,
+    )
+
+
+def fake_index(cluster: FakeCluster, name: str = "medsearch", **config: Any) -> OpenSearchIndex:
+    """Return the OpenSearch engine on ``name`` in ``cluster``: no waiting between retries."""
+    from medsearch.index.opensearch import OpenSearchConfig, OpenSearchIndex
+
+    return OpenSearchIndex(
+        fake_client(cluster), name, config=OpenSearchConfig(**config), sleep=lambda _: None
     )
 
 

@@ -21,7 +21,12 @@ images count as relevant too; every query has at least one fully relevant image 
 and an evaluation keeps only the judgments of the split it evaluates. Grades: 2 when every query
 attribute matches; 1 when region and finding match and exactly one of modality, laterality, size
 or count does not (only for queries with three or more attributes). ``relevant`` lists every image
-with a grade, ``relevance`` holds the grades.
+with a grade, ``relevance`` holds the grades, and ``attributes`` records what the query asks for
+(readers ignore it).
+
+Contrast is chosen so findings stand apart within each modality: lesions are bright (hyperechoic
+on ultrasound), fluid is dark on CT and ultrasound but bright on X-ray and MRI, and a fracture is
+a lucent line with a displaced fragment and surrounding swelling (bright oedema on MRI).
 """
 
 from __future__ import annotations
@@ -143,12 +148,12 @@ _PALETTES: dict[str, dict[str, float]] = {
         "organ": 0.56, "gas": 0.0, "brain": 0.46, "csf": 0.2, "edema": 0.1,
     },
     "MRI": {
-        "air": 0.0, "soft": 0.36, "lung": 0.03, "bone": 0.08, "fluid": 0.97, "lesion": 0.72,
+        "air": 0.0, "soft": 0.36, "lung": 0.03, "bone": 0.08, "fluid": 0.97, "lesion": 0.8,
         "organ": 0.28, "gas": 0.0, "brain": 0.52, "csf": 0.88, "edema": 0.95,
     },
     "ultrasound": {
-        "air": 0.0, "soft": 0.45, "lung": 0.22, "bone": 0.95, "fluid": 0.02, "lesion": 0.12,
-        "organ": 0.55, "gas": 0.8, "brain": 0.4, "csf": 0.05, "edema": 0.08,
+        "air": 0.0, "soft": 0.45, "lung": 0.22, "bone": 0.95, "fluid": 0.02, "lesion": 0.9,
+        "organ": 0.55, "gas": 0.8, "brain": 0.4, "csf": 0.05, "edema": 0.25,
     },
 }  # fmt: skip
 
@@ -216,7 +221,7 @@ def _chest(c: _Canvas, side: int, limb: int) -> _Sites:
             c.paint(c.rect(sx * 0.45, ry, 0.3, 0.03, -sx * 0.3), "bone")  # ribs
 
     def effusion(cv: _Canvas, size: str) -> np.ndarray:
-        level = 0.3 if size == "small" else -0.05
+        level = 0.2 if size == "small" else -0.15
         lung = cv.ellipse(side * 0.42, 0.0, 0.31, 0.6)
         meniscus = cv._edge(cv.y - level - 0.25 * np.abs(cv.x - side * 0.42))
         return lung * meniscus
@@ -232,7 +237,7 @@ def _head(c: _Canvas, side: int, limb: int) -> _Sites:
         c.paint(c.ellipse(sx * 0.1, -0.05, 0.06, 0.2, sx * 0.3), "csf")  # ventricles
 
     def effusion(cv: _Canvas, size: str) -> np.ndarray:
-        width = 0.1 if size == "small" else 0.22
+        width = 0.15 if size == "small" else 0.28
         crescent = cv.ellipse(0, 0, 0.58, 0.72) - cv.ellipse(side * width, 0, 0.58, 0.72)
         return np.clip(crescent, 0, 1) * cv._edge(side * cv.x)
 
@@ -251,7 +256,7 @@ def _abdomen(c: _Canvas, side: int, limb: int) -> _Sites:
         c.paint(c.ellipse(gx, gy, 0.06, 0.05), "gas")
 
     def effusion(cv: _Canvas, size: str) -> np.ndarray:
-        rx, ry = (0.14, 0.1) if size == "small" else (0.26, 0.22)
+        rx, ry = (0.18, 0.14) if size == "small" else (0.3, 0.26)
         return cv.ellipse(side * 0.55, 0.1, rx, ry, side * 0.4)
 
     return _Sites((side * 0.4, 0.05, 0.2, 0.2), (side * 0.8, -0.3, side * 0.6, 0.04), effusion)
@@ -267,8 +272,8 @@ def _knee(c: _Canvas, side: int, limb: int) -> _Sites:
     c.paint(c.rect(0, 0.01, 0.3, 0.02), "soft")  # joint space
 
     def effusion(cv: _Canvas, size: str) -> np.ndarray:
-        ry = 0.14 if size == "small" else 0.3
-        return cv.ellipse(side * 0.3, -0.35, 0.13, ry)
+        ry = 0.2 if size == "small" else 0.34
+        return cv.ellipse(side * 0.3, -0.35, 0.16, ry)
 
     return _Sites((side * 0.15, -0.35, 0.06, 0.2), (side * 0.2, 0.13, 0.0, 0.1), effusion)
 
@@ -286,7 +291,7 @@ def _hand(c: _Canvas, side: int, limb: int) -> _Sites:
     c.paint(c.rect(-limb * 0.46, 0.22, 0.03, 0.24, limb * 0.7), "bone")
 
     def effusion(cv: _Canvas, size: str) -> np.ndarray:
-        r = 0.1 if size == "small" else 0.17
+        r = 0.13 if size == "small" else 0.2
         return cv.ellipse(side * 0.27, 0.12, r, r * 1.3)
 
     return _Sites((side * 0.27, 0.3, 0.05, 0.25), (side * 0.27, 0.45, 0.0, 0.06), effusion)
@@ -302,7 +307,7 @@ def _pelvis(c: _Canvas, side: int, limb: int) -> _Sites:
     c.paint(c.rect(0, -0.25, 0.12, 0.3), "bone")  # sacrum
 
     def effusion(cv: _Canvas, size: str) -> np.ndarray:
-        r = 0.2 if size == "small" else 0.3
+        r = 0.24 if size == "small" else 0.34
         return np.clip(
             cv.ellipse(side * 0.66, 0.3, r, r) - cv.ellipse(side * 0.66, 0.3, 0.15, 0.15), 0, 1
         )
@@ -324,7 +329,7 @@ def _paint_finding(c: _Canvas, attrs: Attributes, sites: _Sites, rng: np.random.
     if attrs.finding == "nodule":
         cx, cy, ex, ey = sites.lesion
         count = {"single": 1, "two": 2}.get(attrs.count or "single") or int(rng.integers(3, 6))
-        radius = 0.06 + 0.035 * (attrs.size_cm or 1.0)
+        radius = 0.08 + 0.04 * (attrs.size_cm or 1.0)
         for i in range(count):
             if count == 1:
                 dx, dy = rng.uniform(-ex, ex) * 0.5, rng.uniform(-ey, ey) * 0.5
@@ -336,12 +341,13 @@ def _paint_finding(c: _Canvas, attrs: Attributes, sites: _Sites, rng: np.random.
     elif attrs.finding == "fracture":
         cx, cy, angle, half = sites.fracture
         cross = angle + math.pi / 2 + rng.uniform(-0.4, 0.4)  # oblique lucent line across the bone
-        c.paint(c.ellipse(cx, cy, 0.16, 0.16), "edema") if attrs.modality == "MRI" else None
-        c.paint(c.rect(cx, cy, half * 2.6, 0.028, cross), "edema")
+        # Swelling and marrow oedema around the break (dark on X-ray and CT, bright on MRI).
+        c.paint(c.ellipse(cx, cy, 0.2, 0.2) * 0.6, "edema")
+        c.paint(c.rect(cx, cy, half * 2.8, 0.04, cross), "edema")
         # Displaced fragment: a step-off of the bone beyond the line.
-        shift = 0.07 * rng.choice((-1, 1))
-        fx = cx + 0.09 * math.cos(angle) - shift * math.sin(angle)
-        fy = cy + 0.09 * math.sin(angle) + shift * math.cos(angle)
+        shift = 0.1 * rng.choice((-1, 1))
+        fx = cx + 0.1 * math.cos(angle) - shift * math.sin(angle)
+        fy = cy + 0.1 * math.sin(angle) + shift * math.cos(angle)
         c.paint(c.rect(fx, fy, 0.07, half, angle + rng.uniform(-0.3, 0.3)), "bone")
     elif attrs.finding == "effusion":
         c.paint(sites.effusion(c, attrs.size or "small"), "fluid")

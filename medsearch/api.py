@@ -29,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medsearch import __version__
 from medsearch.errors import (
@@ -79,6 +79,7 @@ ERROR_STATUS: tuple[tuple[type[MedsearchError], int], ...] = (
 # The whole request may carry a little multipart overhead beyond the 10 MB file; bodies past this
 # are refused while they stream in, before anything is buffered.
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 256 * 1024
+_TOO_LARGE = f"request body too large: uploads are limited to {MAX_UPLOAD_BYTES} bytes (10 MB)"
 # After a failed start, requests get 503 for a while instead of retrying a slow load each time.
 RETRY_START_SECONDS = 10.0
 # Parameters of each endpoint; every other query parameter is a metadata filter.
@@ -103,6 +104,40 @@ class StagePath:
         if scope["type"] in ("http", "websocket") and not scope.get("root_path"):
             scope = {**scope, "root_path": self.root_path}
         await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with a JSON 413, before they are buffered.
+
+    A declared Content-Length over the limit is answered at once; a body without one (chunked)
+    is counted as it streams, and the request fails with 413 when it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the declared length, then count the streamed bytes."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await JSONResponse({"detail": _TOO_LARGE}, status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise StarletteHTTPException(status_code=413, detail=_TOO_LARGE)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def status_for(exc: BaseException) -> int:
@@ -294,8 +329,8 @@ def create_app(
             "Any query parameter other than an endpoint's own is a metadata filter "
             "(repeat it for several values); see GET /facets for the fields."
         ),
-        max_body_size=MAX_BODY_BYTES,
     )
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     if settings.root_path:
         app.add_middleware(StagePath, root_path=settings.root_path)
     app.state.service_provider = LazyService(factory)

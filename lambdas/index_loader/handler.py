@@ -30,7 +30,6 @@ from medsearch.loader import publish_event as parse_publish_event
 logger = Logger(service=f"{PROJECT}-index-loader")
 metrics = Metrics(namespace=PROJECT, service="index-loader")
 tracer = Tracer(service=f"{PROJECT}-index-loader")
-copy_config_to_registered_loggers(source_logger=logger, include={"medsearch"})
 
 
 class IndexLoaderSettings(BaseSettings):
@@ -112,6 +111,9 @@ def build_loader(settings: IndexLoaderSettings, client: Any) -> IndexLoader:
 @lru_cache(maxsize=1)
 def get_loader() -> IndexLoader:
     """Return this container's loader (settings, client and manifest cache made once)."""
+    # The core logs through logging.getLogger(__name__): route it through Powertools (JSON with
+    # the invocation's keys). Done at cold start, not at import, so importing has no side effect.
+    copy_config_to_registered_loggers(source_logger=logger, include={"medsearch"})
     settings = IndexLoaderSettings()  # type: ignore[call-arg]
     return build_loader(settings, make_client(settings))
 

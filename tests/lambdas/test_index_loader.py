@@ -76,7 +76,8 @@ def test_given_a_rejected_document_then_only_its_message_is_retried_and_ids_are_
     # The failed id is in the structured log, with the request's correlation fields
     failed = [r for r in caplog.records if getattr(r, "failed", None)]
     assert failed and failed[0].failed[0]["image_id"] == "im4"  # type: ignore[attr-defined]
-    assert "im4" in caplog.text
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.failed_ids for r in errors] == [["im4"]]  # type: ignore[attr-defined]
     # The metrics are emitted in the embedded metric format
     emitted = [
         json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line

@@ -747,9 +747,14 @@ def patch_index_loader(monkeypatch: Any, cluster: FakeCluster) -> None:
     Set the handler's environment first (``MEDSEARCH_OPENSEARCH_URL``, ``MEDSEARCH_MANIFEST_URL``,
     ``MEDSEARCH_OPENSEARCH_AUTH=none``; ``MEDSEARCH_RETRY_BACKOFF_BASE=0`` to skip waiting).
     """
+    import logging
     from functools import lru_cache
 
     import lambdas.index_loader.handler as handler
 
+    # The handler routes the core's loggers through Powertools at cold start; undo it afterwards.
+    core = logging.getLogger("medsearch")
+    for attribute in ("propagate", "handlers", "level"):
+        monkeypatch.setattr(core, attribute, getattr(core, attribute))
     monkeypatch.setattr(handler, "make_client", lambda settings: fake_client(cluster))
     monkeypatch.setattr(handler, "get_loader", lru_cache(maxsize=1)(handler.get_loader.__wrapped__))

@@ -191,11 +191,9 @@ def import_imageclef(root: Path, out: Path, seed: int = 42) -> ImportResult:
 
     splits = _resplit([e[0] for e in entries if e[2] == "training"], seed)
     records = []
-    for image_id, caption, source, image in entries:
-        split = {"validation": "test", "test": None}.get(source, splits.get(image_id))
-        records.append(
-            Record(image_id, str(image.resolve()), caption, split, {"source_split": source})
-        )
+    for entry_id, text, source, path in entries:
+        split = {"validation": "test", "test": None}.get(source, splits.get(entry_id))
+        records.append(Record(entry_id, str(path.resolve()), text, split, {"source_split": source}))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_manifest(out, records)
     counts = Counter(r.split or "none" for r in records)

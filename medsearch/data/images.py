@@ -123,7 +123,7 @@ def _decode_pillow(data: bytes, name: str | None, max_pixels: int) -> Image.Imag
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(f"image too large: {exc}", record=name) from None
         except UnidentifiedImageError:

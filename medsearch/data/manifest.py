@@ -8,6 +8,7 @@ Relative image paths are resolved against the manifest's own location, so a mani
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -53,13 +54,11 @@ class Record:
         return self.caption is not None
 
     def to_json(self, base: str | None = None) -> dict[str, Any]:
-        """Return the manifest line, with the image path made relative to ``base`` where possible."""
+        """Return the manifest line, the image path made relative to ``base`` where possible."""
         image = self.image
         if base is not None and not storage.is_s3(image) and not storage.is_s3(base):
-            try:
+            with contextlib.suppress(ValueError):  # not below base: keep it absolute
                 image = Path(image).relative_to(Path(base)).as_posix()
-            except ValueError:
-                pass
         line: dict[str, Any] = {"image_id": self.image_id, "image": image}
         line["caption"] = self.caption
         if self.split is not None:
@@ -98,7 +97,9 @@ def parse_record(raw: Mapping[str, Any], base: str, where: str = "") -> Record:
     caption = caption.strip() if caption else None
     split = raw.get("split") or None
     if split is not None and split not in SPLITS:
-        raise ManifestError(f"{prefix}{image_id}: split {split!r} is not one of {', '.join(SPLITS)}")
+        raise ManifestError(
+            f"{prefix}{image_id}: split {split!r} is not one of {', '.join(SPLITS)}"
+        )
     metadata = {k: v for k, v in raw.items() if k not in CORE_FIELDS and v not in (None, "")}
     return Record(image_id, resolve_image(image.strip(), base), caption or None, split, metadata)
 
@@ -135,14 +136,14 @@ def iter_rows(manifest: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str,
             raise ManifestError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
 
 
-def read_manifest(
-    manifest: str | os.PathLike[str], split: str | None = None
-) -> list[Record]:
+def read_manifest(manifest: str | os.PathLike[str], split: str | None = None) -> list[Record]:
     """Read and validate a whole manifest; duplicate ids and malformed rows are errors.
 
     Manifest errors are structural (the file is wrong), unlike unreadable images, which pipelines
     skip and report.
     """
+    if split is not None and split not in SPLITS:
+        raise ManifestError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     base = manifest_base(manifest)
     records: list[Record] = []
     seen: set[str] = set()
@@ -153,8 +154,6 @@ def read_manifest(
         seen.add(record.image_id)
         if split is None or record.split == split:
             records.append(record)
-    if split is not None and split not in SPLITS:
-        raise ManifestError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     return records
 
 

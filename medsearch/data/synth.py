@@ -120,9 +120,9 @@ def sample_attributes(rng: np.random.Generator) -> Attributes:
     modality = str(rng.choice(MODALITIES))
     region = str(rng.choice(REGIONS))
     finding = str(rng.choice(FINDINGS, p=FINDING_WEIGHTS))
-    laterality = str(rng.choice(("left", "right")))
-    if finding == "none" and region not in LIMBS:
-        laterality = None  # type: ignore[assignment]
+    side = str(rng.choice(("left", "right")))
+    # Trunk regions have a side only through a finding; a limb always is a left or right one.
+    laterality = None if finding == "none" and region not in LIMBS else side
     size = count = None
     size_cm = None
     if finding == "nodule":
@@ -503,7 +503,7 @@ def _nodule_phrase(attrs: Attributes, rng: np.random.Generator) -> str:
     count = attrs.count or "single"
     plural = count != "single"
     if attrs.size == "small":
-        nouns = ("nodule", "lesion", "nodular opacity")
+        nouns: tuple[str, ...] = ("nodule", "lesion", "nodular opacity")
         size_words = ["small", f"{attrs.size_cm:.1f} cm", f"{attrs.size_cm:.1f}-cm"]
         if (attrs.size_cm or 1.0) < 1.0:
             size_words.append("subcentimeter")

@@ -529,3 +529,35 @@ def test_long_query_texts_stay_under_the_clause_limit(
     assert len(sent.split()) == 1000
     loaded.search(SearchQuery(text="lung (nodule)*"))
     assert last(cluster, "/_search").body["query"]["match"]["caption"]["query"] == "lung (nodule)*"
+
+
+@pytest.mark.parametrize(
+    ("module", "blocked"),
+    [
+        ("medsearch.index.opensearch", {"torch", "tantivy", "faiss", "boto3", "botocore"}),
+        ("medsearch.loader", {"torch", "tantivy", "faiss", "boto3", "botocore"}),
+        # Lambda's runtime has boto3/botocore (Powertools uses them); the rest must stay out.
+        ("lambdas.index_loader.handler", {"torch", "tantivy", "faiss"}),
+    ],
+)
+def test_the_opensearch_path_imports_without_heavy_libraries(
+    module: str, blocked: set[str]
+) -> None:
+    # The search API Lambda reads through this engine and ships no torch, tantivy or faiss.
+    import subprocess
+    import sys
+
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {sorted(blocked)!r}:\n"
+        "            raise ImportError(f'{name} is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"import {module}\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    result = subprocess.run(
+        [sys.executable, "-c", blocker], capture_output=True, text=True, cwd=root
+    )
+    assert result.returncode == 0, result.stderr

@@ -68,11 +68,11 @@ def sort_hits(hits: Iterable[Hit]) -> list[Hit]:
     return sorted(hits, key=lambda hit: (-hit.score, hit.image_id))
 
 
-def fuse(text: ScoredIds, vector: ScoredIds, alpha: float) -> list[Hit]:
+def fuse(text: ScoredIds, vector: ScoredIds, alpha: float, limit: int | None = None) -> list[Hit]:
     """Fuse a BM25 list and a kNN list into one ranking; raw scores are kept on each hit.
 
     ``text`` and ``vector`` are each sub-query's own top N as (image_id, raw score); ``alpha`` is
-    the vector weight. Returns every document of either list, best first.
+    the vector weight. Returns every document of either list (or the best ``limit``), best first.
     """
     weight_vector = check_alpha(alpha)
     weight_text = 1.0 - weight_vector
@@ -80,18 +80,26 @@ def fuse(text: ScoredIds, vector: ScoredIds, alpha: float) -> list[Hit]:
     raw_vector: Mapping[str, float] = {image_id: float(score) for image_id, score in vector}
     norm_text = normalize_min_max(text)
     norm_vector = normalize_min_max(vector)
-    hits = []
-    for image_id in raw_text.keys() | raw_vector.keys():
-        # Missing from a list -> 0 there; both weights count (they sum to 1).
-        score = weight_text * norm_text.get(image_id, 0.0) + weight_vector * norm_vector.get(
-            image_id, 0.0
+    # Missing from a list -> 0 there; both weights count (they sum to 1).
+    fused = [
+        (
+            -(
+                weight_text * norm_text.get(image_id, 0.0)
+                + weight_vector * norm_vector.get(image_id, 0.0)
+            ),
+            image_id,
         )
-        hits.append(
-            Hit(
-                image_id=image_id,
-                score=score,
-                text_score=raw_text.get(image_id),
-                vector_score=raw_vector.get(image_id),
-            )
+        for image_id in raw_text.keys() | raw_vector.keys()
+    ]
+    fused.sort()
+    if limit is not None:
+        fused = fused[: max(limit, 0)]
+    return [
+        Hit(
+            image_id=image_id,
+            score=-negative,
+            text_score=raw_text.get(image_id),
+            vector_score=raw_vector.get(image_id),
         )
-    return sort_hits(hits)
+        for negative, image_id in fused
+    ]

@@ -1,0 +1,130 @@
+"""The torch encoder: a CLIP model behind :class:`medsearch.vectors.Encoder`.
+
+It is the reference implementation the ONNX encoder is checked against: batched, no gradients,
+texts truncated to the model's maximum length, and every output normalised by
+:func:`medsearch.vectors.normalize` (the one place vectors are made unit length).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from medsearch.errors import ConfigError
+from medsearch.model.loading import ClipBundle, load_clip
+from medsearch.vectors import normalize
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+def select_device(device: str | None = None) -> torch.device:
+    """Return the requested torch device, or CUDA when present, else the CPU."""
+    if device:
+        try:
+            chosen = torch.device(device)
+        except RuntimeError as exc:
+            raise ConfigError(f"unknown device {device!r}: {exc}") from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available")
+        return chosen
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pooled(output: object) -> torch.Tensor:
+    """Return projected features from ``get_*_features`` (a tensor before transformers 5)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    return output.pooler_output  # type: ignore[attr-defined]
+
+
+class TorchEncoder:
+    """Encodes texts and images with a CLIP model into float32 unit vectors."""
+
+    def __init__(self, bundle: ClipBundle, *, device: str | torch.device | None = None) -> None:
+        self.bundle = bundle
+        self.device = device if isinstance(device, torch.device) else select_device(device)
+        self.model = bundle.model.to(self.device)
+
+    @property
+    def model_id(self) -> str:
+        """The model's source (folder, s3:// prefix or hub id)."""
+        return self.bundle.source
+
+    @property
+    def dim(self) -> int:
+        """The embedding dimension."""
+        return self.bundle.dim
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Encode texts (truncated to the model's maximum length) to ``[n, dim]`` unit vectors."""
+        texts = [str(t) for t in texts]
+        chunks = []
+        with _eval_mode(self.model), torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                inputs = self.bundle.tokenizer(
+                    texts[start : start + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.bundle.max_text_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                features = self.model.get_text_features(
+                    input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+                )
+                chunks.append(pooled(features).float().cpu().numpy())
+        return self._finish(chunks)
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Encode PIL images (converted to RGB) to ``[n, dim]`` unit vectors."""
+        chunks = []
+        with _eval_mode(self.model), torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = [im.convert("RGB") for im in images[start : start + batch_size]]
+                pixels = self.bundle.image_processor(images=batch, return_tensors="pt")
+                features = self.model.get_image_features(
+                    pixel_values=pixels["pixel_values"].to(self.device)
+                )
+                chunks.append(pooled(features).float().cpu().numpy())
+        return self._finish(chunks)
+
+    def encode_pixels(self, pixel_values: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+        """Encode already preprocessed ``[n, 3, H, W]`` pixel tensors to unit vectors."""
+        chunks = []
+        with _eval_mode(self.model), torch.inference_mode():
+            for start in range(0, pixel_values.shape[0], batch_size):
+                batch = pixel_values[start : start + batch_size].to(self.device)
+                chunks.append(
+                    pooled(self.model.get_image_features(pixel_values=batch)).float().cpu().numpy()
+                )
+        return self._finish(chunks)
+
+    def _finish(self, chunks: list[np.ndarray]) -> np.ndarray:
+        if not chunks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return normalize(np.concatenate(chunks))
+
+
+class _eval_mode:
+    """Put a module in eval mode for a block and restore its previous mode after."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.was_training = module.training
+
+    def __enter__(self) -> None:
+        self.module.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.module.train(self.was_training)
+
+
+def load_encoder(source: str, *, device: str | None = None) -> TorchEncoder:
+    """Load a CLIP (folder, s3:// prefix or hub id) as a torch encoder."""
+    return TorchEncoder(load_clip(source), device=device)

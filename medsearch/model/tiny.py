@@ -1,0 +1,140 @@
+"""The tiny CLIP: a small CLIP built from scratch, for offline use, demos and tests.
+
+No hub access is needed: the vision and text towers are randomly initialised from a small
+:class:`~transformers.CLIPConfig`, and the tokenizer is a byte-level BPE trained on the training
+captions with the ``tokenizers`` library, using CLIP's own normalisation and pre-tokenisation so it
+loads back as a regular :class:`~transformers.CLIPTokenizer`. Sizes are tuned so the model learns
+the synthetic corpus in minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import BPE
+from tokenizers.trainers import BpeTrainer
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+
+from medsearch.errors import ConfigError
+from medsearch.model.loading import ClipBundle
+
+log = logging.getLogger(__name__)
+
+TINY = "tiny"
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+# CLIPTokenizer's own pre-tokeniser pattern: words, single digits, runs of punctuation.
+_SPLIT = (
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"""
+    r"""|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+)
+
+
+@dataclass(frozen=True)
+class TinyClipSpec:
+    """Sizes of the tiny CLIP (small enough to train on CPU, large enough to learn attributes)."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    text_width: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    max_text_length: int = 48
+    projection_dim: int = 128
+    vocab_size: int = 2048
+
+
+def train_tokenizer(
+    captions: Iterable[str], *, vocab_size: int = 2048, max_length: int = 48
+) -> CLIPTokenizer:
+    """Train a CLIP-style byte-level BPE tokenizer (lower-cased, bos/eos, pad = eos) on captions."""
+    texts = [c for c in captions if c and c.strip()]
+    if not texts:
+        raise ConfigError("the tiny model needs captions to train its tokenizer; none were given")
+    backend = Tokenizer(BPE(unk_token=EOS, end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        # bos = 0 and eos = 1: CLIP's text pooling reads the first eos, except for the legacy id 2.
+        special_tokens=[BOS, EOS],
+        end_of_word_suffix="</w>",
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    state = json.loads(backend.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
+    tokenizer = CLIPTokenizer(vocab=state["vocab"], merges=merges, model_max_length=max_length)
+    log.info("trained a %d-token BPE tokenizer on %d captions", len(state["vocab"]), len(texts))
+    return tokenizer
+
+
+def tiny_config(tokenizer: CLIPTokenizer, spec: TinyClipSpec) -> CLIPConfig:
+    """Return the CLIPConfig of a tiny model that matches ``tokenizer``."""
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": spec.text_width,
+        "intermediate_size": 4 * spec.text_width,
+        "num_hidden_layers": spec.text_layers,
+        "num_attention_heads": spec.text_heads,
+        "max_position_embeddings": spec.max_text_length,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "projection_dim": spec.projection_dim,
+    }
+    vision = {
+        "image_size": spec.image_size,
+        "patch_size": spec.patch_size,
+        "hidden_size": spec.vision_width,
+        "intermediate_size": 4 * spec.vision_width,
+        "num_hidden_layers": spec.vision_layers,
+        "num_attention_heads": spec.vision_heads,
+        "projection_dim": spec.projection_dim,
+    }
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=spec.projection_dim)
+
+
+def tiny_image_processor(spec: TinyClipSpec) -> CLIPImageProcessorPil:
+    """Return CLIP's image processor at the tiny model's resolution."""
+    size = spec.image_size
+    # The PIL backend: same output as the torchvision one, which is not installed here.
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
+
+
+def build_tiny_clip(
+    captions: Iterable[str], *, spec: TinyClipSpec | None = None, seed: int = 0
+) -> ClipBundle:
+    """Build a randomly initialised tiny CLIP with a tokenizer trained on ``captions``."""
+    spec = spec or TinyClipSpec()
+    if spec.image_size % spec.patch_size:
+        raise ConfigError(f"image size {spec.image_size} is not a multiple of {spec.patch_size}")
+    tokenizer = train_tokenizer(
+        captions, vocab_size=spec.vocab_size, max_length=spec.max_text_length
+    )
+    config = tiny_config(tokenizer, spec)
+    # A local generator would not reach the modules' own init calls; fork the global RNG instead.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("built a tiny CLIP: %.2fM parameters, %dpx images", n_params / 1e6, spec.image_size)
+    return ClipBundle(model, tokenizer, tiny_image_processor(spec), TINY)

@@ -1,0 +1,386 @@
+"""The training loop: symmetric contrastive fine-tuning of a CLIP on a manifest.
+
+One call, :func:`train`, does the whole run: base model (tiny from scratch, or a pretrained CLIP),
+AdamW with selective weight decay, warm-up + cosine/linear schedule, shuffled epochs without
+replacement (optionally cut to ``max_samples``), ``logit_scale`` clamped to ln 100, gradient
+clipping, autocast on GPU, optional tower freezing, a checkpoint per epoch with resume, validation
+full-pool R@k per epoch, ``history.jsonl`` and a training-curve PNG. The CLI, the demo and the
+SageMaker entry point all call it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from medsearch import storage
+from medsearch.data.manifest import BadRecord, Record, read_manifest, write_report
+from medsearch.errors import ConfigError, ImageDecodeError
+from medsearch.evaluate import full_pool_metrics
+from medsearch.model.encoder import TorchEncoder, select_device
+from medsearch.model.loading import ClipBundle, load_clip, save_clip
+from medsearch.model.tiny import build_tiny_clip
+from medsearch.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from medsearch.train.config import TrainConfig
+from medsearch.train.data import Collate, PairDataset
+from medsearch.train.history import plot_history, write_history
+from medsearch.train.schedule import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+MAX_LOGIT_SCALE = math.log(100.0)
+HISTORY = "history.jsonl"
+CURVE = "training_curve.png"
+BAD_RECORDS = "bad_records.jsonl"
+CONFIG = "train_config.json"
+BASE = "base"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the model folder, per-epoch history and skipped records."""
+
+    out: Path
+    epochs: int
+    history: list[dict[str, Any]]
+    bad_records: list[BadRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def val_metrics(self) -> dict[str, Any] | None:
+        """The last validation metrics, if any epoch was evaluated."""
+        scored = [row["val"] for row in self.history if row.get("val")]
+        return scored[-1] if scored else None
+
+
+def split_records(records: list[Record]) -> tuple[list[Record], list[Record]]:
+    """Return (captioned training pairs, validation records); records without a split train."""
+    train = [r for r in records if r.split in (None, "train") and r.has_caption]
+    validation = [r for r in records if r.split == "validation"]
+    return train, validation
+
+
+def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE: text→image and image→text cross-entropy, averaged."""
+    targets = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
+    return 0.5 * (
+        F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_text.t(), targets)
+    )
+
+
+def freeze_towers(model: torch.nn.Module, *, vision: bool, text: bool) -> None:
+    """Stop gradients into the vision and/or text tower (with its projection)."""
+    if vision:
+        for module in (model.vision_model, model.visual_projection):
+            module.requires_grad_(False)
+    if text:
+        for module in (model.text_model, model.text_projection):
+            module.requires_grad_(False)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype for a precision setting; ``None`` means plain fp32."""
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            log.warning("%s autocast is for GPUs only; training in fp32 on %s", precision, device)
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, exclude: set[int], limit: int) -> list[int]:
+    """Return one epoch's sample order: a seeded permutation without replacement, cut to limit."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = [i for i in torch.randperm(n, generator=generator).tolist() if i not in exclude]
+    return order[:limit] if limit else order
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _base_bundle(config: TrainConfig, train_records: list[Record]) -> ClipBundle:
+    if config.is_tiny:
+        return build_tiny_clip([r.caption or "" for r in train_records], seed=config.seed)
+    return load_clip(config.base)
+
+
+def validation_metrics(
+    encoder: TorchEncoder, records: list[Record], *, batch_size: int, strict: bool
+) -> tuple[dict[str, Any] | None, list[BadRecord]]:
+    """Full-pool text→image and image→text R@k of the model on the validation records."""
+    dataset = PairDataset(records, encoder.bundle.image_processor)
+    vectors, kept, bad = [], [], []
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        for item in items:
+            if item.pixels is None:
+                if strict:
+                    raise ImageDecodeError(item.reason or "unreadable")
+                bad.append(BadRecord(records[item.index].image_id, item.reason or "unreadable"))
+        good = [it for it in items if it.pixels is not None]
+        if good:
+            vectors.append(encoder.encode_pixels(torch.stack([it.pixels for it in good])))  # type: ignore[misc]
+            kept.extend(records[it.index] for it in good)
+    captions = [r.caption for r in kept]
+    if not any(captions):
+        return None, bad
+    texts = encoder.encode_texts([c for c in captions if c], batch_size=batch_size)
+    return full_pool_metrics(np.concatenate(vectors), texts, captions), bad
+
+
+def _batches(loader: torch.utils.data.DataLoader, *, desc: str) -> Iterator[Any]:
+    yield from tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=None)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run a training job end to end and save the model (with tokenizer/processor) to ``out``."""
+    config = config.resolved()
+    started = time.perf_counter()
+    assert config.epochs is not None and config.batch_size is not None  # set by resolved()
+    assert config.lr is not None and config.warmup is not None and config.checkpoint_dir
+    out = Path(config.out)
+    ckpt_dir = Path(config.checkpoint_dir)
+    _seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+    records = read_manifest(config.data)
+    train_records, val_records = split_records(records)
+    if config.epochs > 0 and not train_records:
+        raise ConfigError(f"{config.data} has no captioned training records to train on")
+    if config.epochs > 0 and len(train_records) < 2:
+        raise ConfigError("contrastive training needs at least two captioned training records")
+    device = select_device(config.device)
+
+    latest = latest_checkpoint(ckpt_dir) if config.resume else None
+    if latest is not None and (ckpt_dir / BASE).is_dir():
+        bundle = load_clip(str(ckpt_dir / BASE))
+        bundle.source = config.base
+    else:
+        latest = None
+        bundle = _base_bundle(config, train_records)
+        if config.epochs > 0:
+            save_clip(bundle, ckpt_dir / BASE)  # resume never needs the base (or the hub) again
+    model = bundle.model.to(device)
+    freeze_towers(model, vision=config.freeze_vision, text=config.freeze_text)
+    encoder = TorchEncoder(bundle, device=device)
+
+    history: list[dict[str, Any]] = []
+    bad: dict[str, str] = {}
+    bad_indices: set[int] = set()
+    if config.epochs == 0:
+        return _finish(config, bundle, encoder, val_records, history, bad, started, epochs=0)
+
+    samples = len(train_records)
+    if config.max_samples:
+        samples = min(samples, config.max_samples)
+    drop_last = samples >= config.batch_size
+    steps_per_epoch = samples // config.batch_size if drop_last else 1
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay or 0.0)
+    scheduler = build_scheduler(
+        optimizer, total_steps=total_steps, warmup=config.warmup, schedule=config.schedule
+    )
+    dtype = autocast_dtype(config.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    start_epoch = 0
+    if latest is not None:
+        state = load_checkpoint(latest)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        history = list(state["history"])
+        bad = dict(state["bad"])
+        bad_indices = {i for i, r in enumerate(train_records) if r.image_id in bad}
+        start_epoch = int(state["epoch"])
+        log.info("resuming from %s (epoch %d of %d)", latest, start_epoch, config.epochs)
+    elif config.eval_each_epoch and val_records:
+        # Epoch 0: the untrained base, the baseline every later epoch is compared against.
+        metrics, val_bad = validation_metrics(
+            encoder, val_records, batch_size=config.batch_size, strict=config.strict
+        )
+        bad.update({b.image_id: b.reason for b in val_bad})
+        history.append({"epoch": 0, "loss": None, "lr": 0.0, "val": metrics, "time_s": 0.0})
+
+    dataset = PairDataset(
+        train_records, bundle.image_processor, augment=bool(config.augment), seed=config.seed
+    )
+    collate = Collate(bundle.tokenizer, bundle.max_text_length)
+    workers = config.num_workers
+    if workers is None:
+        # Decoding keeps a GPU waiting without workers; on CPU they would compete with the model.
+        workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    model.train()
+    for epoch in range(start_epoch, config.epochs):
+        epoch_started = time.perf_counter()
+        dataset.set_epoch(epoch)
+        order = epoch_order(
+            len(train_records),
+            seed=config.seed,
+            epoch=epoch,
+            exclude=bad_indices,
+            limit=config.max_samples or 0,
+        )
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            sampler=order,
+            collate_fn=collate,
+            num_workers=workers,
+            drop_last=drop_last,
+            pin_memory=device.type == "cuda",
+        )
+        losses = []
+        for batch in _batches(loader, desc=f"epoch {epoch + 1}/{config.epochs}"):
+            for index, reason in batch.bad:
+                if config.strict:
+                    raise ImageDecodeError(reason)
+                bad.setdefault(train_records[index].image_id, reason)
+                bad_indices.add(index)
+            if batch.pixel_values is None or len(batch.indices) < 2:
+                continue
+            losses.append(_step(model, batch, optimizer, scheduler, scaler, config, device, dtype))
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)) if losses else None,
+            "lr": float(scheduler.get_last_lr()[0]),
+            "steps": len(losses),
+            "logit_scale": float(model.logit_scale.exp().item()),
+        }
+        if config.eval_each_epoch and val_records:
+            metrics, val_bad = validation_metrics(
+                encoder, val_records, batch_size=config.batch_size, strict=config.strict
+            )
+            bad.update({b.image_id: b.reason for b in val_bad})
+            row["val"] = metrics
+        row["time_s"] = round(time.perf_counter() - epoch_started, 3)
+        history.append(row)
+        _log_epoch(row, config.epochs)
+        save_checkpoint(
+            ckpt_dir,
+            epoch + 1,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "history": history,
+                "bad": bad,
+                "config": config.to_json(),
+            },
+        )
+        write_history(out / HISTORY, history)
+    return _finish(config, bundle, encoder, val_records, history, bad, started, config.epochs)
+
+
+def _step(
+    model: torch.nn.Module,
+    batch: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    config: TrainConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> float:
+    autocast = (
+        torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )
+    with autocast:
+        output = model(
+            input_ids=batch.input_ids.to(device, non_blocking=True),
+            attention_mask=batch.attention_mask.to(device, non_blocking=True),
+            pixel_values=batch.pixel_values.to(device, non_blocking=True),
+        )
+        loss = contrastive_loss(output.logits_per_text.float())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if config.grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    with torch.no_grad():
+        # CLIP's temperature cap: beyond 100 the logits saturate and training destabilises.
+        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    return float(loss.item())
+
+
+def _log_epoch(row: dict[str, Any], epochs: int) -> None:
+    val = row.get("val") or {}
+    t2i = val.get("text_to_image", {})
+    log.info(
+        "epoch %d/%d loss %s lr %.3g val t2i R@1 %s R@10 %s (%.1fs)",
+        row["epoch"],
+        epochs,
+        f"{row['loss']:.4f}" if row["loss"] is not None else "-",
+        row["lr"],
+        f"{t2i['r@1']:.3f}" if t2i else "-",
+        f"{t2i['r@10']:.3f}" if t2i else "-",
+        row["time_s"],
+    )
+
+
+def _finish(
+    config: TrainConfig,
+    bundle: ClipBundle,
+    encoder: TorchEncoder,
+    val_records: list[Record],
+    history: list[dict[str, Any]],
+    bad: dict[str, str],
+    started: float,
+    epochs: int,
+) -> TrainResult:
+    out = Path(config.out)
+    if epochs == 0 and config.eval_each_epoch and val_records:
+        metrics, val_bad = validation_metrics(
+            encoder,
+            val_records,
+            batch_size=config.batch_size or 64,
+            strict=config.strict,
+        )
+        bad.update({b.image_id: b.reason for b in val_bad})
+        history = [{"epoch": 0, "loss": None, "lr": 0.0, "val": metrics, "time_s": 0.0}]
+    bundle.model.cpu()
+    save_clip(bundle, out)
+    write_history(out / HISTORY, history)
+    if history:
+        plot_history(history, out / CURVE)
+    storage.write_text(out / CONFIG, json.dumps(config.to_json(), indent=2) + "\n")
+    bad_records = [BadRecord(image_id, reason) for image_id, reason in sorted(bad.items())]
+    report = out / BAD_RECORDS
+    if bad_records:
+        write_report(report, bad_records)
+        log.warning("%d unreadable records skipped; see %s", len(bad_records), report)
+    else:
+        report.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    log.info("saved the model to %s (%d epochs, %.1fs)", out, epochs, seconds)
+    return TrainResult(out, epochs, history, bad_records, seconds)

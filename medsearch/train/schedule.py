@@ -1,0 +1,55 @@
+"""Optimiser and learning-rate schedule: AdamW with selective weight decay, warm-up + decay."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """Tell whether a parameter is exempt from weight decay: biases, norms and ``logit_scale``."""
+    return param.ndim < 2 or name.endswith(".bias") or "norm" in name or "logit_scale" in name
+
+
+def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """Return AdamW over the trainable parameters, with decay only on weight matrices."""
+    decay, exempt = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (exempt if no_decay(name, param) else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": exempt, "weight_decay": 0.0},
+    ]
+    # betas/eps as in CLIP's paper for ViTs: a lower beta2 keeps large-batch training stable.
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def warmup_steps(warmup: float, total_steps: int) -> int:
+    """Turn a warm-up given as a fraction (< 1) or a step count (>= 1) into steps."""
+    steps = round(warmup * total_steps) if warmup < 1 else round(warmup)
+    return max(0, min(steps, total_steps))
+
+
+def lr_factor(step: int, *, total_steps: int, warmup: int, schedule: str) -> float:
+    """Return the lr multiplier at a step: linear warm-up, then cosine or linear decay."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total_steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup: float, schedule: str
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Return the per-step schedule (stepped once after every optimiser step)."""
+    steps = warmup_steps(warmup, total_steps)
+
+    def factor(step: int) -> float:
+        return lr_factor(step, total_steps=total_steps, warmup=steps, schedule=schedule)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

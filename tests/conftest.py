@@ -1,0 +1,71 @@
+"""Shared fixtures: a small synthetic corpus, a tiny random-init CLIP, moto S3 and the MedPix set.
+
+Session-scoped where building is the cost (corpus, model), so the whole suite pays for each once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MEDPIX = REPO_ROOT.parent / "shared" / "datasets" / "medpix"
+# Large enough for every split, captionless images and a query set; small enough to write in ~1 s.
+SYNTH_N = 96
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of ``manifest.jsonl`` of a small synthetic corpus (``images/`` and ``queries.jsonl``
+    beside it); train/validation/test splits and some captionless images. Read-only: copy it
+    before changing anything."""
+    from medsearch.data.synth import SynthConfig, write_synthetic_corpus
+
+    out = tmp_path_factory.mktemp("synth")
+    return write_synthetic_corpus(out, SynthConfig(n=SYNTH_N, seed=0, n_queries=12))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, synth_corpus: Path) -> Path:
+    """A tiny random-init CLIP (tokenizer trained on ``synth_corpus`` captions) saved with
+    ``save_clip``: loads with ``CLIPModel.from_pretrained`` and ``load_encoder``. Read-only."""
+    from medsearch.data.manifest import read_manifest
+    from medsearch.model.loading import save_clip
+    from medsearch.model.tiny import build_tiny_clip
+
+    captions = [r.caption for r in read_manifest(synth_corpus) if r.caption]
+    out = tmp_path_factory.mktemp("tiny-clip")
+    save_clip(build_tiny_clip(captions, seed=0), out)
+    return out
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A moto S3 bucket named ``corpus``, installed as medsearch's object store."""
+    import boto3
+    from moto import mock_aws
+
+    from medsearch import storage
+    from medsearch._s3 import Boto3Store
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="corpus")
+        storage.set_object_store(Boto3Store(client))
+        try:
+            yield "corpus"
+        finally:
+            storage.set_object_store(None)
+
+
+@pytest.fixture(scope="session")
+def medpix_dir() -> Path:
+    """The real MedPix sample (manifest.jsonl, images/, queries.jsonl); skips when absent."""
+    if not (MEDPIX / "manifest.jsonl").is_file():
+        pytest.skip(f"MedPix data set not found at {MEDPIX}")
+    return MEDPIX

@@ -1,0 +1,81 @@
+"""The torch encoder: unit float32 vectors, batch-size independent, truncating long texts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medsearch.errors import ConfigError
+from medsearch.model.encoder import load_encoder, select_device
+from medsearch.vectors import Encoder
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir: Path):
+    return load_encoder(str(tiny_model_dir), device="cpu")
+
+
+def _images(n: int) -> list[Image.Image]:
+    rng = np.random.default_rng(1)
+    modes = ["RGB", "L", "RGBA"]
+    return [
+        Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).convert(modes[i % 3])
+        for i in range(n)
+    ]
+
+
+def test_given_encoder_then_it_implements_the_protocol(encoder, tiny_model_dir: Path) -> None:
+    assert isinstance(encoder, Encoder)
+    assert encoder.model_id == str(tiny_model_dir)
+    assert encoder.dim == encoder.bundle.model.config.projection_dim
+
+
+def test_given_texts_when_encoded_then_unit_float32_rows_independent_of_batching(encoder) -> None:
+    texts = ["chest CT", "left knee MRI with effusion", "hand x-ray", "abdomen ultrasound"] * 3
+    whole = encoder.encode_texts(texts, batch_size=64)
+    single = encoder.encode_texts(texts, batch_size=1)
+    assert whole.dtype == np.float32 and whole.shape == (12, encoder.dim)
+    np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(whole, single, atol=1e-5)
+
+
+def test_given_images_of_any_mode_when_encoded_then_unit_rows_independent_of_batching(
+    encoder,
+) -> None:
+    images = _images(5)
+    whole = encoder.encode_images(images, batch_size=32)
+    pairs = encoder.encode_images(images, batch_size=2)
+    assert whole.dtype == np.float32 and whole.shape == (5, encoder.dim)
+    np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(whole, pairs, atol=1e-5)
+
+
+def test_given_text_longer_than_model_when_encoded_then_truncated_not_failing(encoder) -> None:
+    long = " ".join(["nodule"] * 500)
+    truncated = encoder.encode_texts([long])
+    limit = encoder.bundle.max_text_length
+    # The truncated text is the same as its first tokens: longer input changes nothing.
+    assert truncated.shape == (1, encoder.dim)
+    np.testing.assert_allclose(truncated, encoder.encode_texts([" ".join(["nodule"] * 600)]))
+    assert limit == encoder.bundle.model.config.text_config.max_position_embeddings
+
+
+def test_given_empty_input_when_encoded_then_empty_matrix(encoder) -> None:
+    assert encoder.encode_texts([]).shape == (0, encoder.dim)
+    assert encoder.encode_images([]).shape == (0, encoder.dim)
+
+
+def test_given_training_mode_model_when_encoding_then_mode_restored(encoder) -> None:
+    encoder.model.train()
+    encoder.encode_texts(["chest"])
+    assert encoder.model.training
+    encoder.model.eval()
+
+
+def test_given_unavailable_device_when_selected_then_config_error() -> None:
+    with pytest.raises(ConfigError):
+        select_device("nonsense")
+    assert select_device("cpu").type == "cpu"

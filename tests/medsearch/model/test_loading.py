@@ -1,0 +1,119 @@
+"""Loading and saving CLIP models: folders, s3:// prefixes, and clear errors for bad sources."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor, AutoTokenizer, CLIPModel
+
+from medsearch import storage
+from medsearch.errors import ConfigError, NotFoundError
+from medsearch.model.encoder import TorchEncoder
+from medsearch.model.loading import load_clip, save_clip
+
+TEXTS = ["CT of the chest with a left lung nodule", "Normal knee radiograph"]
+
+
+def _images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)) for _ in range(3)]
+
+
+def test_given_saved_tiny_model_when_loaded_with_plain_transformers_then_it_works(
+    tiny_model_dir: Path,
+) -> None:
+    # Given a folder written by save_clip; When loaded without medsearch's own code
+    model = CLIPModel.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    inputs = processor(text=TEXTS, images=_images()[:2], return_tensors="pt", padding=True)
+    # Then the standard CLIP forward pass runs on the processor's output
+    with torch.inference_mode():
+        output = model(**inputs)
+    assert output.logits_per_text.shape == (2, 2)
+    assert tokenizer("CT")["input_ids"][0] == tokenizer.bos_token_id
+    assert inputs["pixel_values"].shape[-1] == model.config.vision_config.image_size
+
+
+def test_given_bundle_when_saved_and_loaded_then_vectors_are_identical(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    bundle = load_clip(str(tiny_model_dir))
+    before = TorchEncoder(bundle, device="cpu")
+    save_clip(bundle, tmp_path / "copy")
+    after = TorchEncoder(load_clip(str(tmp_path / "copy")), device="cpu")
+    np.testing.assert_array_equal(before.encode_texts(TEXTS), after.encode_texts(TEXTS))
+    np.testing.assert_array_equal(before.encode_images(_images()), after.encode_images(_images()))
+
+
+def test_given_folder_with_other_files_when_saved_into_then_they_are_kept(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "history.jsonl").write_text("{}\n")
+    save_clip(load_clip(str(tiny_model_dir)), tmp_path)
+    assert (tmp_path / "history.jsonl").read_text() == "{}\n"
+    assert (tmp_path / "config.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".saving")]
+
+
+def test_given_s3_prefix_when_loaded_then_downloaded_once_and_reused(
+    tiny_model_dir: Path, s3_bucket: str, tmp_path: Path
+) -> None:
+    # Given the model uploaded under an s3:// prefix
+    url = f"s3://{s3_bucket}/models/tiny"
+    assert storage.upload_dir(tiny_model_dir, url) > 0
+    # When loaded through the cache
+    bundle = load_clip(url, cache_dir=tmp_path / "cache")
+    expected = TorchEncoder(load_clip(str(tiny_model_dir)), device="cpu").encode_texts(TEXTS)
+    np.testing.assert_array_equal(TorchEncoder(bundle, device="cpu").encode_texts(TEXTS), expected)
+    assert bundle.source == url
+    # Then a second load reads the cache, even with the objects gone from S3
+    for key in storage.object_store().list(s3_bucket, "models/"):
+        storage.object_store()._client.delete_object(Bucket=s3_bucket, Key=key)  # type: ignore[attr-defined]
+    again = load_clip(url, cache_dir=tmp_path / "cache")
+    assert again.model.config.projection_dim == bundle.model.config.projection_dim
+
+
+def test_given_empty_s3_prefix_when_loaded_then_storage_error(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    from medsearch.errors import StorageError
+
+    with pytest.raises(StorageError, match="nothing found"):
+        load_clip(f"s3://{s3_bucket}/no/model", cache_dir=tmp_path)
+
+
+def test_given_folder_without_config_when_loaded_then_config_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ConfigError, match="not a model folder"):
+        load_clip(str(tmp_path))
+
+
+def test_given_folder_of_other_model_type_when_loaded_then_config_error(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ConfigError, match="not a CLIP model"):
+        load_clip(str(tmp_path))
+
+
+def test_given_clip_config_without_weights_when_loaded_then_config_error(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    shutil.copy(tiny_model_dir / "config.json", tmp_path / "config.json")
+    with pytest.raises(ConfigError, match="cannot load"):
+        load_clip(str(tmp_path))
+
+
+def test_given_file_or_missing_path_when_loaded_then_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "model.bin").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="is a file"):
+        load_clip(str(tmp_path / "model.bin"))
+    with pytest.raises(NotFoundError, match="does not exist"):
+        load_clip(str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="empty model source"):
+        load_clip("  ")

@@ -1,0 +1,129 @@
+"""Training configuration: base defaults, config files (JSON/YAML), flags over files, validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medsearch.cli import main
+from medsearch.errors import ConfigError
+from medsearch.train.config import (
+    PRETRAINED_DEFAULTS,
+    TINY_DEFAULTS,
+    TrainConfig,
+    load_train_config,
+)
+
+
+def test_given_pretrained_base_when_resolved_then_seed_best_run_defaults() -> None:
+    config = load_train_config(
+        None, {"data": "m.jsonl", "out": "o", "base": "openai/clip-vit-base-patch32"}
+    )
+    assert (config.batch_size, config.lr, config.epochs, config.max_samples) == (
+        64,
+        5e-5,
+        10,
+        50_000,
+    )
+    assert config.checkpoint_dir == Path("o/checkpoints")
+
+
+def test_given_tiny_base_when_resolved_then_tiny_defaults() -> None:
+    config = load_train_config(None, {"data": "m.jsonl", "out": "o"})
+    assert config.is_tiny
+    assert {k: getattr(config, k) for k in TINY_DEFAULTS} == TINY_DEFAULTS
+    assert TINY_DEFAULTS != PRETRAINED_DEFAULTS
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_given_config_file_and_flags_when_loaded_then_flags_win(
+    tmp_path: Path, suffix: str
+) -> None:
+    # Given a file that sets epochs, lr and batch size (dashes or underscores)
+    values = {"data": "file.jsonl", "out": "file-out", "epochs": 3, "lr": 0.01, "batch-size": 8}
+    path = tmp_path / f"train{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(values))
+    else:
+        path.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
+    # When flags override epochs and data
+    config = load_train_config(path, {"epochs": 5, "data": "flag.jsonl"})
+    # Then flags win, the file fills the rest, the base's defaults fill what neither sets
+    assert (config.epochs, config.data, config.lr, config.batch_size) == (5, "flag.jsonl", 0.01, 8)
+    assert config.out == Path("file-out")
+    assert config.weight_decay == TINY_DEFAULTS["weight_decay"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"epochs": -1}, "epochs"),
+        ({"lr": 0}, "lr"),
+        ({"lr": float("nan")}, "lr"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"schedule": "step"}, "schedule"),
+        ({"precision": "fp8"}, "precision"),
+        ({"warmup": -0.5}, "warmup"),
+        ({"max_samples": -3}, "max_samples"),
+        ({"grad_clip": -1}, "grad_clip"),
+        ({"epochs": "many"}, "epochs"),
+        ({"epochs": 2.5}, "epochs"),
+        ({"freeze_vision": "maybe"}, "freeze_vision"),
+        ({"freeze_vision": True, "freeze_text": True}, "nothing to train"),
+        ({"colour": "blue"}, "unknown training option"),
+        ({"data": ""}, "no training data"),
+    ],
+)
+def test_given_bad_value_when_loaded_then_config_error_names_it(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(None, {"data": "m.jsonl", "out": "o", **values})
+
+
+def test_given_unparsable_or_non_mapping_file_when_loaded_then_config_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text("{epochs: 3")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_train_config(tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_train_config(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_train_config(tmp_path / "missing.json")
+
+
+def test_given_config_when_serialised_then_round_trips() -> None:
+    config = load_train_config(None, {"data": "m.jsonl", "out": "o", "freeze_text": True})
+    again = load_train_config(None, config.to_json())
+    assert again == config and isinstance(TrainConfig().out, Path)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--lr", "-1"],
+        ["--schedule", "step"],
+        ["--precision", "fp8"],
+        ["--freeze-vision", "--freeze-text"],
+        ["--config", "/nonexistent/train.json"],
+    ],
+)
+def test_given_bad_flag_value_when_cli_runs_then_one_line_error_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    code = main(
+        ["train", "--data", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "o"), *flags]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("medsearch train: error:") and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_given_flag_of_wrong_type_when_cli_parses_then_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", "m.jsonl", "--out", "o", "--epochs", "ten"])
+    assert exc.value.code == 2
+    assert "--epochs" in capsys.readouterr().err

@@ -1,0 +1,223 @@
+"""The training loop through its real entry points: outputs, resume, freezing, bad records."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import CLIPModel
+
+from medsearch.cli import main
+from medsearch.data.manifest import Record, read_manifest
+from medsearch.errors import ImageDecodeError
+from medsearch.model.loading import load_clip, save_clip
+from medsearch.model.tiny import build_tiny_clip
+from medsearch.train import TrainConfig, load_train_config, train
+from medsearch.train.loop import MAX_LOGIT_SCALE, split_records
+
+# Small and quick: a few steps per epoch on the shared synthetic corpus.
+QUICK = {"batch_size": 16, "max_samples": 32, "eval_each_epoch": False, "augment": True}
+
+
+def _config(data: Path, out: Path, **values: object) -> TrainConfig:
+    return load_train_config(None, {"data": str(data), "out": str(out), **QUICK, **values})
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return CLIPModel.from_pretrained(folder).state_dict()
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str = "") -> None:
+    for name, tensor in a.items():
+        if name.startswith(prefix):
+            assert torch.equal(tensor, b[name]), name
+
+
+@pytest.fixture
+def corpus_copy(tmp_path: Path, synth_corpus: Path) -> Path:
+    """A writable copy of the synthetic corpus (manifest paths are relative)."""
+    shutil.copytree(synth_corpus.parent, tmp_path / "corpus")
+    return tmp_path / "corpus" / "manifest.jsonl"
+
+
+def test_given_records_when_split_then_captionless_and_other_splits_left_out() -> None:
+    records = [
+        Record("a", "a.png", "chest", "train"),
+        Record("b", "b.png", None, "train"),
+        Record("c", "c.png", "knee", "validation"),
+        Record("d", "d.png", "hand", None),
+        Record("e", "e.png", "head", "test"),
+    ]
+    train_records, validation = split_records(records)
+    assert [r.image_id for r in train_records] == ["a", "d"]
+    assert [r.image_id for r in validation] == ["c"]
+
+
+def test_given_epochs_0_when_trained_then_tiny_initial_weights_saved_unchanged(
+    synth_corpus: Path, tmp_path: Path
+) -> None:
+    result = train(_config(synth_corpus, tmp_path / "out", epochs=0, seed=3, eval_each_epoch=True))
+    captions = [r.caption for r in split_records(read_manifest(synth_corpus))[0]]
+    expected = build_tiny_clip(captions, seed=3).model.state_dict()
+    saved = _weights(tmp_path / "out")
+    _assert_same(expected, saved)
+    # The baseline's validation metrics are recorded as epoch 0; no checkpoints are written
+    assert result.epochs == 0 and result.history[0]["epoch"] == 0
+    assert "text_to_image" in result.history[0]["val"]
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_given_folder_base_and_epochs_0_when_trained_then_same_weights(
+    synth_corpus: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    train(_config(synth_corpus, tmp_path / "out", base=str(tiny_model_dir), epochs=0))
+    _assert_same(_weights(tiny_model_dir), _weights(tmp_path / "out"))
+
+
+def test_given_cli_when_trained_then_model_history_curve_and_checkpoints(
+    synth_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(synth_corpus),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--max-samples",
+            "32",
+            "--eval-each-epoch",
+        ]
+    )
+    assert code == 0
+    assert f"model saved to {out}" in capsys.readouterr().out
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    assert all(row["steps"] == 2 and row["loss"] > 0 for row in history[1:])
+    assert all(0 <= row["val"]["text_to_image"]["r@10"] <= 1 for row in history)
+    assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == [
+        "epoch-0001.pt",
+        "epoch-0002.pt",
+    ]
+    assert json.loads((out / "train_config.json").read_text())["epochs"] == 2
+    assert load_clip(str(out)).model.config.model_type == "clip"
+
+
+def test_given_interrupted_run_when_resumed_then_identical_to_uninterrupted(
+    synth_corpus: Path, tmp_path: Path
+) -> None:
+    # Given an uninterrupted 3-epoch run
+    full = train(_config(synth_corpus, tmp_path / "full", epochs=3))
+    # And a run that died during epoch 3 (its last checkpoint is epoch 2)
+    ckpt = tmp_path / "resumed" / "ckpt"
+    shutil.copytree(tmp_path / "full" / "checkpoints", ckpt)
+    (ckpt / "epoch-0003.pt").unlink()
+    # When it resumes
+    resumed = train(
+        _config(synth_corpus, tmp_path / "resumed", epochs=3, resume=True, checkpoint_dir=str(ckpt))
+    )
+    # Then it trains only epoch 3, with the same loss and the same final weights
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
+    _assert_same(_weights(tmp_path / "full"), _weights(tmp_path / "resumed"))
+
+
+def test_given_resume_without_checkpoint_when_trained_then_starts_fresh(
+    synth_corpus: Path, tmp_path: Path
+) -> None:
+    result = train(_config(synth_corpus, tmp_path / "out", epochs=1, resume=True))
+    assert [r["epoch"] for r in result.history] == [1]
+
+
+@pytest.mark.parametrize("frozen", ["vision", "text"])
+def test_given_frozen_tower_when_trained_then_its_weights_do_not_change(
+    synth_corpus: Path, tiny_model_dir: Path, tmp_path: Path, frozen: str
+) -> None:
+    flags = {"freeze_vision": frozen == "vision", "freeze_text": frozen == "text"}
+    train(_config(synth_corpus, tmp_path / "out", base=str(tiny_model_dir), epochs=1, **flags))
+    before, after = _weights(tiny_model_dir), _weights(tmp_path / "out")
+    still = (
+        ("vision_model.", "visual_projection.")
+        if frozen == "vision"
+        else ("text_model.", "text_projection.")
+    )
+    moved = (
+        ("text_model.", "text_projection.")
+        if frozen == "vision"
+        else ("vision_model.", "visual_projection.")
+    )
+    for prefix in still:
+        _assert_same(before, after, prefix)
+    assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith(moved))
+
+
+def test_given_high_logit_scale_when_trained_then_clamped_to_ln_100(
+    synth_corpus: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    bundle = load_clip(str(tiny_model_dir))
+    with torch.no_grad():
+        bundle.model.logit_scale.fill_(6.0)  # exp(6) ≈ 403, above CLIP's cap of 100
+    save_clip(bundle, tmp_path / "hot")
+    train(_config(synth_corpus, tmp_path / "out", base=str(tmp_path / "hot"), epochs=1))
+    assert float(_weights(tmp_path / "out")["logit_scale"]) <= MAX_LOGIT_SCALE + 1e-6
+
+
+def _break_one_training_image(manifest: Path) -> str:
+    record = next(r for r in read_manifest(manifest) if r.split == "train" and r.caption)
+    Path(record.image).write_bytes(b"this is not a PNG")
+    return record.image_id
+
+
+def test_given_unreadable_image_when_trained_then_skipped_and_reported(
+    corpus_copy: Path, tmp_path: Path
+) -> None:
+    broken = _break_one_training_image(corpus_copy)
+    # max_samples 0: the whole training set, so the broken record is certainly drawn
+    result = train(_config(corpus_copy, tmp_path / "out", epochs=1, max_samples=0))
+    report = [
+        json.loads(x) for x in (tmp_path / "out" / "bad_records.jsonl").read_text().splitlines()
+    ]
+    assert [r["image_id"] for r in report] == [broken]
+    assert "decode" in report[0]["reason"]
+    assert [b.image_id for b in result.bad_records] == [broken]
+
+
+def test_given_unreadable_image_and_strict_when_trained_then_stops_with_error(
+    corpus_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = _break_one_training_image(corpus_copy)
+    with pytest.raises(ImageDecodeError, match=broken):
+        train(_config(corpus_copy, tmp_path / "out", epochs=1, max_samples=0, strict=True))
+    code = main(
+        [
+            "train",
+            "--data",
+            str(corpus_copy),
+            "--out",
+            str(tmp_path / "cli"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--strict",
+            "--no-eval-each-epoch",
+        ]
+    )
+    assert code == 2 and broken in capsys.readouterr().err
+
+
+def test_given_manifest_without_training_captions_when_trained_then_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"image_id": "a", "image": "a.png", "split": "train"}) + "\n")
+    code = main(["train", "--data", str(manifest), "--out", str(tmp_path / "o"), "--epochs", "1"])
+    assert code == 2 and "no captioned training records" in capsys.readouterr().err

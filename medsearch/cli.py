@@ -102,7 +102,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         flag = "--" + name.replace("_", "-")
         kind = str(kinds[name])
         if "bool" in kind:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+            p.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
+            )
             continue
         convert = int if "int" in kind else float if "float" in kind else str
         metavar = name.upper() if name in {"data", "out", "base"} else None

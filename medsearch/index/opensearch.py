@@ -449,6 +449,14 @@ def _vector_problem(vector: np.ndarray | None) -> str | None:
 # --- the engine ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Refused:
+    """An error answer the caller chose to handle (``ignore=``): its status and body."""
+
+    status: int
+    info: Any
+
+
 class OpenSearchIndex:
     """:class:`SearchIndex` over one OpenSearch index or alias (``name``).
 
@@ -515,7 +523,7 @@ class OpenSearchIndex:
             except TransportError as exc:
                 status = exc.status_code
                 if isinstance(status, int) and status in ignore:
-                    return {"status": status, "error": exc.info}
+                    return Refused(status, exc.info)
                 if status not in RETRY_STATUSES:
                     raise SearchIndexError(
                         f"OpenSearch {method} {path} failed: {status} {_error_text(exc)}"
@@ -547,8 +555,8 @@ class OpenSearchIndex:
         """Create the index for ``dim``-d vectors; return False if it already existed (same dim)."""
         body = build_index_body(dim, self.config, loading=loading)
         answer = self._request("PUT", f"/{self.name}", body, ignore=(400,))
-        if isinstance(answer, dict) and answer.get("status") == 400:
-            error = json.dumps(answer.get("error"))
+        if isinstance(answer, Refused):
+            error = json.dumps(answer.info)
             if "resource_already_exists_exception" not in error:
                 raise SearchIndexError(f"cannot create index {self.name}: {error}")
             existing = self._read_dim()
@@ -598,7 +606,7 @@ class OpenSearchIndex:
     def alias_targets(self, alias: str) -> list[str]:
         """Return the indexes an alias points at (empty if the alias does not exist)."""
         answer = self._request("GET", f"/_alias/{alias}", ignore=(404,))
-        if not isinstance(answer, dict) or answer.get("status") == 404:
+        if isinstance(answer, Refused) or not isinstance(answer, dict):
             return []
         return sorted(name for name, info in answer.items() if isinstance(info, dict))
 
@@ -628,7 +636,7 @@ class OpenSearchIndex:
     def creation_dates(self, pattern: str) -> dict[str, int]:
         """Return the creation time (ms since the epoch) of each index matching ``pattern``."""
         answer = self._request("GET", f"/{pattern}/_settings", ignore=(404,))
-        if not isinstance(answer, dict) or answer.get("status") == 404:
+        if isinstance(answer, Refused) or not isinstance(answer, dict):
             return {}
         return {
             name: int(info.get("settings", {}).get("index", {}).get("creation_date", 0))
@@ -775,7 +783,7 @@ class OpenSearchIndex:
 
     def _read_dim(self) -> int | None:
         answer = self._request("GET", f"/{self.name}/_mapping", ignore=(404,))
-        if not isinstance(answer, dict) or answer.get("status") == 404:
+        if isinstance(answer, Refused) or not isinstance(answer, dict):
             return None
         for info in answer.values():
             vector = info.get("mappings", {}).get("properties", {}).get(VECTOR_FIELD, {})
@@ -806,7 +814,7 @@ class OpenSearchIndex:
     def _metadata_fields(self) -> list[str]:
         """Return the keyword fields under ``metadata`` (dotted paths for nested objects)."""
         answer = self._request("GET", f"/{self.name}/_mapping", ignore=(404,))
-        if not isinstance(answer, dict) or answer.get("status") == 404:
+        if isinstance(answer, Refused) or not isinstance(answer, dict):
             return []
         found: set[str] = set()
 

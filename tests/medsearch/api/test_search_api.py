@@ -321,3 +321,48 @@ def test_given_an_image_base_url_when_searching_then_urls_point_there(
         service = SearchService(index, encoder, image_url=url)
         client = TestClient(create_app(ServiceSettings(), service_factory=lambda s=service: s))
         assert client.get("/images/red-01").json()["image_url"] == expected
+
+
+def test_given_a_failed_start_when_retried_later_then_the_service_comes_up(
+    service: SearchService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medsearch.api
+
+    attempts: list[int] = []
+
+    def flaky() -> SearchService:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("model download interrupted")
+        return service
+
+    client = TestClient(create_app(ServiceSettings(), service_factory=flaky))
+    assert client.get("/health").status_code == 503
+    # within the retry window the failure is remembered, not retried on every request
+    assert client.get("/health").status_code == 503 and len(attempts) == 1
+    monkeypatch.setattr(medsearch.api, "RETRY_START_SECONDS", 0.0)
+    assert client.get("/health").status_code == 200 and len(attempts) == 2
+
+
+def test_given_torch_unimportable_when_the_api_serves_then_it_works(tmp_path: Path) -> None:
+    # The API Lambda ships without torch: the app, service and settings must not need it.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'transformers', 'boto3', 'uvicorn'}:\n"
+        "            raise ImportError(f'{name} is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from fastapi.testclient import TestClient\n"
+        "from medsearch.api import create_app\n"
+        "from medsearch.settings import ServiceSettings\n"
+        f"app = create_app(ServiceSettings(index_dir={str(tmp_path / 'none')!r}))\n"
+        "client = TestClient(app)\n"
+        "assert client.get('/openapi.json').status_code == 200\n"
+        "assert client.get('/health').status_code == 503\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -245,6 +245,19 @@ def _score(value: float | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _json_safe(value: Any) -> Any:
+    """Return metadata fit for strict JSON: non-finite floats (NaN in a manifest) become None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
 def _display_name(name: str | None) -> str:
     """Return an upload's file name fit for an error message (clients choose it freely)."""
     if not name:
@@ -344,7 +357,7 @@ class SearchService:
         return ImageRecord(
             image_id=document.image_id,
             caption=document.caption,
-            metadata=dict(document.metadata),
+            metadata=_json_safe(document.metadata),
             image_url=self.image_url(document),
             has_vector=document.vector is not None,
         )
@@ -508,7 +521,7 @@ class SearchService:
                     score=_score(hit.score) or 0.0,
                     bm25_score=_score(hit.text_score),
                     vector_score=_score(hit.vector_score),
-                    metadata=dict(document.metadata),
+                    metadata=_json_safe(document.metadata),
                     image_url=self.image_url(document),
                 )
             )

@@ -21,6 +21,7 @@ from medsearch.errors import (
     SearchIndexError,
     UnsupportedMediaTypeError,
 )
+from medsearch.index.base import Document
 from medsearch.search import SearchService
 from medsearch.settings import ServiceSettings, load_settings
 
@@ -366,3 +367,16 @@ def test_given_torch_unimportable_when_the_api_serves_then_it_works(tmp_path: Pa
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_given_metadata_with_nan_when_returned_then_json_stays_valid(
+    index: MemoryIndex, encoder: ColourEncoder
+) -> None:
+    # A JSON Lines manifest may carry NaN (Python's json accepts it); strict JSON cannot.
+    vector = index.get("red-01").vector  # type: ignore[union-attr]
+    index.upsert([Document("odd", "odd nodule", vector, metadata={"age": float("nan")})])
+    client = TestClient(
+        create_app(ServiceSettings(), service_factory=lambda: SearchService(index, encoder))
+    )
+    assert client.get("/images/odd").json()["metadata"] == {"age": None}
+    assert client.get("/search?q=odd&mode=text").status_code == 200

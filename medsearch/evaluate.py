@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from medsearch.data.images import load_record_images
 from medsearch.errors import InvalidInputError
@@ -242,12 +243,15 @@ def evaluate_model(
     kept: list[Record] = []
     image_chunks: list[np.ndarray] = []
     # Decode and encode batch by batch, so a large split never holds all its images at once.
-    for start in range(0, len(records), batch_size):
-        pairs = load_record_images(records[start : start + batch_size], strict=strict, bad=skipped)
-        if pairs:
-            kept.extend(record for record, _ in pairs)
-            vectors = encoder.encode_images([image for _, image in pairs], batch_size=batch_size)
-            image_chunks.append(normalize(vectors))
+    with tqdm(total=len(records), unit="img", desc="evaluate", disable=None) as bar:
+        for start in range(0, len(records), batch_size):
+            batch = records[start : start + batch_size]
+            pairs = load_record_images(batch, strict=strict, bad=skipped)
+            if pairs:
+                kept.extend(record for record, _ in pairs)
+                vectors = encoder.encode_images([im for _, im in pairs], batch_size=batch_size)
+                image_chunks.append(normalize(vectors))
+            bar.update(len(batch))
     if skipped:
         log.warning("evaluate: %d records skipped (unreadable images)", len(skipped))
     if not kept:

@@ -60,18 +60,24 @@ _NUMBER: Final = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 # Every metric the training job prints; names use only [a-z0-9:@_.] so they are valid in
 # SageMaker and CloudWatch.
 METRIC_NAMES: Final = (
+    # Per epoch, during training.
     "epoch",
     "train:loss",
-    "validation:loss",
     "train:learning_rate",
-    "test:in_batch_mrr@10",
-    "test:text_to_image_r@1",
-    "test:text_to_image_r@5",
-    "test:text_to_image_r@10",
-    "test:text_to_image_mrr@10",
-    "test:image_to_text_r@10",
-    "test:queries_ndcg@10",
-    "test:queries_r@10",
+    "validation:text_to_image_r@1",
+    "validation:text_to_image_r@10",
+    "validation:image_to_text_r@10",
+    # The final model on the evaluation split (test, or validation when there is no test split).
+    "eval:in_batch_mrr@10",
+    "eval:text_to_image_r@1",
+    "eval:text_to_image_r@5",
+    "eval:text_to_image_r@10",
+    "eval:text_to_image_mrr@10",
+    "eval:text_to_image_median_rank",
+    "eval:image_to_text_r@1",
+    "eval:image_to_text_r@10",
+    "eval:queries_ndcg@10",
+    "eval:queries_r@10",
 )
 
 

@@ -1,0 +1,1 @@
+"""SageMaker training entry point (``train.py``), shipped as the estimator's source folder."""

@@ -1,0 +1,1 @@
+"""Search API Lambda: the medsearch API on API Gateway (OpenSearch engine, ONNX encoder)."""

@@ -1,0 +1,118 @@
+"""Search API Lambda: the FastAPI app of :mod:`medsearch.api` behind API Gateway, via Mangum.
+
+The app is the same one ``medsearch serve`` runs, with the OpenSearch engine and the ONNX encoder
+(no torch in this function's package). Settings are read once per container from ``MEDSEARCH_*``
+(:class:`~medsearch.settings.ServiceSettings`); the service is built on the first request that
+needs it: the ONNX export named by ``MEDSEARCH_MODEL`` (an ``s3://`` prefix) is downloaded once
+into ``/tmp`` and the OpenSearch client is made with the function role's credentials (SigV4).
+Behind a named API Gateway stage the stage becomes the app's root path, so links and ``/docs``
+carry it; ``MEDSEARCH_ROOT_PATH`` overrides that. Logs are Powertools JSON with the request's
+correlation id, which is also returned as ``x-request-id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from mangum import Mangum
+
+from lambdas import opensearch_client
+from medsearch import storage
+from medsearch.api import build_service, create_app
+from medsearch.constants import LAMBDA_MODEL_DIR, PROJECT
+from medsearch.errors import ConfigError
+from medsearch.index.opensearch import OpenSearchIndex
+from medsearch.search import SearchService
+from medsearch.settings import ServiceSettings, load_settings
+
+logger = Logger(service=f"{PROJECT}-search-api")
+MODEL_CACHE = Path(LAMBDA_MODEL_DIR)
+
+
+def read_settings() -> tuple[ServiceSettings, str | None]:
+    """Return this function's settings (OpenSearch engine, ONNX encoder) and any problem with
+    them; a problem is reported by the API as 503 with the reason, not as a failed import."""
+    try:
+        return load_settings(engine="opensearch", encoder="onnx"), None
+    except ConfigError as exc:
+        return ServiceSettings.model_construct(), str(exc)
+
+
+def make_client(settings: ServiceSettings) -> Any:
+    """Return the OpenSearch client (tests replace this function to plug in a fake)."""
+    assert settings.opensearch_url is not None  # the settings validator requires it
+    return opensearch_client(
+        settings.opensearch_url,
+        auth=settings.opensearch_auth,
+        service=settings.opensearch_service,
+        region=settings.aws_region,
+    )
+
+
+def local_model(settings: ServiceSettings, cache: Path) -> ServiceSettings:
+    """Download an ``s3://`` model prefix once per container; return settings naming the copy.
+
+    The copy's folder is named after the URI, so a changed ``MEDSEARCH_MODEL`` never reuses it.
+    """
+    if not settings.model or not storage.is_s3(settings.model):
+        return settings
+    key = hashlib.sha256(settings.model.rstrip("/").encode()).hexdigest()[:16]
+    folder = storage.download_prefix(settings.model, cache / key)
+    return settings.model_copy(update={"model": str(folder)})
+
+
+def build() -> SearchService:
+    """Build the search service on first use (model download, OpenSearch client)."""
+    copy_config_to_registered_loggers(source_logger=logger, include={"medsearch"})
+    if PROBLEM is not None:
+        raise ConfigError(PROBLEM)
+    settings = local_model(SETTINGS, MODEL_CACHE)
+    index = OpenSearchIndex(make_client(settings), settings.opensearch_index)
+    return build_service(settings, index=index)
+
+
+def stage_root_path(event: dict[str, Any]) -> str:
+    """Return ``/<stage>`` when the request came through a named stage's own URL, else ''."""
+    context = event.get("requestContext") or {}
+    stage = context.get("stage")
+    if not stage or stage == "$default":
+        return ""
+    # HTTP API (v2): rawPath; REST API (v1): requestContext.path. A custom domain drops the stage.
+    path = event.get("rawPath") or context.get("path") or ""
+    prefix = f"/{stage}"
+    return prefix if path == prefix or path.startswith(prefix + "/") else ""
+
+
+class StagePath:
+    """ASGI wrapper giving the app the API Gateway stage as its root path (unless configured)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            root = stage_root_path(scope.get("aws.event") or {})
+            if root:
+                scope = {**scope, "root_path": root}
+        await self.app(scope, receive, send)
+
+
+SETTINGS, PROBLEM = read_settings()
+app = create_app(SETTINGS, service_factory=build)
+asgi_handler = Mangum(StagePath(app), lifespan="off")
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Answer one API Gateway (HTTP API v2 or REST v1) event."""
+    response = asgi_handler(event, context)
+    correlation_id = logger.get_correlation_id()
+    if correlation_id:
+        response.setdefault("headers", {})["x-request-id"] = correlation_id
+    return response

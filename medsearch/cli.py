@@ -94,7 +94,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="fine-tune a CLIP (or train a tiny one) on a manifest",
         description="Flags override the --config file; unset options take the base's defaults.",
     )
-    p.add_argument("--config", type=Path, default=None, help="JSON or YAML file of options")
+    p.add_argument(
+        "--config", type=Path, default=None, metavar="FILE", help="JSON or YAML file of options"
+    )
     kinds = TrainConfig.__annotations__
     # One flag per TrainConfig field, with the field's own help; absent flags stay unset
     # (SUPPRESS) so the config file's values are only overridden by flags actually given.
@@ -107,7 +109,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             )
             continue
         convert = int if "int" in kind else float if "float" in kind else str
-        metavar = name.upper() if name in {"data", "out", "base"} else None
+        metavar = {"data": "MANIFEST", "out": "DIR", "checkpoint_dir": "DIR"}.get(name)
         p.add_argument(flag, type=convert, default=argparse.SUPPRESS, metavar=metavar, help=text)
     p.set_defaults(func=_run_train)
 

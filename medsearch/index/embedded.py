@@ -823,15 +823,19 @@ def _read_current_name(root: Path) -> str:
 
 
 def _load_current(root: Path) -> _Generation:
-    """Load the generation CURRENT names (retrying once if a writer swapped it meanwhile)."""
-    for attempt in range(2):
+    """Load the generation CURRENT names, retrying if writers swapped it while it was read."""
+    attempts = 3
+    for attempt in range(attempts):
         name = _read_current_name(root)
-        gen_dir = root / name
-        if gen_dir.is_dir():
-            return _read_generation(gen_dir)
-        if attempt == 0:
-            continue
-        raise SearchIndexError(f"index at {root} is corrupt: {name} is missing")
+        try:
+            if not (root / name).is_dir():
+                raise SearchIndexError(f"index at {root} is corrupt: {name} is missing")
+            return _read_generation(root / name)
+        except SearchIndexError:
+            # Two quick writes may remove the generation a reader has just picked: try the new one.
+            if attempt + 1 < attempts and _read_current_name(root) != name:
+                continue
+            raise
     raise AssertionError("unreachable")
 
 

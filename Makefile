@@ -7,7 +7,7 @@ EXTRAS := train,serve,onnx,aws,infra,dev
 CHROMIUM := /usr/bin/chromium
 PORT ?= 8000
 
-.PHONY: install demo test test-fast lint format browser bench clean
+.PHONY: install demo test test-fast lint format browser bench clean lambda-package
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ format: install
 bench: install
 	$(BIN)/python bench/search_latency.py
 	$(BIN)/python bench/load.py
+
+# The search API Lambda's zip content in build/search_api/ (manylinux2014 wheels for the
+# python3.11 runtime, no torch), with its unzipped size checked against the 250 MB limit.
+lambda-package: install
+	$(BIN)/python -m lambdas.search_api.package build/search_api
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -49,6 +49,11 @@ TRANSFORM_OUTPUT_SUFFIX: Final = ".out"
 LAMBDA_MODEL_DIR: Final = "/tmp/medsearch-model"
 # The API Lambda's zip package must stay under Lambda's unzipped limit.
 LAMBDA_UNZIPPED_LIMIT_BYTES: Final = 250 * 1024 * 1024
+# The Lambda runtime the packages are built for: Amazon Linux 2, so manylinux2014 wheels.
+LAMBDA_RUNTIME: Final = "python3.11"
+LAMBDA_PYTHON_VERSION: Final = "3.11"
+LAMBDA_PLATFORM: Final = "manylinux2014_x86_64"
+SEARCH_API_PACKAGE_DIR: Final = "build/search_api"
 
 # --- Training metrics: one stable line format and the regexes that parse it ----------------------
 

@@ -49,6 +49,7 @@ from medsearch.model.onnx_encoder import (
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
+MAX_IR_VERSION = 9
 EXPORTERS = ("dynamo", "torchscript")
 # An export whose outputs differ more than this from torch's (cosine) is refused.
 MIN_EXPORT_COSINE = 0.9999
@@ -236,6 +237,21 @@ def _export_dynamo(
     if program is None:
         raise RuntimeError("the exporter returned no program")
     program.save(str(path), external_data=False)
+    _cap_ir_version(path)
+
+
+def _cap_ir_version(path: Path) -> None:
+    """Write IR version 9 where the graph allows it, so onnxruntime 1.16 loads the model too.
+
+    onnxruntime 1.16 is the last release with manylinux2014 wheels, the ones that run on the
+    python3.11 Lambda runtime (Amazon Linux 2); opset 18 graphs need nothing from IR 10.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    if model.ir_version > MAX_IR_VERSION and not model.functions:
+        model.ir_version = MAX_IR_VERSION
+        onnx.save(model, str(path))
 
 
 @contextlib.contextmanager
@@ -310,7 +326,14 @@ def quantize_int8(source: Path, target: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        # MatMul/Gemm only: they hold nearly all weights, and the patch-embedding Conv would
+        # become ConvInteger with int8 weights, which onnxruntime 1.16 (Lambda) cannot run.
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
     finally:
         root.setLevel(level)
 

@@ -50,7 +50,8 @@ class TorchEncoder:
     def __init__(self, bundle: ClipBundle, *, device: str | torch.device | None = None) -> None:
         self.bundle = bundle
         self.device = device if isinstance(device, torch.device) else select_device(device)
-        self.model = bundle.model.to(self.device)
+        self.model = bundle.model
+        torch.nn.Module.to(self.model, self.device)
 
     @property
     def model_id(self) -> str:
@@ -92,17 +93,6 @@ class TorchEncoder:
                     pixel_values=pixels["pixel_values"].to(self.device)
                 )
                 chunks.append(pooled(features).float().cpu().numpy())
-        return self._finish(chunks)
-
-    def encode_pixels(self, pixel_values: torch.Tensor, batch_size: int = 32) -> np.ndarray:
-        """Encode already preprocessed ``[n, 3, H, W]`` pixel tensors to unit vectors."""
-        chunks = []
-        with _eval_mode(self.model), torch.inference_mode():
-            for start in range(0, pixel_values.shape[0], batch_size):
-                batch = pixel_values[start : start + batch_size].to(self.device)
-                chunks.append(
-                    pooled(self.model.get_image_features(pixel_values=batch)).float().cpu().numpy()
-                )
         return self._finish(chunks)
 
     def _finish(self, chunks: list[np.ndarray]) -> np.ndarray:

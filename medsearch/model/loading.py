@@ -47,14 +47,16 @@ class ClipBundle:
     @property
     def max_text_length(self) -> int:
         """Longest token sequence the text tower accepts (tokenizer and position table agree)."""
-        positions = int(self.model.config.text_config.max_position_embeddings)
+        config: Any = self.model.config  # transformers types sub-configs loosely
+        positions = int(config.text_config.max_position_embeddings)
         limit = getattr(self.tokenizer, "model_max_length", positions) or positions
         return min(positions, int(limit))
 
     @property
     def dim(self) -> int:
         """The shared embedding dimension of both towers."""
-        return int(self.model.config.projection_dim)
+        config: Any = self.model.config
+        return int(config.projection_dim)
 
 
 def default_cache_dir() -> Path:

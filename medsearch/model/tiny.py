@@ -40,7 +40,7 @@ class TinyClipSpec:
     """Sizes of the tiny CLIP (small enough to train on CPU, large enough to learn attributes)."""
 
     image_size: int = 64
-    patch_size: int = 8
+    patch_size: int = 16
     vision_width: int = 128
     vision_layers: int = 4
     vision_heads: int = 4
@@ -72,7 +72,14 @@ def train_tokenizer(
     trainer = BpeTrainer(
         vocab_size=vocab_size,
         # bos = 0 and eos = 1: CLIP's text pooling reads the first eos, except for the legacy id 2.
-        special_tokens=[BOS, EOS],
+        # The end-of-word forms of every byte are listed up front: the trainer would otherwise
+        # create them in hash-map order, and their ids break ties between equally frequent
+        # merges, so the same captions could give a different tokenizer on every run.
+        special_tokens=[
+            BOS,
+            EOS,
+            *(c + "</w>" for c in sorted(pre_tokenizers.ByteLevel.alphabet())),
+        ],
         end_of_word_suffix="</w>",
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -80,7 +87,12 @@ def train_tokenizer(
     backend.train_from_iterator(texts, trainer)
     state = json.loads(backend.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
-    tokenizer = CLIPTokenizer(vocab=state["vocab"], merges=merges, model_max_length=max_length)
+    # Pairs, not "a b" strings: the annotation says str, the BPE model behind it wants tuples.
+    tokenizer = CLIPTokenizer(
+        vocab=state["vocab"],
+        merges=merges,  # type: ignore[arg-type]
+        model_max_length=max_length,
+    )
     log.info("trained a %d-token BPE tokenizer on %d captions", len(state["vocab"]), len(texts))
     return tokenizer
 

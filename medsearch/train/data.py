@@ -7,7 +7,6 @@ reason) and the loop skips and reports it, unless the run is strict.
 
 from __future__ import annotations
 
-import io
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -15,27 +14,8 @@ from typing import Any
 import torch
 from PIL import Image, ImageEnhance
 
-from medsearch import storage
-from medsearch.data.manifest import Record
-from medsearch.errors import ImageDecodeError, MedsearchError
-
-
-def load_rgb(record: Record) -> Image.Image:
-    """Decode a record's image to RGB; any failure is an :class:`ImageDecodeError` naming it."""
-    try:
-        data = storage.read_bytes(record.image)
-    except MedsearchError as exc:
-        raise ImageDecodeError(str(exc), record=record.image_id) from None
-    if not data:
-        raise ImageDecodeError("empty image file", record=record.image_id)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return image.convert("RGB")
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"image too large: {exc}", record=record.image_id) from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageDecodeError(f"cannot decode image: {exc}", record=record.image_id) from None
+from medsearch.data.images import load_record_images
+from medsearch.data.manifest import BadRecord, Record
 
 
 def augment_image(image: Image.Image, rng: random.Random) -> Image.Image:
@@ -87,10 +67,11 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Item:
         record = self.records[index]
         caption = record.caption or ""
-        try:
-            image = load_rgb(record)
-        except ImageDecodeError as exc:
-            return Item(index, None, caption, str(exc))
+        bad: list[BadRecord] = []
+        loaded = load_record_images([record], strict=False, bad=bad)
+        if not loaded:
+            return Item(index, None, caption, bad[0].reason if bad else "unreadable image")
+        image = loaded[0][1]
         if self.augment:
             image = augment_image(image, random.Random(f"{self.seed}:{self.epoch}:{index}"))
         pixels = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]

@@ -26,11 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from transformers import CLIPModel
 
 from medsearch import storage
 from medsearch.data.manifest import BadRecord, Record, read_manifest, write_report
-from medsearch.errors import ConfigError, ImageDecodeError
-from medsearch.evaluate import full_pool_metrics
+from medsearch.errors import ConfigError, ImageDecodeError, InvalidInputError
+from medsearch.evaluate import evaluate_model
 from medsearch.model.encoder import TorchEncoder, select_device
 from medsearch.model.loading import ClipBundle, load_clip, save_clip
 from medsearch.model.tiny import build_tiny_clip
@@ -128,27 +129,24 @@ def _base_bundle(config: TrainConfig, train_records: list[Record]) -> ClipBundle
 
 
 def validation_metrics(
-    encoder: TorchEncoder, records: list[Record], *, batch_size: int, strict: bool
-) -> tuple[dict[str, Any] | None, list[BadRecord]]:
-    """Full-pool text→image and image→text R@k of the model on the validation records."""
-    dataset = PairDataset(records, encoder.bundle.image_processor)
-    vectors, kept, bad = [], [], []
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        for item in items:
-            if item.pixels is None:
-                if strict:
-                    raise ImageDecodeError(item.reason or "unreadable")
-                bad.append(BadRecord(records[item.index].image_id, item.reason or "unreadable"))
-        good = [it for it in items if it.pixels is not None]
-        if good:
-            vectors.append(encoder.encode_pixels(torch.stack([it.pixels for it in good])))  # type: ignore[misc]
-            kept.extend(records[it.index] for it in good)
-    captions = [r.caption for r in kept]
-    if not any(captions):
-        return None, bad
-    texts = encoder.encode_texts([c for c in captions if c], batch_size=batch_size)
-    return full_pool_metrics(np.concatenate(vectors), texts, captions), bad
+    encoder: TorchEncoder, records: list[Record], *, strict: bool, bad: list[BadRecord]
+) -> dict[str, Any] | None:
+    """Full-pool R@k (both directions) and the in-batch table of the model on validation."""
+    try:
+        report = evaluate_model(encoder, records, strict=strict, bad=bad)
+    except InvalidInputError as exc:
+        log.warning("validation skipped: %s", exc)
+        return None
+    return {key: report[key] for key in ("text_to_image", "image_to_text", "in_batch")}
+
+
+def _validate(
+    encoder: TorchEncoder, records: list[Record], config: TrainConfig, bad: dict[str, str]
+) -> dict[str, Any] | None:
+    skipped: list[BadRecord] = []
+    metrics = validation_metrics(encoder, records, strict=config.strict, bad=skipped)
+    bad.update({b.image_id: b.reason for b in skipped})
+    return metrics
 
 
 def _batches(loader: torch.utils.data.DataLoader, *, desc: str) -> Iterator[Any]:
@@ -184,7 +182,8 @@ def train(config: TrainConfig) -> TrainResult:
         bundle = _base_bundle(config, train_records)
         if config.epochs > 0:
             save_clip(bundle, ckpt_dir / BASE)  # resume never needs the base (or the hub) again
-    model = bundle.model.to(device)
+    model = bundle.model
+    torch.nn.Module.to(model, device)
     freeze_towers(model, vision=config.freeze_vision, text=config.freeze_text)
     encoder = TorchEncoder(bundle, device=device)
 
@@ -222,10 +221,7 @@ def train(config: TrainConfig) -> TrainResult:
         log.info("resuming from %s (epoch %d of %d)", latest, start_epoch, config.epochs)
     elif config.eval_each_epoch and val_records:
         # Epoch 0: the untrained base, the baseline every later epoch is compared against.
-        metrics, val_bad = validation_metrics(
-            encoder, val_records, batch_size=config.batch_size, strict=config.strict
-        )
-        bad.update({b.image_id: b.reason for b in val_bad})
+        metrics = _validate(encoder, val_records, config, bad)
         history.append({"epoch": 0, "loss": None, "lr": 0.0, "val": metrics, "time_s": 0.0})
 
     dataset = PairDataset(
@@ -260,7 +256,7 @@ def train(config: TrainConfig) -> TrainResult:
         for batch in _batches(loader, desc=f"epoch {epoch + 1}/{config.epochs}"):
             for index, reason in batch.bad:
                 if config.strict:
-                    raise ImageDecodeError(reason)
+                    raise ImageDecodeError(reason, record=train_records[index].image_id)
                 bad.setdefault(train_records[index].image_id, reason)
                 bad_indices.add(index)
             if batch.pixel_values is None or len(batch.indices) < 2:
@@ -274,11 +270,7 @@ def train(config: TrainConfig) -> TrainResult:
             "logit_scale": float(model.logit_scale.exp().item()),
         }
         if config.eval_each_epoch and val_records:
-            metrics, val_bad = validation_metrics(
-                encoder, val_records, batch_size=config.batch_size, strict=config.strict
-            )
-            bad.update({b.image_id: b.reason for b in val_bad})
-            row["val"] = metrics
+            row["val"] = _validate(encoder, val_records, config, bad)
         row["time_s"] = round(time.perf_counter() - epoch_started, 3)
         history.append(row)
         _log_epoch(row, config.epochs)
@@ -300,7 +292,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _step(
-    model: torch.nn.Module,
+    model: CLIPModel,
     batch: Any,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -360,13 +352,7 @@ def _finish(
 ) -> TrainResult:
     out = Path(config.out)
     if epochs == 0 and config.eval_each_epoch and val_records:
-        metrics, val_bad = validation_metrics(
-            encoder,
-            val_records,
-            batch_size=config.batch_size or 64,
-            strict=config.strict,
-        )
-        bad.update({b.image_id: b.reason for b in val_bad})
+        metrics = _validate(encoder, val_records, config, bad)
         history = [{"epoch": 0, "loss": None, "lr": 0.0, "val": metrics, "time_s": 0.0}]
     bundle.model.cpu()
     save_clip(bundle, out)

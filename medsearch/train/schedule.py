@@ -14,7 +14,8 @@ def no_decay(name: str, param: torch.nn.Parameter) -> bool:
 
 def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """Return AdamW over the trainable parameters, with decay only on weight matrices."""
-    decay, exempt = [], []
+    decay: list[torch.nn.Parameter] = []
+    exempt: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (exempt if no_decay(name, param) else decay).append(param)

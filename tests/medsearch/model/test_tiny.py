@@ -28,6 +28,12 @@ def test_given_captions_when_tokenizer_trained_then_clip_style_ids() -> None:
     assert len(long) == 16 and long[-1] == tokenizer.eos_token_id
 
 
+def test_given_same_captions_when_tokenizer_trained_repeatedly_then_identical() -> None:
+    # The BPE trainer breaks ties by ids it would otherwise assign in hash-map order.
+    vocabularies = [train_tokenizer(CAPTIONS, vocab_size=400).get_vocab() for _ in range(4)]
+    assert all(v == vocabularies[0] for v in vocabularies)
+
+
 def test_given_no_captions_when_tokenizer_trained_then_config_error() -> None:
     with pytest.raises(ConfigError, match="needs captions"):
         train_tokenizer(["", "  "])

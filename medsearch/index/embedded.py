@@ -945,6 +945,8 @@ def _write_merged(
     dim = current.dim if current is not None else None
     incoming, failed, dim = _prepare(documents, dim)
     gone = set(deleted)
+    if current is not None and not incoming and not gone:
+        return UpsertResult(written=0, failed=failed)  # nothing to change: keep the generation
     merged: dict[str, tuple[_Row, np.ndarray | None]] = {}
     if current is not None:
         for row, image_id in enumerate(current.image_ids):

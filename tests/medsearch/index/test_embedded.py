@@ -281,3 +281,12 @@ def test_medpix_captions_are_searchable(tmp_path: Path) -> None:
         for hit in page.hits:
             caption = index.get(hit.image_id).caption  # type: ignore[union-attr]
             assert stems & set(reference_terms(caption or ""))
+
+
+def test_an_upsert_with_nothing_valid_keeps_the_generation(tmp_path: Path) -> None:
+    index = build_index(tmp_path / "i", corpus())
+    generation = index.generation
+    result = index.upsert([Document("../bad", "x", None)])
+    assert result.written == 0 and [i for i, _ in result.failed] == ["../bad"]
+    assert index.upsert([]).written == 0
+    assert index.generation == generation and index.count() == len(corpus())

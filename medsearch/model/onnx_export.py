@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,8 @@ def export_onnx(
     if exporter not in EXPORTERS:
         raise ConfigError(f"unknown ONNX exporter {exporter!r}: use one of {', '.join(EXPORTERS)}")
     bundle = model if isinstance(model, ClipBundle) else load_clip(model)
-    clip = bundle.model.to("cpu").float().eval()
+    model_on_cpu: Any = bundle.model  # transformers' typing of .to() is narrower than the call
+    clip = model_on_cpu.to("cpu").float().eval()
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
@@ -358,7 +359,10 @@ def write_tokenizer(bundle: ClipBundle, path: Path) -> None:
 def preprocess_config(bundle: ClipBundle) -> PreprocessConfig:
     """Describe the model's image processor (and text length) in ``preprocess.json`` terms."""
     processor = bundle.image_processor
-    get: Callable[[str, Any], Any] = lambda name, default=None: getattr(processor, name, default)  # noqa: E731
+
+    def get(name: str, default: Any = None) -> Any:
+        return getattr(processor, name, default)
+
     size = _size_dict(get("size"))
     crop = _size_dict(get("crop_size"))
     if not get("do_resize", True):
@@ -392,8 +396,8 @@ def preprocess_config(bundle: ClipBundle) -> PreprocessConfig:
         crop_height=int(crop.get("height") or height or shortest or 0),
         crop_width=int(crop.get("width") or width or shortest or 0),
         rescale_factor=rescale,
-        mean=tuple(float(v) for v in _three(mean)) if normalise else None,
-        std=tuple(float(v) for v in _three(std)) if normalise else None,
+        mean=_three(mean) if normalise else None,
+        std=_three(std) if normalise else None,
     )
 
 
@@ -409,11 +413,11 @@ def _size_dict(size: Any) -> dict[str, Any]:
     return {k: getattr(size, k) for k in keys if getattr(size, k, None) is not None}
 
 
-def _three(values: Any) -> list[float]:
+def _three(values: Any) -> tuple[float, float, float]:
     items = [float(values)] * 3 if isinstance(values, int | float) else [float(v) for v in values]
     if len(items) != 3:
         raise ConfigError(f"expected 3 channel values, got {values!r}")
-    return items
+    return items[0], items[1], items[2]
 
 
 def _swap_in(staging: Path, target: Path) -> None:

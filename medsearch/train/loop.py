@@ -156,14 +156,22 @@ def _batches(loader: torch.utils.data.DataLoader, *, desc: str) -> Iterator[Any]
 def train(config: TrainConfig) -> TrainResult:
     """Run a training job end to end and save the model (with tokenizer/processor) to ``out``."""
     config = config.resolved()
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config)
+    finally:
+        torch.set_num_threads(threads)  # the caller's process keeps its own setting
+
+
+def _train(config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     assert config.epochs is not None and config.batch_size is not None  # set by resolved()
     assert config.lr is not None and config.warmup is not None and config.checkpoint_dir
     out = Path(config.out)
     ckpt_dir = Path(config.checkpoint_dir)
     _seed_everything(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
 
     records = read_manifest(config.data)
     train_records, val_records = split_records(records)

@@ -127,3 +127,18 @@ def test_given_flag_of_wrong_type_when_cli_parses_then_usage_error(
         main(["train", "--data", "m.jsonl", "--out", "o", "--epochs", "ten"])
     assert exc.value.code == 2
     assert "--epochs" in capsys.readouterr().err
+
+
+def test_given_config_file_and_flag_when_cli_trains_then_flag_wins_and_file_fills_rest(
+    synth_corpus: Path, tmp_path: Path
+) -> None:
+    # Given a YAML file with epochs 3 and batch size 16
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {synth_corpus}\nepochs: 3\nbatch_size: 16\nlr: 0.002\n")
+    # When the CLI overrides epochs with 0 (save the untrained base)
+    code = main(["train", "--config", str(config), "--out", str(tmp_path / "o"), "--epochs", "0"])
+    # Then the run used the flag's epochs and the file's other values
+    used = json.loads((tmp_path / "o" / "train_config.json").read_text())
+    assert code == 0
+    assert (used["epochs"], used["batch_size"], used["lr"]) == (0, 16, 0.002)
+    assert used["data"] == str(synth_corpus)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +120,20 @@ def test_given_file_or_missing_path_when_loaded_then_clear_error(tmp_path: Path)
         load_clip(str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="empty model source"):
         load_clip("  ")
+
+
+def test_given_hub_id_without_hub_access_when_loaded_then_not_found_error() -> None:
+    # A subprocess, because the offline switch is read when huggingface_hub is imported.
+    code = (
+        "from medsearch.model.loading import load_clip\n"
+        "from medsearch.errors import NotFoundError\n"
+        "try:\n"
+        "    load_clip('openai/clip-vit-base-patch32')\n"
+        "except NotFoundError as exc:\n"
+        "    print('NotFoundError:', exc)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert "NotFoundError: openai/clip-vit-base-patch32 is neither a local folder" in result.stdout

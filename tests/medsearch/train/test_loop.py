@@ -16,7 +16,7 @@ from medsearch.errors import ImageDecodeError
 from medsearch.model.loading import load_clip, save_clip
 from medsearch.model.tiny import build_tiny_clip
 from medsearch.train import TrainConfig, load_train_config, train
-from medsearch.train.loop import MAX_LOGIT_SCALE, split_records
+from medsearch.train.loop import MAX_LOGIT_SCALE, autocast_dtype, split_records
 
 # Small and quick: a few steps per epoch on the shared synthetic corpus.
 QUICK = {"batch_size": 16, "max_samples": 32, "eval_each_epoch": False, "augment": True}
@@ -54,6 +54,15 @@ def test_given_records_when_split_then_captionless_and_other_splits_left_out() -
     train_records, validation = split_records(records)
     assert [r.image_id for r in train_records] == ["a", "d"]
     assert [r.image_id for r in validation] == ["c"]
+
+
+def test_given_cpu_when_autocast_requested_then_fp32_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None
+    assert autocast_dtype("bf16", cpu) is None
+    assert "GPUs only" in caplog.text
 
 
 def test_given_epochs_0_when_trained_then_tiny_initial_weights_saved_unchanged(

@@ -228,10 +228,11 @@ def report_metric_lines(report: Mapping[str, Any]) -> Iterator[str]:
             yield format_metric(f"eval:{name}", value)
 
 
-def write_failure(env: TrainingEnv, message: str) -> None:
-    """Write SageMaker's failure file, whose text becomes the job's FailureReason."""
+def write_failure(output_dir: Path, message: str) -> None:
+    """Write SageMaker's failure file (``SM_OUTPUT_DIR/failure``), which becomes the job's
+    FailureReason."""
     try:
-        env.output_dir.mkdir(parents=True, exist_ok=True)
-        (env.output_dir / "failure").write_text(message[:1000] + "\n")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "failure").write_text(message[:1000] + "\n")
     except OSError as exc:  # the reason is also logged; a read-only folder must not mask it
-        log.warning("cannot write the failure file in %s: %s", env.output_dir, exc)
+        log.warning("cannot write the failure file in %s: %s", output_dir, exc)

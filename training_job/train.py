@@ -36,12 +36,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def main(argv: Sequence[str] | None = None) -> int:
     """Train, evaluate and export as the SageMaker environment says; 2 on a bad input."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    env = TrainingEnv.from_environ(os.environ)
     try:
-        run(env, sys.argv[1:] if argv is None else argv)
+        run(TrainingEnv.from_environ(os.environ), sys.argv[1:] if argv is None else argv)
     except MedsearchError as exc:
         log.error("training job failed: %s", exc)
-        write_failure(env, str(exc))
+        write_failure(Path(os.environ.get("SM_OUTPUT_DIR", "/opt/ml/output")), str(exc))
         return 2
     return 0
 

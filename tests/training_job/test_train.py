@@ -139,6 +139,9 @@ def test_given_bad_hyperparameter_when_main_runs_then_exit_2_and_failure_file(
     failure = (tmp_path / "output" / "failure").read_text()
     assert "learning_rat" in failure
     assert not (tmp_path / "model").exists()
+    monkeypatch.setenv("SM_HPS", "{broken")
+    assert main([]) == 2
+    assert "SM_HPS" in (tmp_path / "output" / "failure").read_text()
 
 
 def test_given_argv_forms_then_hyperparameters_parse() -> None:

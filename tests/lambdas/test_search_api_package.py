@@ -74,7 +74,10 @@ def test_given_built_package_alone_then_handler_imports_and_encodes_like_the_dev
     from medsearch.model.onnx_export import export_onnx
 
     export_onnx(str(tiny_model_dir), tmp_path / "onnx", int8=True)
-    expected = OnnxEncoder(tmp_path / "onnx", int8=True).encode_texts(["left lung nodule"])
+    expected = [
+        OnnxEncoder(tmp_path / "onnx", int8=int8).encode_texts(["left lung nodule"])
+        for int8 in (False, True)
+    ]
     # And an interpreter that sees only the standard library, the package and what the runtime
     # provides (boto3/botocore), so nothing leaks in from this machine's environment
     runtime = tmp_path / "runtime"
@@ -93,9 +96,12 @@ def test_given_built_package_alone_then_handler_imports_and_encodes_like_the_dev
         import numpy as np
         import lambdas.search_api.handler
         from medsearch.model.onnx_encoder import load_onnx_encoder
-        vector = load_onnx_encoder({str(tmp_path / "onnx")!r}, int8=True).encode_texts(
-            ["left lung nodule"])
-        np.save({str(tmp_path / "vector.npy")!r}, vector)
+        vectors = [
+            load_onnx_encoder({str(tmp_path / "onnx")!r}, int8=int8).encode_texts(
+                ["left lung nodule"])
+            for int8 in (False, True)
+        ]
+        np.save({str(tmp_path / "vector.npy")!r}, np.stack(vectors))
         for name in ("torch", "transformers", "tantivy", "faiss"):
             try:
                 __import__(name)
@@ -112,4 +118,4 @@ def test_given_built_package_alone_then_handler_imports_and_encodes_like_the_dev
     assert result.returncode == 0, result.stderr[-3000:]
     import numpy as np
 
-    np.testing.assert_allclose(np.load(tmp_path / "vector.npy"), expected, atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "vector.npy"), np.stack(expected), atol=1e-4)

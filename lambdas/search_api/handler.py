@@ -3,8 +3,9 @@
 The app is the same one ``medsearch serve`` runs, with the OpenSearch engine and the ONNX encoder
 (no torch in this function's package). Settings are read once per container from ``MEDSEARCH_*``
 (:class:`~medsearch.settings.ServiceSettings`); the service is built on the first request that
-needs it: the ONNX export named by ``MEDSEARCH_MODEL`` (an ``s3://`` prefix) is downloaded once
-into ``/tmp`` and the OpenSearch client is made with the function role's credentials (SigV4).
+needs it: the ONNX files named by ``MEDSEARCH_MODEL`` (an ``s3://`` prefix; the configured
+precision only) are downloaded once into ``/tmp``, and the OpenSearch client is made with the
+function role's credentials (SigV4).
 Behind a named API Gateway stage the stage becomes the app's root path, so links and ``/docs``
 carry it; ``MEDSEARCH_ROOT_PATH`` overrides that. Logs are Powertools JSON with the request's
 correlation id, which is also returned as ``x-request-id``.
@@ -12,7 +13,6 @@ correlation id, which is also returned as ``x-request-id``.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from medsearch.api import build_service, create_app
 from medsearch.constants import LAMBDA_MODEL_DIR, PROJECT
 from medsearch.errors import ConfigError
 from medsearch.index.opensearch import OpenSearchIndex
+from medsearch.model.onnx_encoder import download_export
 from medsearch.search import SearchService
 from medsearch.settings import ServiceSettings, load_settings
 
@@ -56,14 +57,11 @@ def make_client(settings: ServiceSettings) -> Any:
 
 
 def local_model(settings: ServiceSettings, cache: Path) -> ServiceSettings:
-    """Download an ``s3://`` model prefix once per container; return settings naming the copy.
-
-    The copy's folder is named after the URI, so a changed ``MEDSEARCH_MODEL`` never reuses it.
-    """
+    """Fetch an ``s3://`` model's ONNX files (the configured precision only) once per container;
+    return settings naming the local copy."""
     if not settings.model or not storage.is_s3(settings.model):
         return settings
-    key = hashlib.sha256(settings.model.rstrip("/").encode()).hexdigest()[:16]
-    folder = storage.download_prefix(settings.model, cache / key)
+    folder = download_export(settings.model, cache, int8=settings.onnx_int8)
     return settings.model_copy(update={"model": str(folder)})
 
 

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from medsearch import storage
-from medsearch.errors import ConfigError, InvalidInputError, NotFoundError
+from medsearch.errors import ConfigError, InvalidInputError, NotFoundError, StorageError
 from medsearch.vectors import normalize
 
 log = logging.getLogger(__name__)
@@ -282,6 +283,42 @@ def find_export(folder: str | os.PathLike[str]) -> Path:
     raise ConfigError(f"{path} holds no ONNX export ({MANIFEST_FILE}): run medsearch export-onnx")
 
 
+def download_export(url: str, cache_dir: Path, *, int8: bool = False) -> Path:
+    """Fetch from an ``s3://`` export (the prefix or its ``onnx/`` subfolder) only the files an
+    encoder of the chosen precision needs, once; return the local folder.
+
+    A full export holds both precisions (hundreds of MB for a ViT-B/32), more than a Lambda's
+    default /tmp should take; the folder is staged and renamed, so a half download is redone.
+    """
+    base = url.rstrip("/")
+    key = hashlib.sha256(f"{base}|{'int8' if int8 else 'fp32'}".encode()).hexdigest()[:16]
+    dest = cache_dir / key
+    if (dest / ".complete").exists():
+        return dest
+    towers = (TEXT_MODEL_INT8, VISION_MODEL_INT8) if int8 else (TEXT_MODEL, VISION_MODEL)
+    for root in (base, f"{base}/onnx"):
+        try:
+            manifest = storage.read_bytes(f"{root}/{MANIFEST_FILE}")
+        except StorageError:
+            continue
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{key}."))
+        try:
+            (staging / MANIFEST_FILE).write_bytes(manifest)
+            for name in (TOKENIZER_FILE, PREPROCESS_FILE, *towers):
+                (staging / name).write_bytes(storage.read_bytes(f"{root}/{name}"))
+            (staging / ".complete").write_text(root)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log.info("downloaded the %s ONNX encoder from %s", "int8" if int8 else "fp32", root)
+        return dest
+    raise NotFoundError(f"no ONNX export ({MANIFEST_FILE}) under {url} or {base}/onnx")
+
+
 def load_onnx_encoder(
     source: str | os.PathLike[str],
     *,
@@ -289,15 +326,14 @@ def load_onnx_encoder(
     cache_dir: Path | None = None,
     threads: int | None = None,
 ) -> OnnxEncoder:
-    """Load an ONNX export from a folder or an ``s3://`` prefix (downloaded once into a cache).
+    """Load an ONNX export from a folder or an ``s3://`` prefix (fetched once into a cache).
 
     The default cache is under the system temporary folder, the one writable place on Lambda.
     """
     location = str(source)
     if storage.is_s3(location):
         cache = cache_dir or Path(tempfile.gettempdir()) / "medsearch-onnx"
-        key = hashlib.sha256(location.rstrip("/").encode()).hexdigest()[:16]
-        folder = storage.download_prefix(location, cache / key)
+        folder = download_export(location, cache, int8=int8)
     else:
-        folder = Path(location).expanduser()
-    return OnnxEncoder(find_export(folder), int8=int8, threads=threads)
+        folder = find_export(Path(location).expanduser())
+    return OnnxEncoder(folder, int8=int8, threads=threads)

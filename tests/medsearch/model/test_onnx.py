@@ -19,7 +19,7 @@ from PIL import Image
 
 from medsearch import cli, storage
 from medsearch.data.manifest import read_manifest
-from medsearch.errors import ConfigError, NotFoundError
+from medsearch.errors import ConfigError, NotFoundError, StorageError
 from medsearch.model.encoder import TorchEncoder, load_encoder
 from medsearch.model.loading import load_clip
 from medsearch.model.onnx_encoder import (
@@ -260,10 +260,32 @@ def test_given_s3_prefix_when_loaded_then_downloaded_once_and_encoding(
     storage.upload_dir(onnx_dir, f"s3://{s3_bucket}/models/run-1/onnx")
     first = load_onnx_encoder(f"s3://{s3_bucket}/models/run-1/onnx/", cache_dir=tmp_path)
     assert first.encode_texts(["ct"]).shape == (1, first.dim)
+    # Only the files of the chosen precision are fetched
+    assert sorted(p.name for p in first.folder.iterdir()) == sorted(
+        [".complete", "text.onnx", "vision.onnx", TOKENIZER_FILE, PREPROCESS_FILE, MANIFEST_FILE]
+    )
+    # The training job's model prefix (export in its onnx/ subfolder) works too
+    int8 = load_onnx_encoder(f"s3://{s3_bucket}/models/run-1", int8=True, cache_dir=tmp_path)
+    assert {"text.int8.onnx", "vision.int8.onnx"} <= {p.name for p in int8.folder.iterdir()}
+    assert not (int8.folder / "text.onnx").exists()
     # A second load uses the cached copy: nothing is fetched even after the objects are gone.
     storage.set_object_store(_EmptyStore())
     second = load_onnx_encoder(f"s3://{s3_bucket}/models/run-1/onnx", cache_dir=tmp_path)
     assert second.folder == first.folder
+    with pytest.raises(NotFoundError, match="no ONNX export"):
+        storage.set_object_store(_MissingStore())
+        load_onnx_encoder(f"s3://{s3_bucket}/models/other", cache_dir=tmp_path)
+
+
+class _MissingStore:
+    def get(self, bucket: str, key: str) -> bytes:
+        raise StorageError(f"cannot read s3://{bucket}/{key}: NoSuchKey")
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        raise AssertionError("no object should be written")
+
+    def list(self, bucket: str, prefix: str) -> Iterator[str]:
+        return iter(())
 
 
 class _EmptyStore:

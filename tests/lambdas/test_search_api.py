@@ -282,3 +282,21 @@ def test_given_torch_unimportable_then_handler_imports_and_serves_a_vector_searc
     )
     # Then it works without torch
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_given_torch_blocked_and_no_settings_then_the_handler_module_still_imports() -> None:
+    # `python -c "import lambdas.search_api.handler"` in an interpreter where torch cannot load
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'transformers'}:\n"
+        "            raise ImportError(name + ' is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import lambdas.search_api.handler\n"
+    )
+    env = {"PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", blocker], capture_output=True, text=True, cwd=REPO, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

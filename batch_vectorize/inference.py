@@ -27,23 +27,26 @@ from medsearch.batch_transform import (
 logging.getLogger("medsearch").setLevel(logging.INFO)
 
 
-def model_fn(model_dir: str) -> TransformModel:
-    """Load the encoder from the model folder a training job wrote."""
+def model_fn(model_dir: str, context: Any = None) -> TransformModel:
+    """Load the encoder from the model folder a training job wrote (``context``: newer
+    toolkits pass one; unused)."""
     return load_transform_model(model_dir, TransformConfig.from_environ(os.environ))
 
 
-def input_fn(body: bytes | str, content_type: str) -> list[InputLine]:
+def input_fn(body: bytes | str, content_type: str, context: Any = None) -> list[InputLine]:
     """Parse a JSON Lines request body into input lines (bad lines become error lines)."""
     check_content_type(content_type)
     return parse_lines(body)
 
 
-def predict_fn(data: list[InputLine], model: TransformModel) -> list[dict[str, Any]]:
+def predict_fn(
+    data: list[InputLine], model: TransformModel, context: Any = None
+) -> list[dict[str, Any]]:
     """Embed the lines' images in batches; one output row per input line, same order."""
     return embed_lines(data, model)
 
 
-def output_fn(prediction: list[dict[str, Any]], accept: str) -> str:
+def output_fn(prediction: list[dict[str, Any]], accept: str, context: Any = None) -> str:
     """Serialise the rows as JSON Lines."""
     check_content_type(accept)
     return to_jsonlines(prediction)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,49 @@ def history_metric_lines(history: Sequence[Mapping[str, Any]]) -> Iterator[str]:
             value = (val.get(section) or {}).get(key)
             if value is not None:
                 yield format_metric(f"validation:{name}", value, epoch=epoch)
+
+
+class HistoryFollower:
+    """Emits each epoch's metric lines as soon as the training loop writes ``history.jsonl``.
+
+    ``train()`` writes the history (atomically) after every epoch; following it from a thread
+    gives SageMaker one timestamped point per epoch while the job runs, not all of them at the
+    end. Epochs already emitted are not repeated; leaving the block emits whatever is left.
+    """
+
+    def __init__(self, path: Path, emit: Callable[[str], None], *, interval: float = 5.0) -> None:
+        self.path = path
+        self.emit = emit
+        self.interval = interval
+        self.last_epoch = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="history-follower", daemon=True)
+
+    def poll(self) -> None:
+        """Emit the lines of epochs written since the last poll."""
+        try:
+            text = self.path.read_text()
+        except OSError:
+            return
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        fresh = [row for row in rows if int(row.get("epoch", 0)) > self.last_epoch]
+        for line in history_metric_lines(fresh):
+            self.emit(line)
+        if fresh:
+            self.last_epoch = max(int(row["epoch"]) for row in fresh)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def __enter__(self) -> HistoryFollower:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
 
 
 def report_metric_lines(report: Mapping[str, Any]) -> Iterator[str]:

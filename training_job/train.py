@@ -21,8 +21,8 @@ from pathlib import Path
 from medsearch.constants import EVALUATION_REPORT, ONNX_SUBDIR
 from medsearch.errors import InvalidInputError, MedsearchError
 from medsearch.sagemaker_env import (
+    HistoryFollower,
     TrainingEnv,
-    history_metric_lines,
     parse_hyperparameters,
     report_metric_lines,
     training_config,
@@ -53,6 +53,7 @@ def run(env: TrainingEnv, argv: Sequence[str]) -> None:
     from medsearch.model.encoder import load_encoder
     from medsearch.model.onnx_export import export_onnx
     from medsearch.train import train
+    from medsearch.train.loop import HISTORY
 
     hyperparameters = {**env.hyperparameters, **parse_hyperparameters(argv)}
     with tempfile.TemporaryDirectory(prefix="medsearch-train-") as work:
@@ -62,9 +63,9 @@ def run(env: TrainingEnv, argv: Sequence[str]) -> None:
         if not records:
             raise InvalidInputError(f"{config.data} has no {job.eval_split!r} records to evaluate")
         model_id = job.model_id or env.job_name or f"medsearch-{config.base}"
-        result = train(config)
-        for line in history_metric_lines(result.history):
-            print(line, flush=True)
+        # Metric lines appear as each epoch ends (SageMaker timestamps them as they come).
+        with HistoryFollower(config.out / HISTORY, _print_line):
+            result = train(config)
         # Copied into place (not renamed): SM_MODEL_DIR may be a mount point.
         shutil.copytree(result.out, env.model_dir, dirs_exist_ok=True)
 
@@ -75,13 +76,17 @@ def run(env: TrainingEnv, argv: Sequence[str]) -> None:
     env.output_data_dir.mkdir(parents=True, exist_ok=True)
     (env.output_data_dir / EVALUATION_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     for line in report_metric_lines(report):
-        print(line, flush=True)
+        _print_line(line)
 
     onnx_dir = env.model_dir / ONNX_SUBDIR
     export_onnx(
         encoder.bundle, onnx_dir, int8=job.int8, exporter=job.onnx_exporter, model_id=model_id
     )
     log.info("model, ONNX encoders and report written (%s)", model_id)
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -208,3 +208,32 @@ def test_given_every_metric_name_then_its_regex_reads_its_line_and_no_other() ->
         regex = next(d["Regex"] for d in METRIC_DEFINITIONS if d["Name"] == name)
         assert float(re.search(regex, line).group(1)) == pytest.approx(0.123457)  # type: ignore[union-attr]
     assert re.search(METRIC_DEFINITIONS[1]["Regex"], format_metric("train:loss", 2.5e-7))
+
+
+def test_given_history_written_per_epoch_then_follower_emits_each_epoch_once(
+    tmp_path: Path,
+) -> None:
+    from medsearch.sagemaker_env import HistoryFollower
+
+    lines: list[str] = []
+    path = tmp_path / "history.jsonl"
+    follower = HistoryFollower(path, lines.append, interval=3600)
+    follower.poll()  # nothing written yet
+    rows = [{"epoch": 0, "loss": None, "lr": 0.0}, {"epoch": 1, "loss": 0.9, "lr": 1e-3}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    follower.poll()
+    assert lines == [
+        format_metric("epoch", 1, epoch=1),
+        format_metric("train:loss", 0.9, epoch=1),
+        format_metric("train:learning_rate", 1e-3, epoch=1),
+    ]
+    rows.append({"epoch": 2, "loss": 0.5, "lr": 5e-4, "val": {"text_to_image": {"r@10": 0.4}}})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with follower:  # leaving the block polls a last time
+        pass
+    assert lines[3:] == [
+        format_metric("epoch", 2, epoch=2),
+        format_metric("train:loss", 0.5, epoch=2),
+        format_metric("train:learning_rate", 5e-4, epoch=2),
+        format_metric("validation:text_to_image_r@10", 0.4, epoch=2),
+    ]

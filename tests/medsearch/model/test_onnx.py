@@ -334,3 +334,17 @@ def test_given_unknown_exporter_then_config_error(tiny_model_dir: Path, tmp_path
     with pytest.raises(ConfigError, match="exporter"):
         export_onnx(str(tiny_model_dir), tmp_path / "x", exporter="magic")
     assert not (tmp_path / "x").exists()
+
+
+def test_given_dynamo_export_failing_then_torchscript_takes_over(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medsearch.model import onnx_export
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("graph break")
+
+    monkeypatch.setattr(onnx_export, "_export_dynamo", refuse)
+    manifest = export_onnx(str(tiny_model_dir), tmp_path / "out")
+    assert manifest.exporter == "torchscript"
+    assert OnnxEncoder(tmp_path / "out").encode_texts(["ct"]).shape == (1, manifest.dim)

@@ -1,4 +1,4 @@
-"""The boto3 adapter behind :class:`medsearch.storage.ObjectStore` (imported only for s3:// URLs)."""
+"""The boto3 adapter behind :class:`medsearch.storage.ObjectStore`, imported only for s3:// URLs."""
 
 from __future__ import annotations
 

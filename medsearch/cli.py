@@ -340,6 +340,43 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate-search", help="score the text, vector and hybrid modes of an index on a query set"
+    )
+    p.add_argument("--index", required=True, help="index folder (or s3:// prefix)")
+    p.add_argument("--model", required=True, help="the model the index was built with")
+    p.add_argument("--queries", required=True, help="queries.jsonl with relevance judgments")
+    p.add_argument("--alpha", type=float, default=0.5, help="hybrid weight of the vector score")
+    p.add_argument("-k", type=int, default=10, help="cut-off of nDCG@k and R@k")
+    p.add_argument("--out", type=Path, default=None, help="also write the report as JSON")
+    p.set_defaults(func=_run_evaluate_search)
+
+
+def _run_evaluate_search(args: argparse.Namespace) -> int:
+    import json
+
+    from medsearch import storage
+    from medsearch.api import build_service
+    from medsearch.data.queries import read_queries
+    from medsearch.search_eval import evaluate_search
+    from medsearch.settings import load_settings
+
+    service = build_service(load_settings(index_dir=str(args.index), model=args.model))
+    report = evaluate_search(service, read_queries(args.queries), alpha=args.alpha, k=args.k)
+    print(f"{report['queries']} queries, k={report['k']}, hybrid alpha {report['alpha']:g}")
+    for mode, row in report["modes"].items():
+        print(
+            f"{mode:<7} nDCG@{args.k} {row[f'ndcg@{args.k}']:.4f}  R@{args.k} "
+            f"{row[f'r@{args.k}']:.4f}  captionless found {row['captionless_found']}"
+            f"/{row['captionless_relevant']}"
+        )
+    if args.out is not None:
+        storage.write_text(args.out, json.dumps(report, indent=2) + "\n")
+        print(f"report: {args.out}")
+    return 0
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the API and the web page")
     p.add_argument("--index", required=True, help="index folder (or s3:// prefix)")
@@ -369,7 +406,9 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="synth → train → evaluate → vectorize → index → serve")
+    p = sub.add_parser(
+        "demo", help="synth → train → evaluate → vectorize → index → evaluate-search → serve"
+    )
     p.add_argument("--workdir", type=Path, default=Path("demo"))
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -399,6 +438,7 @@ _COMMANDS = (
     _add_export_onnx,
     _add_index,
     _add_search,
+    _add_evaluate_search,
     _add_serve,
     _add_demo,
 )

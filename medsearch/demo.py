@@ -1,4 +1,4 @@
-"""The one-command demo: synth → train → evaluate → vectorize → index → serve.
+"""The one-command demo: synth → train → evaluate → vectorize → index → evaluate-search → serve.
 
 Each step is the same ``medsearch`` subcommand a user would run, so the demo exercises the real
 pipeline. A step leaves a marker only once it has succeeded; a rerun skips finished steps and
@@ -47,6 +47,11 @@ class DemoLayout:
         return self.workdir / "reports" / "test.json"
 
     @property
+    def search_report(self) -> Path:
+        """The search modes' scores on the corpus's query set."""
+        return self.workdir / "reports" / "search.json"
+
+    @property
     def vectors(self) -> Path:
         """The image vectors of the whole corpus."""
         return self.workdir / "vectors"
@@ -83,7 +88,7 @@ STEPS: tuple[Step, ...] = (
             "evaluate", "--model", str(d.model), "--data", str(d.manifest),
             "--split", "test", "--out", str(d.report),
         ],
-        lambda d: d.report.parent,
+        lambda d: d.report,
     ),
     Step(
         "vectorize",
@@ -96,6 +101,12 @@ STEPS: tuple[Step, ...] = (
         lambda d: ["index", "--data", str(d.manifest), "--vectors", str(d.vectors),
                    "--index", str(d.index)],
         lambda d: d.index,
+    ),
+    Step(
+        "evaluate-search",
+        lambda d: ["evaluate-search", "--index", str(d.index), "--model", str(d.model),
+                   "--queries", str(d.corpus / "queries.jsonl"), "--out", str(d.search_report)],
+        lambda d: d.search_report,
     ),
 )  # fmt: skip
 

@@ -175,6 +175,24 @@ def full_pool_metrics(
     }
 
 
+def graded_metrics(top: np.ndarray, grades: np.ndarray, *, k: int = QUERY_K) -> tuple[float, float]:
+    """Return (nDCG@k, R@k) of one ranking: ``top`` = grades of its first k hits, ``grades`` = all.
+
+    The one definition of the query-set metrics, shared by model evaluation (rankings by vector)
+    and search evaluation (rankings by an engine).
+    """
+    top = np.asarray(top, dtype=np.float64)[:k]
+    grades = np.asarray(grades, dtype=np.float64)
+    n_relevant = int((grades > 0).sum())
+    if n_relevant == 0:
+        raise ValueError("a ranking without any relevant item has no nDCG")
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = float(np.sum((2.0**top - 1.0) * discounts[: top.size]))
+    ideal = np.sort(grades)[::-1][:k]
+    idcg = float(np.sum((2.0**ideal - 1.0) * discounts[: ideal.size]))
+    return dcg / idcg, float((top > 0).sum()) / min(n_relevant, k)
+
+
 def query_metrics(
     query_vectors: np.ndarray,
     image_vectors: np.ndarray,
@@ -204,13 +222,9 @@ def query_metrics(
         scores = images @ vector
         # Primary key: score descending; ties put lower grades first (conservative), then index.
         order = np.lexsort((np.arange(len(grades)), grades, -scores))[:k]
-        top = grades[order]
-        discounts = 1.0 / np.log2(np.arange(2, top.size + 2))
-        dcg = float(np.sum((2.0**top - 1.0) * discounts))
-        ideal = np.sort(grades)[::-1][:k]
-        idcg = float(np.sum((2.0**ideal - 1.0) * discounts[: ideal.size]))
-        ndcgs.append(dcg / idcg)
-        recalls.append(float((top > 0).sum()) / min(n_relevant, k))
+        ndcg, recall = graded_metrics(grades[order], grades, k=k)
+        ndcgs.append(ndcg)
+        recalls.append(recall)
     skipped = len(relevances) - len(ndcgs)
     if skipped:
         log.info("%d of %d queries have no relevant image here; skipped", skipped, len(relevances))

@@ -36,7 +36,7 @@ def test_given_local_path_when_written_then_read_back_and_no_temp_left(tmp_path:
 
 
 def test_given_missing_file_when_read_then_storage_error_names_it(tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match="nope.txt"):
+    with pytest.raises(StorageError, match=r"nope\.txt"):
         storage.read_bytes(tmp_path / "nope.txt")
 
 

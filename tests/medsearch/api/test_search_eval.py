@@ -1,0 +1,55 @@
+"""Search evaluation: each mode's rankings scored against graded judgments."""
+
+from __future__ import annotations
+
+import pytest
+
+from medsearch.data.queries import Query
+from medsearch.errors import InvalidInputError
+from medsearch.search import SearchService
+from medsearch.search_eval import evaluate_search
+
+RED = {"red-01": 1, "red-02": 1, "red-03": 1, "red-04": 1}
+
+
+def test_given_colour_query_when_evaluated_then_only_vectors_find_captionless_images(
+    service: SearchService,
+) -> None:
+    # Given a query no caption contains, whose relevant images include two captionless ones
+    report = evaluate_search(service, [Query("red", RED)], k=10)
+    modes = report["modes"]
+    # Then BM25 finds nothing and the colour vectors find all four, captionless ones included
+    assert modes["text"] == {
+        "ndcg@10": 0.0,
+        "r@10": 0.0,
+        "captionless_found": 0,
+        "captionless_relevant": 2,
+    }
+    assert modes["vector"]["r@10"] == 1.0
+    assert modes["vector"]["ndcg@10"] == 1.0
+    assert modes["vector"]["captionless_found"] == 2
+
+
+def test_given_graded_text_query_when_evaluated_then_ndcg_matches_hand_computation(
+    service: SearchService,
+) -> None:
+    # Given "knee meniscus" with one image graded 2 and one graded 1; only blue-02 says meniscus,
+    # blue-01 says "meniscal" (the English stemmer does not join them), so BM25 ranks blue-02 only
+    relevance = {"blue-02": 1, "blue-01": 2}
+    report = evaluate_search(service, [Query("meniscus", relevance)], modes=["text"], k=10)
+    row = report["modes"]["text"]
+    # Then DCG = (2^1 - 1)/log2(2) = 1, ideal = 3/1 + 1/log2(3), and one of two relevant is found
+    ideal = 3.0 + 1.0 / 1.584962500721156
+    assert row["ndcg@10"] == pytest.approx(1.0 / ideal, abs=1e-4)
+    assert row["r@10"] == 0.5
+
+
+def test_given_judgments_outside_the_index_when_evaluated_then_they_are_ignored(
+    service: SearchService,
+) -> None:
+    queries = [Query("red", {**RED, "not-indexed": 2}), Query("ghost", {"nowhere": 1})]
+    report = evaluate_search(service, queries, modes=["vector"])
+    assert report["queries"] == 1
+    assert report["modes"]["vector"]["r@10"] == 1.0
+    with pytest.raises(InvalidInputError, match="no query"):
+        evaluate_search(service, [Query("ghost", {"nowhere": 1})])

@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from medsearch import storage
-from medsearch._s3 import Boto3Store
 from medsearch.errors import StorageError
-
-
-@pytest.fixture
-def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A moto S3 bucket installed as the object store."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="corpus")
-        storage.set_object_store(Boto3Store(client))
-        yield "corpus"
-        storage.set_object_store(None)
 
 
 def test_given_local_path_when_written_then_read_back_and_no_temp_left(tmp_path: Path) -> None:

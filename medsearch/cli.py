@@ -349,6 +349,7 @@ def _add_evaluate_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", required=True, help="queries.jsonl with relevance judgments")
     p.add_argument("--alpha", type=float, default=0.5, help="hybrid weight of the vector score")
     p.add_argument("-k", type=int, default=10, help="cut-off of nDCG@k and R@k")
+    p.add_argument("--sweep", action="store_true", help="also score hybrid at alpha 0, 0.1, …, 1")
     p.add_argument("--out", type=Path, default=None, help="also write the report as JSON")
     p.set_defaults(func=_run_evaluate_search)
 
@@ -359,18 +360,24 @@ def _run_evaluate_search(args: argparse.Namespace) -> int:
     from medsearch import storage
     from medsearch.api import build_service
     from medsearch.data.queries import read_queries
-    from medsearch.search_eval import evaluate_search
+    from medsearch.search_eval import ALPHA_SWEEP, evaluate_search
     from medsearch.settings import load_settings
 
     service = build_service(load_settings(index_dir=str(args.index), model=args.model))
-    report = evaluate_search(service, read_queries(args.queries), alpha=args.alpha, k=args.k)
+    sweep = ALPHA_SWEEP if args.sweep else ()
+    queries = read_queries(args.queries)
+    report = evaluate_search(service, queries, alpha=args.alpha, k=args.k, sweep=sweep)
     print(f"{report['queries']} queries, k={report['k']}, hybrid alpha {report['alpha']:g}")
-    for mode, row in report["modes"].items():
+    rows = [(mode, row) for mode, row in report["modes"].items()]
+    rows += [(f"α={a}", row) for a, row in report.get("alpha_sweep", {}).items()]
+    for name, row in rows:
         print(
-            f"{mode:<7} nDCG@{args.k} {row[f'ndcg@{args.k}']:.4f}  R@{args.k} "
+            f"{name:<7} nDCG@{args.k} {row[f'ndcg@{args.k}']:.4f}  R@{args.k} "
             f"{row[f'r@{args.k}']:.4f}  captionless found {row['captionless_found']}"
             f"/{row['captionless_relevant']}"
         )
+    if "best_alpha" in report:
+        print(f"best hybrid alpha on these queries: {report['best_alpha']:g}")
     if args.out is not None:
         storage.write_text(args.out, json.dumps(report, indent=2) + "\n")
         print(f"report: {args.out}")

@@ -105,7 +105,8 @@ STEPS: tuple[Step, ...] = (
     Step(
         "evaluate-search",
         lambda d: ["evaluate-search", "--index", str(d.index), "--model", str(d.model),
-                   "--queries", str(d.corpus / "queries.jsonl"), "--out", str(d.search_report)],
+                   "--queries", str(d.corpus / "queries.jsonl"), "--sweep",
+                   "--out", str(d.search_report)],
         lambda d: d.search_report,
     ),
 )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Retrieval metrics: the seed's in-batch MRR@k and the real full-pool R@k / MRR@k / median rank.
+"""Retrieval metrics: the classic in-batch MRR@k and the real full-pool R@k / MRR@k / median rank.
 
 The metric functions work on unit vectors (numpy only), so they import without torch;
 :func:`evaluate_model` runs an :class:`~medsearch.vectors.Encoder` over manifest records and
@@ -18,7 +18,7 @@ Rules every metric here follows (and the brute-force reference in the tests re-i
 * **Captionless items** are left out of text pools and text queries: text→image ranks every image
   (captionless ones are distractors), image→text ranks only captioned texts and only captioned
   images ask.
-* **In-batch** (the seed's protocol): captioned items in record order, cut into consecutive batches
+* **In-batch** (the classic protocol): captioned items in record order, cut into consecutive batches
   of ``batch_size`` (the last may be smaller); each image ranks the captions of its own batch;
   MRR@k is the mean over all images (so a small last batch weighs by its size).
 * **Query sets**: nDCG@10 with exponential gain ``2**grade - 1`` and discount ``log2(rank + 1)``;
@@ -112,7 +112,7 @@ def in_batch_mrr(
     batch_size: int = IN_BATCH_SIZE,
     ks: Sequence[int] = IN_BATCH_KS,
 ) -> dict[str, Any]:
-    """Return the seed's table: image→caption MRR@k within consecutive batches of paired rows.
+    """Return the classic table: image→caption MRR@k within consecutive batches of paired rows.
 
     Row i of both arrays is one captioned item; ``groups`` (from :func:`caption_groups`) marks
     identical captions, which count as relevant to each other.

@@ -64,6 +64,33 @@ def _judge(service: SearchService, queries: Sequence[Query]) -> list[_Judged]:
     return judged
 
 
+# Hybrid weights tried by the sweep: which alpha suits a corpus depends on how good its captions
+# and its model are, so the report shows the whole curve rather than one point.
+ALPHA_SWEEP = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def _score_mode(
+    service: SearchService, judged: Sequence[_Judged], mode: str, alpha: float, k: int
+) -> dict[str, Any]:
+    """Score one mode (at one alpha) over the judged queries."""
+    ndcgs, recalls, silent_found, silent_total = [], [], 0, 0
+    for query in judged:
+        response = service.search(query.text, mode=mode, alpha=alpha, k=k)
+        ranked = [hit.image_id for hit in response.results]
+        top = np.array([query.relevance.get(image_id, 0.0) for image_id in ranked])
+        ndcg, recall = graded_metrics(top, np.array(list(query.relevance.values())), k=k)
+        ndcgs.append(ndcg)
+        recalls.append(recall)
+        silent_found += len(query.captionless.intersection(ranked))
+        silent_total += min(len(query.captionless), k)
+    return {
+        f"ndcg@{k}": round(float(np.mean(ndcgs)), 4),
+        f"r@{k}": round(float(np.mean(recalls)), 4),
+        "captionless_found": silent_found,
+        "captionless_relevant": silent_total,
+    }
+
+
 def evaluate_search(
     service: SearchService,
     queries: Sequence[Query],
@@ -71,31 +98,24 @@ def evaluate_search(
     modes: Sequence[str] = SEARCH_MODES,
     alpha: float = 0.5,
     k: int = QUERY_K,
+    sweep: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Return nDCG@k, R@k and captionless hits per mode over a query set.
 
     Only images the index holds are judged; queries with no relevant image there are skipped.
+    With ``sweep``, hybrid is also scored at each of those alphas (``alpha_sweep``), and
+    ``best_alpha`` names the one with the highest R@k — a guide for choosing the weight, measured
+    on the same queries, so not an unbiased estimate of it.
     """
     judged = _judge(service, queries)
     if not judged:
         raise InvalidInputError("no query has a relevant image in this index")
     report: dict[str, Any] = {"queries": len(judged), "k": k, "alpha": alpha, "modes": {}}
     for mode in modes:
-        ndcgs, recalls, silent_found, silent_total = [], [], 0, 0
-        for query in judged:
-            response = service.search(query.text, mode=mode, alpha=alpha, k=k)
-            ranked = [hit.image_id for hit in response.results]
-            top = np.array([query.relevance.get(image_id, 0.0) for image_id in ranked])
-            ndcg, recall = graded_metrics(top, np.array(list(query.relevance.values())), k=k)
-            ndcgs.append(ndcg)
-            recalls.append(recall)
-            silent_found += len(query.captionless.intersection(ranked))
-            silent_total += min(len(query.captionless), k)
-        report["modes"][mode] = {
-            f"ndcg@{k}": round(float(np.mean(ndcgs)), 4),
-            f"r@{k}": round(float(np.mean(recalls)), 4),
-            "captionless_found": silent_found,
-            "captionless_relevant": silent_total,
-        }
+        report["modes"][mode] = _score_mode(service, judged, mode, alpha, k)
         log.info("search mode %s: %s", mode, report["modes"][mode])
+    if sweep:
+        curve = {f"{a:g}": _score_mode(service, judged, "hybrid", a, k) for a in sweep}
+        report["alpha_sweep"] = curve
+        report["best_alpha"] = float(max(curve, key=lambda a: (curve[a][f"r@{k}"], -float(a))))
     return report

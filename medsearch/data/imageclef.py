@@ -1,11 +1,11 @@
-"""Importer for the ImageCLEF 2017 Caption Prediction data (the seed's data) into a manifest.
+"""Importer for the ImageCLEF 2017 Caption Prediction data (the reference data set) into a manifest.
 
 The tree has ``training/``, ``validation/`` and ``test/`` folders. Each holds tab-separated
 ``image_id<TAB>caption`` files (``*.csv``/``*.txt``/``*.tsv``; concept-detection files, whose
 names mention "concept", are ignored) and nested image folders, where an image is found by its
 file stem (= ``image_id``).
 
-The seed's resplit is reproduced:
+The reference resplit is reproduced:
 
 - the original ``validation`` folder becomes ``test``;
 - the original ``training`` folder is shuffled with a seeded RNG (ids sorted first, so the result
@@ -13,7 +13,7 @@ The seed's resplit is reproduced:
   ``validation = round(n / 10)``: 16,461 of 164,614 at full size, leaving 148,153 to train;
 - the caption-less ``test`` folder becomes captionless records **without a split**: they are
   indexed and searchable by vector, but neither trained on nor evaluated (as ``test`` they would
-  add 10,000 caption-less distractors to the seed's test pool and change its protocol).
+  add 10,000 caption-less distractors to the reference test pool and change its protocol).
 
 Every record keeps ``source_split`` (the original folder) as metadata. Images missing on disk,
 invalid or duplicate ids are left out and reported (``<manifest stem>.bad_records.jsonl``), never
@@ -126,7 +126,7 @@ def read_captions(path: Path) -> list[tuple[str, str, str]]:
 
 
 def import_imageclef(root: Path, out: Path, seed: int = 42) -> ImportResult:
-    """Turn an ImageCLEF 2017 caption-prediction tree into a manifest with the seed's resplit."""
+    """Turn an ImageCLEF 2017 caption-prediction tree into a manifest with the reference resplit."""
     root, out = Path(root), Path(out)
     folders = {name: root / name for name in SOURCE_FOLDERS}
     if not any(folder.is_dir() for folder in folders.values()):

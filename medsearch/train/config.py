@@ -1,7 +1,8 @@
 """Training configuration: one typed dataclass, read from a JSON/YAML file and flags (flags win).
 
-Fields left unset take the defaults of the chosen base: the seed's best run for pretrained CLIPs
-(batch 64, lr 5e-5, 10 epochs, 50k samples per epoch) or the tuned settings of the tiny model.
+Fields left unset take the defaults of the chosen base: the reference fine-tuning run for
+pretrained CLIPs (batch 64, lr 5e-5, 10 epochs, 50k samples per epoch) or the tuned settings of
+the tiny model.
 This module imports no torch, so the CLI can validate a configuration instantly.
 """
 
@@ -133,7 +134,7 @@ class TrainConfig:
         }
 
 
-# Pretrained bases: the seed's best run.
+# Pretrained bases: the reference fine-tuning run.
 PRETRAINED_DEFAULTS: dict[str, Any] = {
     "epochs": 10,
     "batch_size": 64,

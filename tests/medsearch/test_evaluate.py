@@ -396,7 +396,7 @@ def test_given_an_exact_encoder_when_evaluate_model_then_the_issue_shape_and_per
     bad: list[BadRecord] = []
     # When
     report = evaluate_model(OracleEncoder(), records, batch_size=4, bad=bad)
-    # Then exactly the issue's keys (no "queries" without a query set)
+    # Then exactly the report's documented keys (no "queries" without a query set)
     assert set(report) == ISSUE_KEYS
     assert report["model"] == "oracle" and report["split"] == "test" and report["n"] == 6
     assert set(report["in_batch"]) == {"batch_size", "mrr@1", "mrr@3", "mrr@5", "mrr@10", "mrr@20"}

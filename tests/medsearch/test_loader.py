@@ -1,6 +1,6 @@
 """The index loader core: batch-transform output in moto S3 → the OpenSearch engine (fake cluster).
 
-Covers the loader acceptance of issue 4: a run killed midway and rerun gives exactly the
+Covers what the loader promises: a run killed midway and rerun gives exactly the
 manifest's documents; a 429 storm ends with every document indexed; malformed lines and unknown
 ids are reported, not fatal.
 """

@@ -575,7 +575,11 @@ def run_server(
 
     sock = _listen(host, port)
     try:
-        config = uvicorn.Config(app, log_level="info", access_log=False, lifespan="off")
+        # Keep idle connections longer than clients and proxies do (browsers, load balancers:
+        # about 60 s), so the server never closes one just as a client reuses it for a request.
+        config = uvicorn.Config(
+            app, log_level="info", access_log=False, lifespan="off", timeout_keep_alive=75
+        )
         if on_ready is not None:
             on_ready(_url(sock))
         uvicorn.Server(config).run(sockets=[sock])

@@ -26,7 +26,7 @@ browser:
 demo: install
 	$(BIN)/medsearch demo --port $(PORT)
 
-test: install browser
+test: install browser lambda-package
 	$(BIN)/python -m pytest -q
 
 test-fast: install

@@ -8,13 +8,18 @@ Snowball English (Porter2) stemming. Porter2 is also what :data:`OPENSEARCH_ANAL
 OpenSearch for (``stemmer`` filter, language ``porter2``), so both engines index the same terms
 for ordinary captions; they can still differ on tokens the standard tokenizer keeps whole
 (``3.5cm``, ``e-mail``), which a simple split breaks apart.
+
+tantivy is imported only where the tantivy analyzer is built, so :data:`OPENSEARCH_ANALYSIS`
+(all an OpenSearch index creator needs) imports without it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import tantivy
+if TYPE_CHECKING:
+    import tantivy
 
 ANALYZER_NAME = "medsearch_en"
 MAX_TOKEN_BYTES = 255
@@ -46,6 +51,8 @@ OPENSEARCH_ANALYSIS: dict[str, Any] = {
 
 def build_analyzer() -> tantivy.TextAnalyzer:
     """Return the tantivy analyzer for captions and caption queries (see the module docstring)."""
+    import tantivy
+
     return (
         tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
         .filter(tantivy.Filter.remove_long(MAX_TOKEN_BYTES))
@@ -56,9 +63,12 @@ def build_analyzer() -> tantivy.TextAnalyzer:
     )
 
 
-_ANALYZER = build_analyzer()
+@cache
+def _shared_analyzer() -> tantivy.TextAnalyzer:
+    """Build the analyzer once, on first use, for :func:`analyze`."""
+    return build_analyzer()
 
 
 def analyze(text: str) -> list[str]:
     """Return the index terms of a text, in order, duplicates kept (a ``match`` query's clauses)."""
-    return list(_ANALYZER.analyze(text))
+    return list(_shared_analyzer().analyze(text))

@@ -15,11 +15,6 @@ def write_history(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     storage.write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def read_history(path: Path) -> list[dict[str, Any]]:
-    """Read a history written by :func:`write_history`."""
-    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
-
-
 def plot_history(rows: Sequence[dict[str, Any]], out: Path) -> Path:
     """Draw training loss and validation text→image R@k per epoch into a PNG."""
     import matplotlib

@@ -18,6 +18,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -405,19 +406,11 @@ class SearchService:
         started = time.perf_counter()
         mode = validate_mode(mode or self.default_mode, TEXT_MODES)
         text = validate_query(q)
-        alpha, k, offset = validate_alpha(alpha), validate_k(k), validate_offset(offset)
-        cleaned = self.check_filters(filters)
+        page = self._page(alpha, k, offset, filters)
         vector = None
         if mode in ("vector", "hybrid"):
             vector = self._encoder(mode).encode_texts([text])[0]
-        query = SearchQuery(
-            text=text if mode in ("text", "hybrid") else None,
-            vector=vector,
-            alpha=alpha,
-            k=k,
-            offset=offset,
-            filters=cleaned,
-        )
+        query = replace(page, text=text if mode in ("text", "hybrid") else None, vector=vector)
         return self._run(query, mode=mode, shown_query=text, image_id=None, started=started)
 
     def similar(
@@ -435,21 +428,17 @@ class SearchService:
         itself is never a result."""
         started = time.perf_counter()
         mode = validate_mode(mode, SIMILAR_MODES)
-        alpha, k, offset = validate_alpha(alpha), validate_k(k), validate_offset(offset)
+        page = self._page(alpha, k, offset, filters)
         document = self._document(image_id)
-        cleaned = self.check_filters(filters)
         if document.vector is None:
             raise InvalidInputError(
                 f"image {image_id!r} has no vector, so it cannot be searched by similarity"
             )
         text = document.caption if mode == "image_text" else None
-        query = SearchQuery(
+        query = replace(
+            page,
             text=text,
             vector=np.asarray(document.vector, dtype=np.float32),
-            alpha=alpha,
-            k=k,
-            offset=offset,
-            filters=cleaned,
             exclude_ids=frozenset({document.image_id}),
         )
         return self._run(query, mode=mode, shown_query=text, image_id=image_id, started=started)
@@ -470,18 +459,29 @@ class SearchService:
 
         started = time.perf_counter()
         text = validate_query(q) if q is not None and q.strip() else None
-        alpha, k, offset = validate_alpha(alpha), validate_k(k), validate_offset(offset)
+        page = self._page(alpha, k, offset, filters)
         payload = validate_upload(data)
-        cleaned = self.check_filters(filters)
         encoder = self._encoder("upload")
         image = decode_image(payload, name=_display_name(filename))
-        vector = encoder.encode_images([image])[0]
-        query = SearchQuery(
-            text=text, vector=vector, alpha=alpha, k=k, offset=offset, filters=cleaned
-        )
+        query = replace(page, text=text, vector=encoder.encode_images([image])[0])
         return self._run(query, mode="upload", shown_query=text, image_id=None, started=started)
 
     # --- internals ---
+
+    def _page(
+        self,
+        alpha: object,
+        k: object,
+        offset: object,
+        filters: Mapping[str, Iterable[str]] | Iterable[tuple[str, str]] | None,
+    ) -> SearchQuery:
+        """Validate what every mode shares into a query still without its text and vector."""
+        return SearchQuery(
+            alpha=validate_alpha(alpha),
+            k=validate_k(k),
+            offset=validate_offset(offset),
+            filters=self.check_filters(filters),
+        )
 
     def _encoder(self, mode: str) -> Encoder:
         if self.encoder is None:

@@ -454,6 +454,21 @@
     return chosen.map((k) => [k, String(meta[k])]);
   }
 
+  // Fill a card's or a banner's metadata row: a chip per summarised field, then the image id.
+  function appendMetaChips(row, metadata, id) {
+    for (const [k, v] of metadataSummary(metadata)) {
+      const chip = document.createElement("span");
+      chip.className = "chip";
+      chip.title = `${humanize(k)}: ${v}`;
+      chip.textContent = v;
+      row.append(chip);
+    }
+    const idChip = document.createElement("span");
+    idChip.className = "image-id";
+    idChip.textContent = id;
+    row.append(idChip);
+  }
+
   function renderCard(hit, rank) {
     const node = el.template.content.firstElementChild.cloneNode(true);
     const id = String(hit.image_id);
@@ -490,23 +505,12 @@
       caption.textContent = hit.caption;
       caption.title = hit.caption;
     }
-    const meta = node.querySelector(".meta");
-    for (const [k, v] of metadataSummary(hit.metadata)) {
-      const chip = document.createElement("span");
-      chip.className = "chip";
-      chip.title = `${humanize(k)}: ${v}`;
-      chip.textContent = v;
-      meta.append(chip);
-    }
-    const idChip = document.createElement("span");
-    idChip.className = "image-id";
-    idChip.textContent = id;
-    meta.append(idChip);
+    appendMetaChips(node.querySelector(".meta"), hit.metadata, id);
 
     const score = node.querySelector(".score");
     score.textContent = `#${rank} · score ${fmt(hit.score, 3) ?? "—"}`;
     const parts = [];
-    const bm25 = hit.bm25_score ?? hit.text_score;
+    const bm25 = hit.bm25_score;
     const t = fmt(bm25, 2);
     const v = fmt(hit.vector_score, 3);
     if (t !== null) parts.push(`BM25 ${t}`);
@@ -596,17 +600,7 @@
         caption.classList.toggle("muted", !rec.caption);
         if (rec.image_url && img) img.src = apiUrl(rec.image_url);
         if (img) img.alt = rec.caption ? `Query image: ${rec.caption}` : `Query image ${id} (no caption)`;
-        for (const [k, v] of metadataSummary(rec.metadata)) {
-          const chip = document.createElement("span");
-          chip.className = "chip";
-          chip.title = humanize(k);
-          chip.textContent = v;
-          meta.append(chip);
-        }
-        const idChip = document.createElement("span");
-        idChip.className = "image-id";
-        idChip.textContent = id;
-        meta.append(idChip);
+        appendMetaChips(meta, rec.metadata, id);
       })
       .catch(() => {});
     return wrap;

@@ -5,7 +5,9 @@ Session-scoped where building is the cost (corpus, model), so the whole suite pa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,23 @@ def medpix_dir() -> Path:
     if not (MEDPIX / "manifest.jsonl").is_file():
         pytest.skip(f"MedPix data set not found at {MEDPIX}")
     return MEDPIX
+
+
+def _run_python_without(blocked: set[str], code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter where importing any of ``blocked`` fails."""
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {sorted(blocked)!r}:\n"
+        "            raise ImportError(f'{name} is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    return subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True)
+
+
+@pytest.fixture
+def python_without() -> Callable[[set[str], str], subprocess.CompletedProcess[str]]:
+    """Run Python code in a subprocess whose imports of the named top-level packages fail, so a
+    test proves a module imports without them (torch in the Lambda, boto3 in the core)."""
+    return _run_python_without

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -146,22 +144,18 @@ def test_given_config_file_and_flag_when_cli_trains_then_flag_wins_and_file_fill
     assert used["data"] == str(synth_corpus)
 
 
-def test_given_torch_blocked_when_config_loaded_and_cli_parsed_then_no_torch_needed() -> None:
+def test_given_torch_blocked_when_config_loaded_and_cli_parsed_then_no_torch_needed(
+    python_without,
+) -> None:
     # The CLI validates a configuration before importing torch, and the ONNX encoder's package
     # (medsearch.model) must import in a Lambda without torch.
     code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in {'torch', 'transformers'}:\n"
-        "            raise ImportError(name)\n"
-        "sys.meta_path.insert(0, Block())\n"
         "import medsearch.model\n"
         "from medsearch.cli import build_parser\n"
         "from medsearch.train import load_train_config\n"
         "build_parser().parse_args(['train', '--data', 'm', '--out', 'o', '--epochs', '2'])\n"
         "print(load_train_config(None, {'data': 'm', 'out': 'o', 'epochs': 2}).epochs)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = python_without({"torch", "transformers"}, code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "2"

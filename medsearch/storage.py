@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -120,9 +120,10 @@ def write_text(url: str | os.PathLike[str], text: str) -> None:
     write_bytes(url, text.encode("utf-8"))
 
 
-def download_prefix(url: str, dest: Path) -> Path:
+def download_prefix(url: str, dest: Path, *, names: Collection[str] | None = None) -> Path:
     """Copy every object under an ``s3://`` prefix into ``dest`` once; later calls reuse it.
 
+    ``names`` limits the copy to those keys (relative to the prefix), each of which must exist.
     A ``.complete`` marker is written last, so an interrupted download is redone, not trusted.
     """
     marker = dest / ".complete"
@@ -135,18 +136,22 @@ def download_prefix(url: str, dest: Path) -> Path:
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     count = 0
     store = object_store()
-    for key in store.list(bucket, prefix):
-        relative = key[len(prefix) :]
-        if not relative or relative.endswith("/"):
-            continue
-        target = staging / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(store.get(bucket, key))
-        count += 1
-    if count == 0:
+    keys = store.list(bucket, prefix) if names is None else (prefix + name for name in names)
+    try:
+        for key in keys:
+            relative = key[len(prefix) :]
+            if not relative or relative.endswith("/"):
+                continue
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(store.get(bucket, key))
+            count += 1
+        if count == 0:
+            raise StorageError(f"nothing found under {url}")
+        (staging / ".complete").write_text(url)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        raise StorageError(f"nothing found under {url}")
-    (staging / ".complete").write_text(url)
+        raise
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(staging, dest)

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -298,22 +297,11 @@ def download_export(url: str, cache_dir: Path, *, int8: bool = False) -> Path:
     towers = (TEXT_MODEL_INT8, VISION_MODEL_INT8) if int8 else (TEXT_MODEL, VISION_MODEL)
     for root in (base, f"{base}/onnx"):
         try:
-            manifest = storage.read_bytes(f"{root}/{MANIFEST_FILE}")
+            storage.read_bytes(f"{root}/{MANIFEST_FILE}")
         except StorageError:
             continue
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{key}."))
-        try:
-            (staging / MANIFEST_FILE).write_bytes(manifest)
-            for name in (TOKENIZER_FILE, PREPROCESS_FILE, *towers):
-                (staging / name).write_bytes(storage.read_bytes(f"{root}/{name}"))
-            (staging / ".complete").write_text(root)
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(staging, dest)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        names = (MANIFEST_FILE, TOKENIZER_FILE, PREPROCESS_FILE, *towers)
+        storage.download_prefix(root, dest, names=names)
         log.info("downloaded the %s ONNX encoder from %s", "int8" if int8 else "fp32", root)
         return dest
     raise NotFoundError(f"no ONNX export ({MANIFEST_FILE}) under {url} or {base}/onnx")

@@ -58,3 +58,28 @@ def test_given_empty_prefix_when_downloaded_then_error_and_no_cache(
     with pytest.raises(StorageError, match="nothing found"):
         storage.download_prefix(f"s3://{s3_bucket}/absent", tmp_path / "cache" / "m")
     assert not (tmp_path / "cache" / "m").exists()
+
+
+def test_given_names_when_prefix_downloaded_then_only_those_and_missing_one_is_an_error(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for name in ("a.json", "b.bin", "sub/c.txt"):
+        (src / name).write_text(name)
+    storage.upload_dir(src, f"s3://{s3_bucket}/model")
+
+    dest = storage.download_prefix(
+        f"s3://{s3_bucket}/model", tmp_path / "cache" / "m", names=["a.json", "sub/c.txt"]
+    )
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        ".complete",
+        "a.json",
+        "sub/c.txt",
+    ]
+    # A listed name that is absent fails the whole copy and leaves nothing half-written behind.
+    with pytest.raises(StorageError, match=r"missing\.bin"):
+        storage.download_prefix(
+            f"s3://{s3_bucket}/model", tmp_path / "cache" / "n", names=["a.json", "missing.bin"]
+        )
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["m"]

@@ -334,7 +334,6 @@ def create_app(
     if settings.root_path:
         app.add_middleware(StagePath, root_path=settings.root_path)
     app.state.service_provider = LazyService(factory)
-    app.state.settings = settings
     _add_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -514,9 +513,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail: Any = exc.detail
         if exc.status_code == 413:
-            detail = (
-                f"request body too large: uploads are limited to {MAX_UPLOAD_BYTES} bytes (10 MB)"
-            )
+            detail = _TOO_LARGE
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)

@@ -59,6 +59,8 @@ FIELD_REFRESH_SECONDS = 5.0
 _WHITESPACE_CONTROLS = {"\t": " ", "\n": " ", "\r": " "}
 
 ImageUrl = Callable[[Document], str | None]
+# Filters as callers give them: a mapping, or the (name, value) pairs of a query string.
+RawFilters = Mapping[str, Iterable[str]] | Iterable[tuple[str, str]] | None
 
 
 # --- response models -----------------------------------------------------------------------------
@@ -167,7 +169,7 @@ def validate_mode(mode: object, allowed: Sequence[str]) -> str:
 
 
 def clean_filters(
-    filters: Mapping[str, Iterable[str]] | Iterable[tuple[str, str]] | None,
+    filters: RawFilters,
 ) -> dict[str, list[str]]:
     """Group raw filters into field -> values, dropping empty values and bounding their size.
 
@@ -334,9 +336,7 @@ class SearchService:
         assert self._fields is not None
         return self._fields
 
-    def check_filters(
-        self, filters: Mapping[str, Iterable[str]] | Iterable[tuple[str, str]] | None
-    ) -> dict[str, list[str]]:
+    def check_filters(self, filters: RawFilters) -> dict[str, list[str]]:
         """Return cleaned filters, or raise naming unknown fields (a typo must not mean 0 hits)."""
         cleaned = clean_filters(filters)
         if not cleaned:
@@ -400,7 +400,7 @@ class SearchService:
         alpha: float = DEFAULT_ALPHA,
         k: int = DEFAULT_K,
         offset: int = 0,
-        filters: Mapping[str, Iterable[str]] | Iterable[tuple[str, str]] | None = None,
+        filters: RawFilters = None,
     ) -> SearchResponse:
         """Search by text: ``text`` (BM25), ``vector`` (CLIP text vector) or ``hybrid``."""
         started = time.perf_counter()
@@ -421,7 +421,7 @@ class SearchService:
         alpha: float = DEFAULT_ALPHA,
         k: int = DEFAULT_K,
         offset: int = 0,
-        filters: Mapping[str, Iterable[str]] | Iterable[tuple[str, str]] | None = None,
+        filters: RawFilters = None,
     ) -> SearchResponse:
         """Find images like a corpus image: its stored vector (``image``), plus its caption as BM25
         query (``image_text``; a captionless image falls back to the vector alone); the image
@@ -452,7 +452,7 @@ class SearchService:
         alpha: float = DEFAULT_ALPHA,
         k: int = DEFAULT_K,
         offset: int = 0,
-        filters: Mapping[str, Iterable[str]] | Iterable[tuple[str, str]] | None = None,
+        filters: RawFilters = None,
     ) -> SearchResponse:
         """Search with an uploaded JPEG/PNG/DICOM image; optional text ``q`` makes it hybrid."""
         from medsearch.data.images import decode_image
@@ -473,7 +473,7 @@ class SearchService:
         alpha: object,
         k: object,
         offset: object,
-        filters: Mapping[str, Iterable[str]] | Iterable[tuple[str, str]] | None,
+        filters: RawFilters,
     ) -> SearchQuery:
         """Validate what every mode shares into a query still without its text and vector."""
         return SearchQuery(

@@ -128,25 +128,30 @@ def _base_bundle(config: TrainConfig, train_records: list[Record]) -> ClipBundle
     return load_clip(config.base)
 
 
-def validation_metrics(
-    encoder: TorchEncoder, records: list[Record], *, strict: bool, bad: list[BadRecord]
+def _validate(
+    encoder: TorchEncoder, records: list[Record], config: TrainConfig, bad: dict[str, str]
 ) -> dict[str, Any] | None:
-    """Full-pool R@k (both directions) and the in-batch table of the model on validation."""
+    """Full-pool R@k (both directions) and the in-batch table on validation; skips go to bad."""
+    skipped: list[BadRecord] = []
     try:
-        report = evaluate_model(encoder, records, strict=strict, bad=bad)
+        report: dict[str, Any] | None = evaluate_model(
+            encoder, records, strict=config.strict, bad=skipped
+        )
     except InvalidInputError as exc:
         log.warning("validation skipped: %s", exc)
+        report = None
+    bad.update({b.image_id: b.reason for b in skipped})
+    if report is None:
         return None
     return {key: report[key] for key in ("text_to_image", "image_to_text", "in_batch")}
 
 
-def _validate(
+def _baseline_row(
     encoder: TorchEncoder, records: list[Record], config: TrainConfig, bad: dict[str, str]
-) -> dict[str, Any] | None:
-    skipped: list[BadRecord] = []
-    metrics = validation_metrics(encoder, records, strict=config.strict, bad=skipped)
-    bad.update({b.image_id: b.reason for b in skipped})
-    return metrics
+) -> dict[str, Any]:
+    """Epoch 0: the untrained base, the baseline every later epoch is compared against."""
+    metrics = _validate(encoder, records, config, bad)
+    return {"epoch": 0, "loss": None, "lr": 0.0, "val": metrics, "time_s": 0.0}
 
 
 def _batches(loader: torch.utils.data.DataLoader, *, desc: str) -> Iterator[Any]:
@@ -228,9 +233,7 @@ def _train(config: TrainConfig) -> TrainResult:
         start_epoch = int(state["epoch"])
         log.info("resuming from %s (epoch %d of %d)", latest, start_epoch, config.epochs)
     elif config.eval_each_epoch and val_records:
-        # Epoch 0: the untrained base, the baseline every later epoch is compared against.
-        metrics = _validate(encoder, val_records, config, bad)
-        history.append({"epoch": 0, "loss": None, "lr": 0.0, "val": metrics, "time_s": 0.0})
+        history.append(_baseline_row(encoder, val_records, config, bad))
 
     dataset = PairDataset(
         train_records, bundle.image_processor, augment=bool(config.augment), seed=config.seed
@@ -360,8 +363,7 @@ def _finish(
 ) -> TrainResult:
     out = Path(config.out)
     if epochs == 0 and config.eval_each_epoch and val_records:
-        metrics = _validate(encoder, val_records, config, bad)
-        history = [{"epoch": 0, "loss": None, "lr": 0.0, "val": metrics, "time_s": 0.0}]
+        history = [_baseline_row(encoder, val_records, config, bad)]
     bundle.model.cpu()
     save_clip(bundle, out)
     write_history(out / HISTORY, history)

@@ -59,7 +59,7 @@ SEARCH_API_PACKAGE_DIR: Final = "build/search_api"
 
 METRIC_MARKER: Final = "[metric]"
 # One metric per line, e.g. ``[metric] train:loss=0.4213 epoch=3``; the epoch part is optional.
-METRIC_LINE: Final = "[metric] {name}={value:.6g}"
+METRIC_LINE: Final = METRIC_MARKER + " {name}={value:.6g}"
 _NUMBER: Final = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 
 # Every metric the training job prints; names use only [a-z0-9:@_.] so they are valid in
@@ -88,7 +88,7 @@ METRIC_NAMES: Final = (
 
 def metric_regex(name: str) -> str:
     """Return the regex whose first group captures ``name``'s value in a metric line."""
-    return r"\[metric\] " + re.escape(name) + "=" + _NUMBER
+    return re.escape(METRIC_MARKER) + " " + re.escape(name) + "=" + _NUMBER
 
 
 # What `Estimator(metric_definitions=...)` takes.

@@ -17,14 +17,13 @@ import numpy as np
 
 from medsearch.errors import InvalidInputError, NotFoundError
 from medsearch.evaluate import QUERY_K, graded_metrics
+from medsearch.search import DEFAULT_ALPHA, TEXT_MODES
 
 if TYPE_CHECKING:
     from medsearch.data.queries import Query
     from medsearch.search import SearchService
 
 log = logging.getLogger(__name__)
-
-SEARCH_MODES = ("text", "vector", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -95,8 +94,8 @@ def evaluate_search(
     service: SearchService,
     queries: Sequence[Query],
     *,
-    modes: Sequence[str] = SEARCH_MODES,
-    alpha: float = 0.5,
+    modes: Sequence[str] = TEXT_MODES,
+    alpha: float = DEFAULT_ALPHA,
     k: int = QUERY_K,
     sweep: Sequence[float] = (),
 ) -> dict[str, Any]:
@@ -115,7 +114,13 @@ def evaluate_search(
         report["modes"][mode] = _score_mode(service, judged, mode, alpha, k)
         log.info("search mode %s: %s", mode, report["modes"][mode])
     if sweep:
-        curve = {f"{a:g}": _score_mode(service, judged, "hybrid", a, k) for a in sweep}
+        # The hybrid row already scored the report's own alpha; the sweep reuses it.
+        curve = {
+            f"{a:g}": report["modes"]["hybrid"]
+            if a == alpha and "hybrid" in report["modes"]
+            else _score_mode(service, judged, "hybrid", a, k)
+            for a in sweep
+        }
         report["alpha_sweep"] = curve
         report["best_alpha"] = float(max(curve, key=lambda a: (curve[a][f"r@{k}"], -float(a))))
     return report

@@ -53,3 +53,20 @@ def test_given_judgments_outside_the_index_when_evaluated_then_they_are_ignored(
     assert report["modes"]["vector"]["r@10"] == 1.0
     with pytest.raises(InvalidInputError, match="no query"):
         evaluate_search(service, [Query("ghost", {"nowhere": 1})])
+
+
+def test_given_a_sweep_when_evaluated_then_each_alpha_scores_as_a_hybrid_run_at_that_alpha(
+    service: SearchService,
+) -> None:
+    # Given a query set, evaluated with the default alpha plus a sweep that includes it
+    queries = [Query("red", RED), Query("meniscus", {"blue-02": 1, "blue-01": 2})]
+    report = evaluate_search(service, queries, k=10, sweep=(0.0, 0.5, 1.0))
+    curve = report["alpha_sweep"]
+    # Then every point equals a plain hybrid evaluation at that alpha (the report's own alpha
+    # included, whose row is shared with the hybrid mode), and the best alpha is one of them
+    assert set(curve) == {"0", "0.5", "1"}
+    assert curve["0.5"] == report["modes"]["hybrid"]
+    for key, alpha in (("0", 0.0), ("0.5", 0.5), ("1", 1.0)):
+        alone = evaluate_search(service, queries, modes=["hybrid"], alpha=alpha, k=10)
+        assert curve[key] == alone["modes"]["hybrid"]
+    assert f"{report['best_alpha']:g}" in curve

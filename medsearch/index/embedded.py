@@ -207,7 +207,8 @@ class _Generation:
     schema: tantivy.Schema | None
     row_of: dict[str, int] = field(default_factory=dict)
     postings: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
-    facet_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Every metadata field's values with their document counts, most common first.
+    value_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     any_captioned_without_vector: bool = False
 
     @property
@@ -283,9 +284,9 @@ def _read_generation(gen_dir: Path) -> _Generation:
             for term in set(metadata_terms(value)):
                 postings.setdefault((key, term), []).append(row)
     gen.postings = {key: np.asarray(rows, dtype=np.int64) for key, rows in postings.items()}
-    for name in meta.get("facet_fields", []):
-        counts = {term: len(rows) for (key, term), rows in postings.items() if key == name}
-        gen.facet_counts[name] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    # One pass over the postings, most common value first, ties by value.
+    for (key, term), rows in sorted(postings.items(), key=lambda kv: (-len(kv[1]), kv[0][1])):
+        gen.value_counts.setdefault(key, {})[term] = len(rows)
     gen.any_captioned_without_vector = any(
         caption is not None and row_vector[row] < 0 for row, caption in enumerate(captions)
     )
@@ -531,16 +532,8 @@ class EmbeddedIndex:
         them, exactly those fields (an unknown field has no values).
         """
         gen = self._gen
-        if fields is None:
-            return {name: dict(counts) for name, counts in gen.facet_counts.items()}
-        result: dict[str, dict[str, int]] = {}
-        for name in fields:
-            if name in gen.facet_counts:
-                result[name] = dict(gen.facet_counts[name])
-                continue
-            counts = {term: len(rows) for (key, term), rows in gen.postings.items() if key == name}
-            result[name] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-        return result
+        names = gen.meta.get("facet_fields", []) if fields is None else fields
+        return {name: dict(gen.value_counts.get(name, {})) for name in names}
 
     def search(self, query: SearchQuery) -> SearchPage:
         """Rank documents for a text, vector or hybrid query (see :class:`SearchPage` for total)."""

@@ -172,10 +172,14 @@ def test_facets_skip_free_text_ids_and_numbers(tmp_path: Path) -> None:
     assert facets["sex"] == {"female": 30, "male": 30}
     assert facets["tags"] == {"a": 60, "b": 40}
     assert facets["urgent"] == {"false": 48, "true": 12}
+    assert list(facets["urgent"]) == ["false", "true"]  # most common first
     # and configured facet fields win; any field can still be filtered on.
     index = build_index(tmp_path / "conf", docs, config=EmbeddedConfig(facet_fields=("case_id",)))
     assert set(index.facets()) == {"case_id"}
     assert index.facets(["age_text"])["age_text"]["20"] == 9
+    # (ages 20-23 have 9 documents, 24-26 have 8: most common first, ties by value)
+    assert list(index.facets(["age_text"])["age_text"]) == [str(a) for a in range(20, 27)]
+    assert index.facets(["nothing"]) == {"nothing": {}}
     page = index.search(SearchQuery(text="caption", filters={"age": ["7"], "sex": ["male"]}))
     assert [h.image_id for h in page.hits] == ["p07"]
 

@@ -8,7 +8,18 @@ import sys
 import pytest
 
 # Modules of the request path: they must import in a Lambda that has neither torch nor boto3.
-TORCH_FREE = ["medsearch.storage", "medsearch.vectors", "medsearch.data.manifest", "medsearch.cli"]
+TORCH_FREE = [
+    "medsearch.storage",
+    "medsearch.vectors",
+    "medsearch.data.manifest",
+    "medsearch.cli",
+    "medsearch.settings",
+    "medsearch.search",
+    "medsearch.search_eval",
+    "medsearch.api",
+    "medsearch.index.embedded",
+    "medsearch.index.opensearch",
+]
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)

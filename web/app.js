@@ -914,8 +914,8 @@
   async function loadHealth() {
     try {
       const h = await api("health");
-      const count = h.documents ?? h.document_count ?? h.count;
-      const model = h.model_id ?? h.model;
+      const count = h.documents;
+      const model = h.model;
       const bits = [];
       if (typeof count === "number") bits.push(`${count.toLocaleString()} images`);
       // A model given as a folder path shows as its last part; the full id is in the tooltip.

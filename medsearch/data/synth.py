@@ -627,7 +627,6 @@ _QUERY_MODALITY = {
     "MRI": ("MRI", "MR"),
     "ultrasound": ("ultrasound",),
 }
-_QUERY_FINDING = {"nodule": "nodule", "fracture": "fracture", "effusion": "effusion"}
 _QUERY_PLACE = {
     "chest": "lung",
     "head": "brain",

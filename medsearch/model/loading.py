@@ -30,7 +30,6 @@ from medsearch.errors import ConfigError, NotFoundError, StorageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE = "openai/clip-vit-base-patch32"
 # A Hugging Face repository id: "name" or "owner/name", nothing path-like.
 _HF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 

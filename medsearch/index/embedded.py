@@ -551,21 +551,23 @@ class EmbeddedIndex:
         excluded = [gen.row_of[i] for i in query.exclude_ids if i in gen.row_of]
         end = query.offset + query.k
 
+        text_query = (
+            self._text_query(gen, text, filters, query.exclude_ids) if text is not None else None
+        )
+
         if text is not None and query.vector is None:
-            text_hits, total = self._text_top(gen, text, end, filters, query.exclude_ids)
+            text_hits, total = self._text_top(gen, text_query, end)
             hits = [Hit(i, s, text_score=s) for i, s in text_hits]
         elif text is None:
             vector_hits, total = self._vector_top(gen, vector, end, filters, excluded)
             hits = [Hit(i, s, vector_score=s) for i, s in vector_hits]
         else:
             n = query.candidates
-            text_hits, text_total = self._text_top(gen, text, n, filters, query.exclude_ids)
+            text_hits, text_total = self._text_top(gen, text_query, n)
             vector_hits, vector_total = self._vector_top(gen, vector, n, filters, excluded)
             hits = fuse(text_hits, vector_hits, alpha, limit=end)
             # Union of both match sets: every vector document, plus text matches without one.
-            total = vector_total + self._count_text_without_vector(
-                gen, text, filters, query.exclude_ids, text_total
-            )
+            total = vector_total + self._count_text_without_vector(gen, text_query, text_total)
         return SearchPage(hits=hits[query.offset : end], total=total)
 
     # writes
@@ -612,7 +614,6 @@ class EmbeddedIndex:
         text: str,
         filters: Filters,
         exclude_ids: Iterable[str],
-        extra_term: str | None = None,
     ) -> tantivy.Query | None:
         terms = analyze(text)
         if not terms or gen.schema is None:
@@ -636,8 +637,6 @@ class EmbeddedIndex:
                     ]
                 )
             )
-        if extra_term is not None:
-            musts.append(tantivy.Query.term_query(schema, "filter", extra_term))
         # Filters restrict, they do not score: a constant 0 keeps BM25 scores untouched.
         clauses.extend((tantivy.Occur.Must, tantivy.Query.const_score_query(q, 0.0)) for q in musts)
         clauses.extend(
@@ -649,9 +648,8 @@ class EmbeddedIndex:
         return tantivy.Query.boolean_query(clauses)
 
     def _text_top(
-        self, gen: _Generation, text: str, n: int, filters: Filters, exclude_ids: Iterable[str]
+        self, gen: _Generation, query: tantivy.Query | None, n: int
     ) -> tuple[list[tuple[str, float]], int]:
-        query = self._text_query(gen, text, filters, exclude_ids)
         if query is None or gen.searcher is None:
             return [], 0
         result = gen.searcher.search(query, limit=n, count=True)
@@ -667,18 +665,19 @@ class EmbeddedIndex:
         return scored, _match_count(result)
 
     def _count_text_without_vector(
-        self,
-        gen: _Generation,
-        text: str,
-        filters: Filters,
-        exclude_ids: Iterable[str],
-        text_total: int,
+        self, gen: _Generation, text_query: tantivy.Query | None, text_total: int
     ) -> int:
         if text_total == 0 or not gen.any_captioned_without_vector or gen.searcher is None:
             return 0
-        query = self._text_query(gen, text, filters, exclude_ids, extra_term=_NO_VECTOR_TERM)
-        if query is None:
+        if text_query is None or gen.schema is None:
             return 0
+        no_vector = tantivy.Query.term_query(gen.schema, "filter", _NO_VECTOR_TERM)
+        query = tantivy.Query.boolean_query(
+            [
+                (tantivy.Occur.Must, text_query),
+                (tantivy.Occur.Must, tantivy.Query.const_score_query(no_vector, 0.0)),
+            ]
+        )
         return _match_count(gen.searcher.search(query, limit=1, count=True))
 
     def _allowed_vectors(

@@ -71,10 +71,15 @@ def _read_text(path: Path) -> str:
         return data.decode("latin-1")
 
 
-def _is_caption_file(path: Path) -> bool:
+def _sample_lines(path: Path) -> list[str]:
+    """Return the first non-empty lines of a candidate id or caption file ([] if not one)."""
     if path.suffix.lower() not in CAPTION_SUFFIXES or "concept" in path.name.lower():
-        return False
-    lines = [line for line in _read_text(path).splitlines()[:20] if line.strip()]
+        return []
+    return [line for line in _read_text(path).splitlines()[:20] if line.strip()]
+
+
+def _is_caption_file(path: Path) -> bool:
+    lines = _sample_lines(path)
     return bool(lines) and all("\t" in line for line in lines)
 
 
@@ -89,11 +94,7 @@ def find_id_lists(folder: Path) -> list[Path]:
     """Return plain id lists (one image id per line, no tab) under a folder, e.g. a test list."""
     found = []
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.suffix.lower() not in CAPTION_SUFFIXES:
-            continue
-        if "concept" in path.name.lower():
-            continue
-        lines = [line for line in _read_text(path).splitlines()[:20] if line.strip()]
+        lines = _sample_lines(path) if path.is_file() else []
         if lines and not any("\t" in line for line in lines):
             found.append(path)
     return found

@@ -92,7 +92,7 @@ def index_manifest(
     started = time.perf_counter()
     records = read_manifest(manifest)
     ids, matrix, meta = read_vectors(Path(vectors))
-    model_id = meta.get("model") or meta.get("model_id")
+    model_id = meta.get("model")
     known = {r.image_id for r in records}
     with_vector = set(ids) & known
     built, result = build_index_with_result(

@@ -49,7 +49,6 @@ class ServiceSettings(BaseSettings):
     opensearch_auth: Literal["sigv4", "basic", "none"] = "sigv4"
     opensearch_service: Literal["es", "aoss"] = "es"
     aws_region: str | None = None
-    log_level: str = "INFO"
 
     @field_validator("cors_origins", mode="before")
     @classmethod

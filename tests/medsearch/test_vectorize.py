@@ -23,11 +23,13 @@ DIM = 8
 class HashEncoder:
     """A deterministic torch-free encoder: vectors are hashes of pixels or text (plus a seed)."""
 
-    def __init__(self, model_id: str = "hash-model", seed: int = 0) -> None:
+    def __init__(
+        self, model_id: str = "hash-model", seed: int = 0, fail_after: int | None = None
+    ) -> None:
         self._model_id = model_id
         self.seed = seed
         self.images_encoded = 0
-        self.fail_after: int | None = None  # images, to simulate an interruption
+        self.fail_after = fail_after  # images, to simulate an interruption
 
     @property
     def model_id(self) -> str:
@@ -76,6 +78,12 @@ def make_manifest(folder: Path, n_good: int, *, bad: bool = True, start: int = 0
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return manifest
+
+
+def interrupt_run(records: Sequence[Record], out: Path, *, after: int) -> None:
+    """Start a run in batches of 2 that dies (as on Ctrl-C) before encoding past ``after``."""
+    with pytest.raises(KeyboardInterrupt):
+        vectorize(HashEncoder(fail_after=after), records, out, batch_size=2)
 
 
 def test_given_the_hash_encoder_then_it_follows_the_encoder_protocol() -> None:
@@ -133,10 +141,7 @@ def test_given_an_interrupted_run_when_rerun_then_only_missing_images_are_encode
     # Given a run over 7 images in batches of 2 that dies after 4 images (two batches)
     records = read_manifest(make_manifest(tmp_path / "data", 7, bad=False))
     out = tmp_path / "vectors"
-    dying = HashEncoder()
-    dying.fail_after = 4
-    with pytest.raises(KeyboardInterrupt):
-        vectorize(dying, records, out, batch_size=2)
+    interrupt_run(records, out, after=4)
     assert not (out / "meta.json").exists()  # no finished output after an interruption
     # When
     encoder = HashEncoder()
@@ -204,10 +209,7 @@ def test_given_an_interrupted_run_of_another_model_when_rerun_then_refused(
 ) -> None:
     records = read_manifest(make_manifest(tmp_path / "data", 5, bad=False))
     out = tmp_path / "vectors"
-    dying = HashEncoder()
-    dying.fail_after = 2
-    with pytest.raises(KeyboardInterrupt):
-        vectorize(dying, records, out, batch_size=2)
+    interrupt_run(records, out, after=2)
     with pytest.raises(InvalidInputError, match="unfinished run of another model"):
         vectorize(HashEncoder(seed=3), records, out, batch_size=2)
 

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,16 @@ class _VisionTower(torch.nn.Module):
         return pooled(self.model.get_image_features(pixel_values=pixel_values))
 
 
+@dataclass(frozen=True)
+class _Tower:
+    """One tower to export: the module and the names and dynamic axes of its graph."""
+
+    module: torch.nn.Module
+    input_names: list[str]
+    output_name: str
+    dynamic: dict[str, dict[int, str]]
+
+
 def export_onnx(
     model: str | ClipBundle,
     out: str | os.PathLike[str],
@@ -112,28 +123,21 @@ def export_onnx(
         check_texts = _sample_texts(bundle, ["mri", "x " * 400, "ultrasound of the left kidney"])
         pixels = _sample_pixels(bundle, 2, seed=0)
         check_pixels = _sample_pixels(bundle, 3, seed=1)
-        used = _export_tower(
+        text = _Tower(
             _TextTower(clip),
-            text_inputs,
-            staging / TEXT_MODEL,
-            input_names=list(TEXT_INPUTS),
-            output_name=TEXT_OUTPUT,
-            dynamic={name: {0: "batch", 1: "sequence"} for name in TEXT_INPUTS},
-            opset=opset,
-            exporter=exporter,
+            list(TEXT_INPUTS),
+            TEXT_OUTPUT,
+            {name: {0: "batch", 1: "sequence"} for name in TEXT_INPUTS},
         )
-        _export_tower(
-            _VisionTower(clip),
-            (pixels,),
-            staging / VISION_MODEL,
-            input_names=[VISION_INPUT],
-            output_name=VISION_OUTPUT,
-            dynamic={VISION_INPUT: {0: "batch"}},
-            opset=opset,
-            exporter=used,
+        vision = _Tower(
+            _VisionTower(clip), [VISION_INPUT], VISION_OUTPUT, {VISION_INPUT: {0: "batch"}}
         )
-        _check_tower(_TextTower(clip), check_texts, staging / TEXT_MODEL, list(TEXT_INPUTS))
-        _check_tower(_VisionTower(clip), (check_pixels,), staging / VISION_MODEL, [VISION_INPUT])
+        used = _export_tower(
+            text, text_inputs, staging / TEXT_MODEL, opset=opset, exporter=exporter
+        )
+        _export_tower(vision, (pixels,), staging / VISION_MODEL, opset=opset, exporter=used)
+        _check_tower(text, check_texts, staging / TEXT_MODEL)
+        _check_tower(vision, (check_pixels,), staging / VISION_MODEL)
         if int8:
             quantize_int8(staging / TEXT_MODEL, staging / TEXT_MODEL_INT8)
             quantize_int8(staging / VISION_MODEL, staging / VISION_MODEL_INT8)
@@ -178,43 +182,27 @@ def _sample_pixels(bundle: ClipBundle, n: int, *, seed: int) -> torch.Tensor:
 
 
 def _export_tower(
-    module: torch.nn.Module,
-    inputs: tuple[torch.Tensor, ...],
-    path: Path,
-    *,
-    input_names: list[str],
-    output_name: str,
-    dynamic: dict[str, dict[int, str]],
-    opset: int,
-    exporter: str,
+    tower: _Tower, inputs: tuple[torch.Tensor, ...], path: Path, *, opset: int, exporter: str
 ) -> str:
     """Export one tower; return the exporter that succeeded (dynamo falls back to torchscript)."""
     if exporter == "dynamo":
         try:
-            _export_dynamo(module, inputs, path, input_names, output_name, dynamic, opset)
+            _export_dynamo(tower, inputs, path, opset)
             return "dynamo"
         except Exception as exc:
             log.warning("dynamo ONNX export of %s failed (%s); using torchscript", path.name, exc)
-    _export_torchscript(module, inputs, path, input_names, output_name, dynamic, opset)
+    _export_torchscript(tower, inputs, path, opset)
     return "torchscript"
 
 
-def _export_dynamo(
-    module: torch.nn.Module,
-    inputs: tuple[torch.Tensor, ...],
-    path: Path,
-    input_names: list[str],
-    output_name: str,
-    dynamic: dict[str, dict[int, str]],
-    opset: int,
-) -> None:
+def _export_dynamo(tower: _Tower, inputs: tuple[torch.Tensor, ...], path: Path, opset: int) -> None:
     # Named dims (not Dim.AUTO): if tracing had to specialise an axis, export fails loudly here.
     dims: dict[str, Any] = {}
     shapes = {
         name: {
             axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()
         }
-        for name, axes in dynamic.items()
+        for name, axes in tower.dynamic.items()
     }
     with (
         torch.no_grad(),
@@ -225,10 +213,10 @@ def _export_dynamo(
     ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module,
+            tower.module,
             inputs,
-            input_names=input_names,
-            output_names=[output_name],
+            input_names=tower.input_names,
+            output_names=[tower.output_name],
             dynamic_shapes=shapes,
             opset_version=opset,
             dynamo=True,
@@ -270,39 +258,32 @@ def _quiet(*names: str, level: int = logging.WARNING) -> Iterator[None]:
 
 
 def _export_torchscript(
-    module: torch.nn.Module,
-    inputs: tuple[torch.Tensor, ...],
-    path: Path,
-    input_names: list[str],
-    output_name: str,
-    dynamic: dict[str, dict[int, str]],
-    opset: int,
+    tower: _Tower, inputs: tuple[torch.Tensor, ...], path: Path, opset: int
 ) -> None:
-    axes: dict[str, dict[int, str]] = {**dynamic, output_name: {0: "batch"}}
+    axes: dict[str, dict[int, str]] = {**tower.dynamic, tower.output_name: {0: "batch"}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module,
+            tower.module,
             inputs,
             str(path),
-            input_names=input_names,
-            output_names=[output_name],
+            input_names=tower.input_names,
+            output_names=[tower.output_name],
             dynamic_axes=axes,
             opset_version=opset,
             dynamo=False,
         )
 
 
-def _check_tower(
-    module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: list[str]
-) -> None:
+def _check_tower(tower: _Tower, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
     """Run the exported graph beside torch on new shapes; refuse an export that disagrees."""
     import onnxruntime as ort
 
     with torch.no_grad():
-        expected = module(*inputs).numpy()
+        expected = tower.module(*inputs).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})[0]
+    feed = {n: t.numpy() for n, t in zip(tower.input_names, inputs, strict=True)}
+    got = session.run(None, feed)[0]
     cosine = float(np.min(_cosine_rows(expected, got)))
     if got.shape != expected.shape or cosine < MIN_EXPORT_COSINE:
         raise ConfigError(

@@ -580,7 +580,7 @@ class EmbeddedIndex:
         ``failed`` and the rest are written.
         """
         with self._write_lock, _writer_lock(self.path):
-            current = _load_current(self.path)
+            current = self._live_generation()
             result = _write_merged(self.path, current, documents, (), current.config)
             self._gen = _load_current(self.path)
         return result
@@ -589,7 +589,7 @@ class EmbeddedIndex:
         """Remove documents by image_id, writing a new generation; return how many existed."""
         wanted = {i for i in image_ids if isinstance(i, str)}
         with self._write_lock, _writer_lock(self.path):
-            current = _load_current(self.path)
+            current = self._live_generation()
             existing = [i for i in wanted if i in current.row_of]
             if existing:
                 _write_merged(self.path, current, (), existing, current.config)
@@ -599,6 +599,16 @@ class EmbeddedIndex:
         return len(existing)
 
     # internals
+
+    def _live_generation(self) -> _Generation:
+        """The generation CURRENT names: the one already loaded unless another writer replaced it.
+
+        Called under the writer lock, so CURRENT cannot change meanwhile; generations are
+        immutable, so the loaded one needs no second read.
+        """
+        if _read_current_name(self.path) == self._gen.name:
+            return self._gen
+        return _load_current(self.path)
 
     def _query_vector(self, vector: Any, gen: _Generation) -> np.ndarray:
         array = _check_vector("query", vector, gen.dim)

@@ -101,6 +101,20 @@ def test_readers_keep_their_generation_until_reload(tmp_path: Path) -> None:
     assert reader.reload() is False
 
 
+def test_a_stale_handle_writes_on_top_of_the_newest_generation(tmp_path: Path) -> None:
+    # Given two handles on one folder, one of which has just deleted a document
+    root = tmp_path / "index"
+    build_index(root, corpus())
+    stale = EmbeddedIndex.open(root)
+    EmbeddedIndex.open(root).delete(["d01"])
+    # When the handle that has not reloaded writes
+    stale.upsert([Document("new", "fresh caption", None)])
+    # Then its generation holds the other handle's change too, not its own older view
+    assert stale.get("d01") is None and stale.get("new") is not None
+    assert stale.count() == len(corpus())
+    assert EmbeddedIndex.open(root).ids() == stale.ids()
+
+
 def test_only_the_live_and_previous_generations_are_kept(tmp_path: Path) -> None:
     root = tmp_path / "index"
     index = build_index(root, corpus())

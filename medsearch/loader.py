@@ -88,7 +88,6 @@ class LoaderConfig:
     alias: str = "medsearch"
     run_pattern: str = DEFAULT_RUN_PATTERN
     auto_publish: bool = True
-    keep_indexes: int = 2
     batch_docs: int = 500
 
     def __post_init__(self) -> None:
@@ -490,7 +489,7 @@ class IndexLoader:
                 f"run {run_id}: index {index.name} has {count} documents, reports wrote "
                 f"{status.written}; not publishing"
             )
-        pruned = index.swap_alias(alias, keep=self.config.keep_indexes)
+        pruned = index.swap_alias(alias)  # the index's own config says how many runs to keep
         log.info(
             "published run %s: alias %s -> %s (%d documents); pruned %s",
             run_id,

@@ -84,7 +84,6 @@ class IndexLoaderSettings(BaseSettings):
             alias=self.opensearch_index,
             run_pattern=self.run_pattern,
             auto_publish=self.auto_publish,
-            keep_indexes=self.keep_indexes,
             batch_docs=self.bulk_max_docs,
         )
 

@@ -336,6 +336,16 @@ def test_a_new_run_swaps_the_alias_and_prunes_old_runs(
     assert sorted(cluster.indexes) == ["medsearch-run-2", "medsearch-run-3"]  # keep 2
 
 
+def test_given_engine_keeping_one_index_when_runs_published_then_only_the_live_one_is_left(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    # The engine's keep_indexes (the handler's MEDSEARCH_KEEP_INDEXES) decides the pruning.
+    for run in ("run-1", "run-2"):
+        keys = write_run(s3_bucket, run_id=run)
+        make_loader(cluster, keep_indexes=1).handle(s3_event(s3_bucket, keys))
+    assert sorted(cluster.indexes) == ["medsearch-run-2"]
+
+
 def test_manual_publish_with_force_covers_a_partial_transform(
     s3_bucket: str, cluster: FakeCluster
 ) -> None:

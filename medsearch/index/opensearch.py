@@ -47,6 +47,7 @@ from opensearchpy.helpers.signer import RequestsAWSV4SignerAuth
 
 from medsearch import fusion
 from medsearch.errors import ConfigError, InvalidInputError, SearchIndexError
+from medsearch.index.analysis import ANALYZER_NAME, OPENSEARCH_ANALYSIS
 from medsearch.index.base import (
     MAX_K,
     Document,
@@ -192,10 +193,6 @@ def run_index_name(alias: str, run_id: str) -> str:
 
 def build_index_body(dim: int, config: OpenSearchConfig, *, loading: bool = True) -> dict[str, Any]:
     """Return the settings and mappings of a run index (no replicas, no refresh while loading)."""
-    # Imported here: the analysis module loads tantivy, which only index builders need; the
-    # search path (the API Lambda) never creates an index.
-    from medsearch.index.analysis import ANALYZER_NAME, OPENSEARCH_ANALYSIS
-
     if dim < 1:
         raise InvalidInputError(f"vector dimension must be positive, got {dim}")
     settings: dict[str, Any] = {

@@ -35,7 +35,6 @@ import fnmatch
 import json
 import math
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,15 +43,10 @@ from urllib.parse import unquote
 
 from opensearchpy import Connection, OpenSearch
 
+from medsearch.index.analysis import analyze as _analyze
+
 if TYPE_CHECKING:
     from medsearch.index.opensearch import OpenSearchIndex
-
-try:  # the project's caption analysis (tantivy); a plain split keeps the fake usable without it
-    from medsearch.index.analysis import analyze as _analyze
-except ImportError:  # pragma: no cover
-
-    def _analyze(text: str) -> list[str]:
-        return re.findall(r"[a-z0-9]+", text.lower())
 
 
 K1, B = 1.2, 0.75

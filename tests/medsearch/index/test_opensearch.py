@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -544,9 +546,23 @@ def test_the_opensearch_path_imports_without_heavy_libraries(
     module: str, blocked: set[str]
 ) -> None:
     # The search API Lambda reads through this engine and ships no torch, tantivy or faiss.
-    import subprocess
-    import sys
+    result = _run_blocked(f"import {module}\n", blocked)
+    assert result.returncode == 0, result.stderr
 
+
+def test_given_tantivy_missing_when_a_run_index_body_is_built_then_it_has_the_analysis() -> None:
+    # The index loader Lambda creates run indexes and ships without tantivy.
+    code = (
+        "from medsearch.index.opensearch import OpenSearchConfig, build_index_body\n"
+        "body = build_index_body(8, OpenSearchConfig())\n"
+        "assert body['settings']['analysis'], body\n"
+    )
+    result = _run_blocked(code, {"tantivy", "torch", "faiss"})
+    assert result.returncode == 0, result.stderr
+
+
+def _run_blocked(code: str, blocked: set[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter where importing any of ``blocked`` fails."""
     blocker = (
         "import sys\n"
         "class Block:\n"
@@ -554,10 +570,8 @@ def test_the_opensearch_path_imports_without_heavy_libraries(
         f"        if name.split('.')[0] in {sorted(blocked)!r}:\n"
         "            raise ImportError(f'{name} is blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
-        f"import {module}\n"
     )
     root = Path(__file__).resolve().parents[3]
-    result = subprocess.run(
-        [sys.executable, "-c", blocker], capture_output=True, text=True, cwd=root
+    return subprocess.run(
+        [sys.executable, "-c", blocker + code], capture_output=True, text=True, cwd=root
     )
-    assert result.returncode == 0, result.stderr

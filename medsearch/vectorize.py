@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from medsearch import storage
 from medsearch.data.images import load_record_images
@@ -109,7 +110,9 @@ def vectorize(
     bad: list[BadRecord] = []
     encoded = 0
     next_chunk = _next_chunk_number(partial)
-    with _progress(len(todo), progress) as bar:
+    # A bar on a terminal unless ``progress`` says otherwise (tqdm's None = auto).
+    disable = None if progress is None else not progress
+    with tqdm(total=len(todo), unit="img", desc="vectorize", disable=disable) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             good, images = _load_batch(batch, strict=strict, bad=bad)
@@ -175,8 +178,9 @@ def _reusable(
 ) -> dict[str, np.ndarray]:
     """Return finished vectors in ``out`` that this run may keep (or refuse a foreign folder)."""
     previous = []
+    run = _load_json(out / RUN) if (out / META).exists() and (out / RUN).exists() else {}
     if (out / META).exists():
-        previous.append(("output", _load_json(out / RUN) if (out / RUN).exists() else {}))
+        previous.append(("output", run))
     if (out / PARTIAL / "state.json").exists():
         previous.append(("unfinished run", _load_json(out / PARTIAL / "state.json")))
     for what, old in previous:
@@ -201,7 +205,7 @@ def _reusable(
         except InvalidInputError as exc:
             log.warning("vectorize: ignoring unreadable earlier output (%s)", exc)
             return {}
-        images = _load_json(out / RUN).get("images", {})
+        images = run.get("images", {})
         for image_id, vector in zip(ids, vectors, strict=True):
             if image_id in keys and images.get(image_id) == keys[image_id]:
                 done[image_id] = vector
@@ -267,22 +271,6 @@ def _load_batch(
     """Decode a batch's images; bad ones go to ``bad`` (or raise when strict)."""
     pairs = load_record_images(batch, strict=strict, bad=bad)
     return [r for r, _ in pairs], [im for _, im in pairs]
-
-
-class _progress:
-    """A tqdm bar over images (shown on a terminal unless ``enabled`` says otherwise)."""
-
-    def __init__(self, total: int, enabled: bool | None) -> None:
-        from tqdm.auto import tqdm
-
-        disable = None if enabled is None else not enabled
-        self.bar = tqdm(total=total, unit="img", desc="vectorize", disable=disable)
-
-    def __enter__(self) -> Any:
-        return self.bar
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
 
 
 # --- assembly and reading ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from medsearch.index.opensearch import (
 from tests.support.fake_opensearch import FakeCluster, RecordedRequest, fake_client
 
 GOLDEN = Path(__file__).parent / "golden"
+PythonWithout = Callable[[set[str], str], subprocess.CompletedProcess[str]]
 DIM = 4
 
 
@@ -543,35 +544,21 @@ def test_long_query_texts_stay_under_the_clause_limit(
     ],
 )
 def test_the_opensearch_path_imports_without_heavy_libraries(
-    module: str, blocked: set[str]
+    module: str, blocked: set[str], python_without: PythonWithout
 ) -> None:
     # The search API Lambda reads through this engine and ships no torch, tantivy or faiss.
-    result = _run_blocked(f"import {module}\n", blocked)
+    result = python_without(blocked, f"import {module}\n")
     assert result.returncode == 0, result.stderr
 
 
-def test_given_tantivy_missing_when_a_run_index_body_is_built_then_it_has_the_analysis() -> None:
+def test_given_tantivy_missing_when_a_run_index_body_is_built_then_it_has_the_analysis(
+    python_without: PythonWithout,
+) -> None:
     # The index loader Lambda creates run indexes and ships without tantivy.
     code = (
         "from medsearch.index.opensearch import OpenSearchConfig, build_index_body\n"
         "body = build_index_body(8, OpenSearchConfig())\n"
         "assert body['settings']['analysis'], body\n"
     )
-    result = _run_blocked(code, {"tantivy", "torch", "faiss"})
+    result = python_without({"tantivy", "torch", "faiss"}, code)
     assert result.returncode == 0, result.stderr
-
-
-def _run_blocked(code: str, blocked: set[str]) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter where importing any of ``blocked`` fails."""
-    blocker = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        f"        if name.split('.')[0] in {sorted(blocked)!r}:\n"
-        "            raise ImportError(f'{name} is blocked')\n"
-        "sys.meta_path.insert(0, Block())\n"
-    )
-    root = Path(__file__).resolve().parents[3]
-    return subprocess.run(
-        [sys.executable, "-c", blocker + code], capture_output=True, text=True, cwd=root
-    )

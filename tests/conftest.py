@@ -14,7 +14,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MEDPIX = REPO_ROOT.parent / "shared" / "datasets" / "medpix"
-# Large enough for every split, captionless images and a query set; small enough to write in ~1 s.
+# Large enough for every split, captionless images and a query set; small enough to write in
+# about 0.2 s.
 SYNTH_N = 96
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from medsearch import storage
 from medsearch.constants import CHECKPOINT_DIR, format_metric
 from medsearch.errors import ConfigError
-from medsearch.train.config import TrainConfig, load_train_config
+from medsearch.train.config import TrainConfig, _to_bool, load_train_config
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +185,11 @@ def training_config(
 
 def _job_options(values: Mapping[str, Any]) -> JobOptions:
     options = JobOptions()
-    int8 = values.get("int8", options.int8)
-    if not isinstance(int8, bool):
-        text = str(int8).strip().lower()
-        if text not in {"true", "false", "1", "0", "yes", "no"}:
-            raise ConfigError(f"int8 = {int8!r} is not a valid bool (true or false)")
-        int8 = text in {"true", "1", "yes"}
+    raw = values.get("int8", options.int8)
+    try:
+        int8 = _to_bool(raw)  # the same spellings as the training config's own flags
+    except ValueError:
+        raise ConfigError(f"int8 = {raw!r} is not a valid bool (true or false)") from None
     split = str(values.get("eval_split", options.eval_split))
     if split not in {"test", "validation", "train"}:
         raise ConfigError(f"eval_split = {split!r}: use test, validation or train")

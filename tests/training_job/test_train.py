@@ -194,6 +194,9 @@ def test_given_sagemaker_env_then_config_uses_checkpoints_gpu_and_rejects_unknow
     assert job.int8 is False and job.eval_split == "test"
     with pytest.raises(ConfigError, match="bogus"):
         training_config(env, {"bogus": "1"}, tmp_path / "m")
+    assert training_config(env, {"int8": "yes"}, tmp_path / "m")[1].int8 is True
+    with pytest.raises(ConfigError, match="int8 = 'maybe'"):
+        training_config(env, {"int8": "maybe"}, tmp_path / "m")
     with pytest.raises(ConfigError, match="SM_MODEL_DIR"):
         training_config(env, {"out": "/elsewhere"}, tmp_path / "m")
     with pytest.raises(ConfigError, match="SM_HPS"):

@@ -853,8 +853,9 @@ class OpenSearchIndex:
         vector = query.vector
         if vector is not None:
             vector = np.asarray(vector, dtype=np.float32)
-            if _vector_problem(vector) is not None:
-                raise InvalidInputError(f"query {_vector_problem(vector)}")
+            problem = _vector_problem(vector)
+            if problem is not None:
+                raise InvalidInputError(f"query {problem}")
             if self.dim is not None and vector.shape[0] != self.dim:
                 raise InvalidInputError(
                     f"query vector has {vector.shape[0]} dimensions, the index has {self.dim}"

@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 
 from medsearch import storage
-from medsearch.constants import JSONLINES
+from medsearch.constants import JSONLINES, ONNX_SUBDIR
 from medsearch.data.images import DEFAULT_MAX_PIXELS, decode_image, load_image
 from medsearch.data.manifest import resolve_image, validate_image_id
 from medsearch.errors import ConfigError, MedsearchError, UnsupportedMediaTypeError
@@ -101,7 +101,12 @@ def load_transform_model(
     falling back to whichever the folder holds. The model name is the ONNX export's model id when
     there is one, so vectors carry the same name the search API reports.
     """
-    from medsearch.model.onnx_encoder import find_export, load_onnx_encoder, read_onnx_manifest
+    from medsearch.model.onnx_encoder import (
+        MANIFEST_FILE,
+        find_export,
+        load_onnx_encoder,
+        read_onnx_manifest,
+    )
 
     folder = Path(model_dir)
     try:
@@ -114,7 +119,7 @@ def load_transform_model(
         choice = "torch" if has_torch_model and (export is None or _cuda_available()) else "onnx"
     if choice == "onnx":
         if export is None:
-            raise ConfigError(f"{folder} holds no ONNX export (onnx/onnx_manifest.json)")
+            raise ConfigError(f"{folder} holds no ONNX export ({ONNX_SUBDIR}/{MANIFEST_FILE})")
         encoder: Encoder = load_onnx_encoder(export)
     else:
         if not has_torch_model:

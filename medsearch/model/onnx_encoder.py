@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from medsearch import storage
+from medsearch.constants import ONNX_SUBDIR
 from medsearch.errors import ConfigError, InvalidInputError, NotFoundError, StorageError
 from medsearch.vectors import normalize
 
@@ -274,7 +275,7 @@ def find_export(folder: str | os.PathLike[str]) -> Path:
     A training job's model folder keeps the export in ``onnx/``, so either location can be named.
     """
     path = Path(folder)
-    for candidate in (path, path / "onnx"):
+    for candidate in (path, path / ONNX_SUBDIR):
         if (candidate / MANIFEST_FILE).is_file():
             return candidate
     if not path.exists():
@@ -295,7 +296,7 @@ def download_export(url: str, cache_dir: Path, *, int8: bool = False) -> Path:
     if (dest / ".complete").exists():
         return dest
     towers = (TEXT_MODEL_INT8, VISION_MODEL_INT8) if int8 else (TEXT_MODEL, VISION_MODEL)
-    for root in (base, f"{base}/onnx"):
+    for root in (base, f"{base}/{ONNX_SUBDIR}"):
         try:
             storage.read_bytes(f"{root}/{MANIFEST_FILE}")
         except StorageError:
@@ -304,7 +305,7 @@ def download_export(url: str, cache_dir: Path, *, int8: bool = False) -> Path:
         storage.download_prefix(root, dest, names=names)
         log.info("downloaded the %s ONNX encoder from %s", "int8" if int8 else "fp32", root)
         return dest
-    raise NotFoundError(f"no ONNX export ({MANIFEST_FILE}) under {url} or {base}/onnx")
+    raise NotFoundError(f"no ONNX export ({MANIFEST_FILE}) under {url} or {base}/{ONNX_SUBDIR}")
 
 
 def load_onnx_encoder(

@@ -23,7 +23,7 @@ from typing import Any
 from medsearch import storage
 from medsearch.constants import CHECKPOINT_DIR, format_metric
 from medsearch.errors import ConfigError
-from medsearch.train.config import TrainConfig, _to_bool, load_train_config
+from medsearch.train.config import TrainConfig, load_train_config, to_bool
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def _job_options(values: Mapping[str, Any]) -> JobOptions:
     options = JobOptions()
     raw = values.get("int8", options.int8)
     try:
-        int8 = _to_bool(raw)  # the same spellings as the training config's own flags
+        int8 = to_bool(raw)  # the same spellings as the training config's own flags
     except ValueError:
         raise ConfigError(f"int8 = {raw!r} is not a valid bool (true or false)") from None
     split = str(values.get("eval_split", options.eval_split))

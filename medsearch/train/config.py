@@ -234,7 +234,7 @@ def _convert(name: str, value: Any) -> Any:
                 raise TypeError
             return Path(value)
         if "bool" in str(kind):
-            return _to_bool(value)
+            return to_bool(value)
         if "int" in str(kind):
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError
@@ -251,7 +251,8 @@ def _convert(name: str, value: Any) -> Any:
         raise ConfigError(f"{name} = {value!r} is not a valid {expected}") from None
 
 
-def _to_bool(value: Any) -> bool:
+def to_bool(value: Any) -> bool:
+    """Read a yes/no setting as flags, config files and SageMaker hyperparameters spell it."""
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()

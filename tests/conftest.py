@@ -84,7 +84,10 @@ def _run_python_without(blocked: set[str], code: str) -> subprocess.CompletedPro
         "            raise ImportError(f'{name} is blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
     )
-    return subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True)
+    # From the repository root, where the entry-point packages (lambdas/, ...) are importable.
+    return subprocess.run(
+        [sys.executable, "-c", blocker + code], capture_output=True, text=True, cwd=REPO_ROOT
+    )
 
 
 @pytest.fixture

@@ -509,9 +509,11 @@ class SearchService:
     ) -> SearchResponse:
         page = self.index.search(query)
         fused = query.text is not None and query.vector is not None
+        # One lookup for the whole page; vectors are not shown, so they are not fetched.
+        documents = self.index.get_many([hit.image_id for hit in page.hits], with_vectors=False)
         results = []
         for hit in page.hits:
-            document = self.index.get(hit.image_id)
+            document = documents.get(hit.image_id)
             if document is None:  # deleted between the search and the lookup
                 continue
             results.append(

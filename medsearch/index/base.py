@@ -97,6 +97,17 @@ class SearchIndex(Protocol):
         """Return one document (with its vector) or ``None``."""
         ...
 
+    def get_many(
+        self, image_ids: Sequence[str], *, with_vectors: bool = True
+    ) -> dict[str, Document]:
+        """Return the documents that exist among ``image_ids``, by id, in one lookup.
+
+        A page of results needs every hit's caption and metadata: one lookup instead of one per
+        hit saves a round trip per result on a remote engine. ``with_vectors=False`` leaves the
+        vectors out (``vector`` is then None for every document), which is most of the bytes.
+        """
+        ...
+
     def count(self) -> int:
         """Return the number of documents."""
         ...

@@ -507,11 +507,26 @@ class EmbeddedIndex:
 
     def get(self, image_id: str) -> Document | None:
         """Return one document (with its vector) or ``None``."""
+        return self._document(self._gen, image_id, with_vector=True)
+
+    def get_many(
+        self, image_ids: Sequence[str], *, with_vectors: bool = True
+    ) -> dict[str, Document]:
+        """Return the documents that exist among ``image_ids``, by id (one generation for all)."""
         gen = self._gen
+        found = {}
+        for image_id in image_ids:
+            document = self._document(gen, image_id, with_vector=with_vectors)
+            if document is not None:
+                found[image_id] = document
+        return found
+
+    @staticmethod
+    def _document(gen: _Generation, image_id: str, *, with_vector: bool) -> Document | None:
         row = gen.row_of.get(image_id) if isinstance(image_id, str) else None
         if row is None:
             return None
-        slot = int(gen.row_vector[row])
+        slot = int(gen.row_vector[row]) if with_vector else -1
         vector = np.array(gen.vectors[slot], dtype=np.float32) if slot >= 0 else None
         return Document(
             image_id=image_id,

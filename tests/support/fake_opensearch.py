@@ -2,8 +2,8 @@
 
 :class:`FakeCluster` keeps indexes, aliases and search pipelines in dicts and answers the REST
 calls the OpenSearch engine makes (index create/settings/mapping/refresh, ``_bulk``, ``_doc``,
-``_count``, ``_search``, ``_msearch``, ``_aliases``, ``_search/pipeline``) with the documented
-semantics, so tests of the engine, the loader and the API see real behaviour:
+``_mget``, ``_count``, ``_search``, ``_msearch``, ``_aliases``, ``_search/pipeline``) with the
+documented semantics, so tests of the engine, the loader and the API see real behaviour:
 
 - BM25 (k1 1.2, b 0.75) over the caption terms of :mod:`medsearch.index.analysis`; ``match`` is an
   OR of the terms; ``bool`` (must/filter/should/must_not), ``terms``, ``term``, ``ids``,
@@ -11,7 +11,7 @@ semantics, so tests of the engine, the loader and the API see real behaviour:
   ``innerproduct``/``cosinesimil`` spaces); ``hybrid`` through a stored pipeline's
   ``normalization-processor``; ``terms`` aggregations; ``from``/``size``; exact totals.
 - ``refresh_interval: -1`` is honoured: search and count see only refreshed documents, while
-  ``GET _doc`` is real-time, as in OpenSearch.
+  ``GET _doc`` and ``_mget`` (with ``_source_excludes``) are real-time, as in OpenSearch.
 - Faults for resilience tests: :meth:`FakeCluster.fail_requests` (request-level 429/5xx),
   :meth:`FakeCluster.fail_items` (per-item bulk errors), :meth:`FakeCluster.storm` (random 429s on
   requests and bulk items) and :meth:`FakeCluster.crash_after` (raises :class:`SimulatedCrash`, a
@@ -235,6 +235,7 @@ class FakeCluster:
             "_count": lambda: self._count(target, body),
             "_search": lambda: self._search(target, body or {}, params),
             "_msearch": lambda: self._msearch(target, body),
+            "_mget": lambda: self._mget(target, body, params),
         }
         if action not in handlers:
             raise HttpError(400, "illegal_argument_exception", f"unsupported {method} {path}")
@@ -363,6 +364,18 @@ class FakeCluster:
             "found": True,
             "_source": index.docs[image_id],
         }
+
+    def _mget(self, name: str, body: Any, params: dict[str, Any]) -> Any:
+        index = self._write_index(name)
+        excluded = set(str(params.get("_source_excludes") or "").split(",")) - {""}
+        docs = []
+        for image_id in body.get("ids", []) if isinstance(body, dict) else []:
+            if image_id not in index.docs:
+                docs.append({"_index": index.name, "_id": image_id, "found": False})
+                continue
+            source = {k: v for k, v in index.docs[image_id].items() if k not in excluded}
+            docs.append({"_index": index.name, "_id": image_id, "found": True, "_source": source})
+        return {"docs": docs}
 
     def _bulk(self, name: str, lines: list[Any]) -> Any:
         index = self._write_index(name)

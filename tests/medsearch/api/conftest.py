@@ -10,6 +10,7 @@ text finds captionless images of the right colour, and an uploaded image finds i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import math
@@ -106,6 +107,15 @@ class MemoryIndex:
     def get(self, image_id: str) -> Document | None:
         """Return one document or None."""
         return self.documents.get(image_id)
+
+    def get_many(
+        self, image_ids: Sequence[str], *, with_vectors: bool = True
+    ) -> dict[str, Document]:
+        """Documents that exist among the ids (vectors dropped when not wanted)."""
+        found = {i: self.documents[i] for i in image_ids if i in self.documents}
+        if with_vectors:
+            return found
+        return {i: dataclasses.replace(d, vector=None) for i, d in found.items()}
 
     def count(self) -> int:
         """Number of documents."""

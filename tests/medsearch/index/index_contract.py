@@ -399,6 +399,21 @@ class SearchIndexContract:
         assert index.get("missing") is None
         assert index.get("../x") is None
 
+    def test_get_many_returns_the_documents_that_exist(self, index: SearchIndex) -> None:
+        first, second = corpus()[0], corpus()[1]
+        ids = [second.image_id, "missing", first.image_id, "../x", NO_VECTOR]
+        found = index.get_many(ids)
+        assert list(found) == [second.image_id, first.image_id, NO_VECTOR]
+        assert found[first.image_id].caption == first.caption
+        assert dict(found[first.image_id].metadata) == dict(first.metadata)
+        assert np.allclose(found[first.image_id].vector, first.vector, atol=1e-5)
+        assert found[NO_VECTOR].vector is None
+        bare = index.get_many(ids, with_vectors=False)
+        assert list(bare) == list(found)
+        assert all(doc.vector is None for doc in bare.values())
+        assert bare[first.image_id].caption == first.caption
+        assert index.get_many([]) == {}
+
     def test_delete_removes_documents(self, index: SearchIndex) -> None:
         assert index.delete(["d01", "missing"]) == 1
         assert index.count() == len(corpus()) - 1

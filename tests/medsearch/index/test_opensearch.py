@@ -30,6 +30,7 @@ from medsearch.index.opensearch import (
     pipeline_name,
     run_index_name,
 )
+from medsearch.search import SearchService
 from tests.support.fake_opensearch import FakeCluster, RecordedRequest, fake_client
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -380,6 +381,33 @@ def test_get_returns_the_document_with_its_vector(loaded: OpenSearchIndex) -> No
     np.testing.assert_allclose(doc.vector, DOCS[0].vector, atol=1e-6)
     assert loaded.get("missing") is None
     assert loaded.dim == DIM and loaded.count() == 3
+
+
+def test_get_many_is_one_mget_and_can_leave_vectors_out(
+    loaded: OpenSearchIndex, cluster: FakeCluster
+) -> None:
+    found = loaded.get_many(["a2", "missing", "a1", "a2"], with_vectors=False)
+    assert list(found) == ["a2", "a1"]
+    assert found["a1"].caption == DOCS[0].caption and found["a1"].vector is None
+    request = last(cluster, "/_mget")
+    assert request.body == {"ids": ["a2", "missing", "a1"]}
+    assert request.params.get("_source_excludes") == "vector"
+    with_vectors = loaded.get_many(["a1"])
+    np.testing.assert_allclose(with_vectors["a1"].vector, DOCS[0].vector, atol=1e-6)
+    assert "_source_excludes" not in last(cluster, "/_mget").params
+    assert loaded.get_many([]) == {}
+    assert len(cluster.requests_to("/_mget")) == 2
+
+
+def test_a_result_page_costs_one_lookup_without_vectors(
+    loaded: OpenSearchIndex, cluster: FakeCluster
+) -> None:
+    page = SearchService(loaded, None).search("fracture", mode="text", k=10)
+    assert page.results and all(r.caption for r in page.results)
+    assert cluster.requests_to("/_doc/") == []
+    (lookup,) = cluster.requests_to("/_mget")
+    assert lookup.params.get("_source_excludes") == "vector"
+    assert lookup.body["ids"] == [r.image_id for r in page.results]
 
 
 def test_engine_satisfies_the_protocol(loaded: OpenSearchIndex) -> None:

@@ -33,7 +33,7 @@ def synth_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, synth_corpus: Path) -> Path:
     """A tiny random-init CLIP (tokenizer trained on ``synth_corpus`` captions) saved with
-    ``save_clip``: loads with ``CLIPModel.from_pretrained`` and ``load_encoder``. Read-only."""
+    ``save_clip`` (default conv tower): loads with ``load_clip`` and ``load_encoder``. Read-only."""
     from medsearch.data.manifest import read_manifest
     from medsearch.model.loading import save_clip
     from medsearch.model.tiny import build_tiny_clip

@@ -102,17 +102,22 @@ class TorchEncoder:
 
 
 class _eval_mode:
-    """Put a module in eval mode for a block and restore its previous mode after."""
+    """Put a module in eval mode for a block and restore every submodule's previous mode after.
+
+    Per submodule, not just the top: during training a frozen tower stays in eval mode (its
+    batch-norm statistics must not move), and a validation pass must not switch it back.
+    """
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.module = module
-        self.was_training = module.training
+        self.modes = [(m, m.training) for m in module.modules()]
 
     def __enter__(self) -> None:
         self.module.eval()
 
     def __exit__(self, *exc: object) -> None:
-        self.module.train(self.was_training)
+        for module, training in self.modes:
+            module.training = training
 
 
 def load_encoder(source: str, *, device: str | None = None) -> TorchEncoder:

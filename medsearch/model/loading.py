@@ -1,8 +1,12 @@
 """Load and save CLIP models: a Hugging Face id, a local folder, or an ``s3://`` prefix.
 
 A saved folder holds the model (``save_pretrained``, safetensors), the tokenizer and the image
-processor, so it loads with ``CLIPModel.from_pretrained`` plus ``AutoTokenizer`` /
-``AutoProcessor`` anywhere, with or without medsearch.
+processor. Two model types load: ``clip`` (any Hugging Face CLIP, and the tiny model with the ViT
+tower), which loads with ``CLIPModel.from_pretrained`` anywhere, and ``vision-text-dual-encoder``
+(the tiny model's default conv tower beside a CLIP text tower), which needs
+:mod:`medsearch.model.convnet` imported to register its vision tower. Both offer
+``get_text_features``/``get_image_features``, the towers by the same names and ``logit_scale``,
+which is all the rest of medsearch uses.
 """
 
 from __future__ import annotations
@@ -23,12 +27,20 @@ from transformers import (
     AutoTokenizer,
     CLIPModel,
     CLIPProcessor,
+    VisionTextDualEncoderModel,
 )
 
 from medsearch import storage
 from medsearch.errors import ConfigError, NotFoundError, StorageError
+from medsearch.model import convnet  # noqa: F401  (registers the tiny model's conv tower)
 
 log = logging.getLogger(__name__)
+
+# The model types that load, by config.json's model_type. Hub ids load as CLIP.
+_MODEL_CLASSES: dict[str, type[CLIPModel | VisionTextDualEncoderModel]] = {
+    "clip": CLIPModel,
+    "vision-text-dual-encoder": VisionTextDualEncoderModel,
+}
 
 # A Hugging Face repository id: "name" or "owner/name", nothing path-like.
 _HF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
@@ -38,7 +50,7 @@ _HF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 class ClipBundle:
     """A CLIP model with the tokenizer and image processor that belong to it."""
 
-    model: CLIPModel
+    model: CLIPModel | VisionTextDualEncoderModel
     tokenizer: Any
     image_processor: Any
     source: str
@@ -91,10 +103,10 @@ def _load_folder(folder: Path, source: str) -> ClipBundle:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{source}: unreadable config.json ({exc})") from None
-    if model_type != "clip":
+    if model_type not in _MODEL_CLASSES:
         raise ConfigError(f"{source} holds a {model_type!r} model, not a CLIP model")
     try:
-        return _from_pretrained(str(folder), source)
+        return _from_pretrained(str(folder), source, _MODEL_CLASSES[model_type])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{source}: cannot load the CLIP model ({_first_line(exc)})") from None
 
@@ -112,8 +124,12 @@ def _load_hub(model_id: str) -> ClipBundle:
         raise ConfigError(f"{model_id} is not a usable CLIP model ({_first_line(exc)})") from None
 
 
-def _from_pretrained(location: str, source: str) -> ClipBundle:
-    model = CLIPModel.from_pretrained(location)
+def _from_pretrained(
+    location: str,
+    source: str,
+    model_class: type[CLIPModel | VisionTextDualEncoderModel] = CLIPModel,
+) -> ClipBundle:
+    model = model_class.from_pretrained(location)
     tokenizer = AutoTokenizer.from_pretrained(location)
     image_processor = AutoImageProcessor.from_pretrained(location)
     log.info("loaded CLIP from %s (dim %d)", source, model.config.projection_dim)

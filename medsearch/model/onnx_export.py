@@ -123,14 +123,20 @@ def export_onnx(
         check_texts = _sample_texts(bundle, ["mri", "x " * 400, "ultrasound of the left kidney"])
         pixels = _sample_pixels(bundle, 2, seed=0)
         check_pixels = _sample_pixels(bundle, 3, seed=1)
+        # The wrappers are made in eval mode: the torchscript exporter restores a module's mode
+        # when done, recursively, and a wrapper left in train mode would put the model's batch
+        # norm back into train mode for the checks below and for the caller.
         text = _Tower(
-            _TextTower(clip),
+            _TextTower(clip).eval(),
             list(TEXT_INPUTS),
             TEXT_OUTPUT,
             {name: {0: "batch", 1: "sequence"} for name in TEXT_INPUTS},
         )
         vision = _Tower(
-            _VisionTower(clip), [VISION_INPUT], VISION_OUTPUT, {VISION_INPUT: {0: "batch"}}
+            _VisionTower(clip).eval(),
+            [VISION_INPUT],
+            VISION_OUTPUT,
+            {VISION_INPUT: {0: "batch"}},
         )
         used = _export_tower(
             text, text_inputs, staging / TEXT_MODEL, opset=opset, exporter=exporter

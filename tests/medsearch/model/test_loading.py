@@ -13,12 +13,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor, AutoTokenizer, CLIPModel
+from transformers import (
+    AutoModel,
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPModel,
+    VisionTextDualEncoderModel,
+)
 
 from medsearch import storage
 from medsearch.errors import ConfigError, NotFoundError
 from medsearch.model.encoder import TorchEncoder
 from medsearch.model.loading import load_clip, save_clip
+from medsearch.model.tiny import TinyClipSpec, build_tiny_clip
 
 TEXTS = ["CT of the chest with a left lung nodule", "Normal knee radiograph"]
 
@@ -28,13 +35,29 @@ def _images() -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)) for _ in range(3)]
 
 
-def test_given_saved_tiny_model_when_loaded_with_plain_transformers_then_it_works(
+def test_given_saved_tiny_vit_model_when_loaded_with_plain_transformers_then_it_works(
+    tmp_path: Path,
+) -> None:
+    # Given the ViT tower's folder written by save_clip; When loaded without medsearch's own code
+    save_clip(build_tiny_clip(TEXTS * 3, spec=TinyClipSpec(vision="vit")), tmp_path)
+    model = CLIPModel.from_pretrained(tmp_path)
+    _assert_standard_forward(model, tmp_path)
+
+
+def test_given_saved_tiny_conv_model_when_loaded_with_auto_classes_then_it_works(
     tiny_model_dir: Path,
 ) -> None:
-    # Given a folder written by save_clip; When loaded without medsearch's own code
-    model = CLIPModel.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    # The conv tower needs only its registration (importing medsearch.model.convnet).
+    import medsearch.model.convnet  # noqa: F401
+
+    model = AutoModel.from_pretrained(tiny_model_dir)
+    assert isinstance(model, VisionTextDualEncoderModel)
+    _assert_standard_forward(model, tiny_model_dir)
+
+
+def _assert_standard_forward(model: torch.nn.Module, folder: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder)
     inputs = processor(text=TEXTS, images=_images()[:2], return_tensors="pt", padding=True)
     # Then the standard CLIP forward pass runs on the processor's output
     with torch.inference_mode():
@@ -42,6 +65,29 @@ def test_given_saved_tiny_model_when_loaded_with_plain_transformers_then_it_work
     assert output.logits_per_text.shape == (2, 2)
     assert tokenizer("CT")["input_ids"][0] == tokenizer.bos_token_id
     assert inputs["pixel_values"].shape[-1] == model.config.vision_config.image_size
+
+
+def test_given_trained_batch_norm_statistics_when_saved_and_loaded_then_kept(
+    tmp_path: Path,
+) -> None:
+    # Given a conv tower whose batch-norm statistics moved in training (train-mode passes)
+    bundle = build_tiny_clip(TEXTS * 3, seed=1)
+    bundle.model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            bundle.model.get_image_features(pixel_values=torch.randn(8, 3, 64, 64) * 2 + 1)
+    bundle.model.eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    expected = bundle.model.get_image_features(pixel_values=pixels).pooler_output
+    # When saved and loaded back
+    save_clip(bundle, tmp_path)
+    loaded = load_clip(str(tmp_path)).model.eval()
+    # Then the statistics, and so the vectors, are the trained ones, not re-initialised
+    stats = loaded.vision_model.stages[0][1].running_mean
+    assert torch.equal(stats, bundle.model.vision_model.stages[0][1].running_mean)
+    assert not torch.equal(stats, torch.zeros_like(stats))
+    actual = loaded.get_image_features(pixel_values=pixels).pooler_output
+    torch.testing.assert_close(actual, expected)
 
 
 def test_given_bundle_when_saved_and_loaded_then_vectors_are_identical(

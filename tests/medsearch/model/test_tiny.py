@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import CLIPModel, VisionTextDualEncoderModel
 
 from medsearch.errors import ConfigError
 from medsearch.model.tiny import TinyClipSpec, build_tiny_clip, train_tokenizer
@@ -66,6 +67,31 @@ def test_given_spec_when_built_then_config_matches_tokenizer_and_spec() -> None:
     assert bundle.image_processor.crop_size == {"height": 32, "width": 32}
 
 
-def test_given_image_size_not_multiple_of_patch_when_built_then_config_error() -> None:
-    with pytest.raises(ConfigError, match="multiple"):
-        build_tiny_clip(CAPTIONS, spec=TinyClipSpec(image_size=60, patch_size=8))
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (TinyClipSpec(vision="vit", image_size=60, patch_size=8), "not a multiple of 8"),
+        (TinyClipSpec(image_size=60), "multiple of 8"),
+        (TinyClipSpec(image_size=32, conv_grid=8), "at least 64"),
+        (TinyClipSpec(vision="resnet"), "unknown vision tower"),
+    ],
+)
+def test_given_unusable_spec_when_built_then_config_error(spec: TinyClipSpec, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_tiny_clip(CAPTIONS, spec=spec)
+
+
+def test_given_towers_when_built_then_conv_is_a_dual_encoder_and_vit_a_clip() -> None:
+    conv = build_tiny_clip(CAPTIONS)
+    assert isinstance(conv.model, VisionTextDualEncoderModel)
+    assert conv.model.config.vision_config.model_type == "medsearch_conv"
+    # the flattened 4x4 grid of the last stage's 128 channels feeds the projection
+    assert conv.model.visual_projection.in_features == 128 * 4 * 4
+    assert conv.model.config.text_config.num_hidden_layers == 1
+    vit = build_tiny_clip(CAPTIONS, spec=TinyClipSpec(vision="vit"))
+    assert isinstance(vit.model, CLIPModel)
+    pixels = torch.zeros(2, 3, 64, 64)
+    for bundle in (conv, vit):
+        with torch.inference_mode():
+            features = bundle.model.get_image_features(pixel_values=pixels)
+        assert features.pooler_output.shape == (2, bundle.dim)

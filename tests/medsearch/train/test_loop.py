@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import CLIPModel
 
 from medsearch.cli import main
 from medsearch.data.manifest import Record, read_manifest
@@ -27,7 +26,7 @@ def _config(data: Path, out: Path, **values: object) -> TrainConfig:
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return CLIPModel.from_pretrained(folder).state_dict()
+    return load_clip(str(folder)).model.state_dict()
 
 
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str = "") -> None:
@@ -118,7 +117,7 @@ def test_given_cli_when_trained_then_model_history_curve_and_checkpoints(
         "epoch-0002.pt",
     ]
     assert json.loads((out / "train_config.json").read_text())["epochs"] == 2
-    assert load_clip(str(out)).model.config.model_type == "clip"
+    assert load_clip(str(out)).model.config.model_type == "vision-text-dual-encoder"
 
 
 def test_given_interrupted_run_when_resumed_then_identical_to_uninterrupted(

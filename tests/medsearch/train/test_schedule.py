@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from medsearch.model.tiny import build_tiny_clip
+from medsearch.model.tiny import TinyClipSpec, build_tiny_clip
 from medsearch.train.schedule import build_optimizer, lr_factor, warmup_steps
 
 
@@ -30,22 +30,22 @@ def test_given_schedule_when_stepped_then_warms_up_peaks_and_decays_to_zero(sche
     assert factors[55] == pytest.approx(midpoint)
 
 
-def test_given_clip_when_optimizer_built_then_no_decay_on_biases_norms_logit_scale() -> None:
-    model = build_tiny_clip(["a chest ct", "a knee mri"]).model
+@pytest.mark.parametrize("vision", ["conv", "vit"])
+def test_given_clip_when_optimizer_built_then_no_decay_on_biases_norms_logit_scale(
+    vision: str,
+) -> None:
+    spec = TinyClipSpec(vision=vision)
+    model = build_tiny_clip(["a chest ct", "a knee mri"], spec=spec).model
     model.text_model.requires_grad_(False)
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.1)
     decayed, exempt = (set(map(id, g["params"])) for g in optimizer.param_groups)
-    names = {id(p): n for n, p in model.named_parameters()}
+    params = {id(p): (n, p) for n, p in model.named_parameters()}
     assert optimizer.param_groups[1]["weight_decay"] == 0.0
     assert id(model.logit_scale) in exempt
-    assert all(
-        names[i].endswith("bias")
-        or "norm" in names[i]
-        or "logit" in names[i]
-        or "class_embedding" in names[i]
-        for i in exempt
-    )
+    # exempt: vectors (biases, layer- and batch-norm scales, ViT's class embedding) and the scale
+    assert all(params[i][1].ndim < 2 or "logit" in params[i][0] for i in exempt)
+    assert all(params[i][1].ndim >= 2 for i in decayed)  # weight matrices and conv kernels
     assert id(model.visual_projection.weight) in decayed
     # Frozen parameters are left out altogether
-    assert not any(names[i].startswith("text_model.") for i in decayed | exempt)
+    assert not any(params[i][0].startswith("text_model.") for i in decayed | exempt)
     assert isinstance(optimizer, torch.optim.AdamW)

@@ -51,6 +51,9 @@ class TrainConfig:
     freeze_vision: bool = _opt("keep the vision tower's weights fixed", default=False)
     freeze_text: bool = _opt("keep the text tower's weights fixed", default=False)
     augment: bool | None = _opt("light image augmentation (crop, brightness, contrast)")
+    caption_dropout: float | None = _opt(
+        "on half of the captions, drop each word with this probability (teaches short queries)"
+    )
     seed: int = _opt("seed of initialisation, shuffling and augmentation", default=0)
     num_workers: int | None = _opt("image-loading worker processes (default: 0 on CPU)")
     device: str | None = _opt("torch device (default: cuda when present, else cpu)")
@@ -115,6 +118,13 @@ class TrainConfig:
             ">= 0",
         )
         _check(_finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0")
+        _check(
+            self.caption_dropout is None
+            or (_finite(self.caption_dropout) and 0 <= self.caption_dropout < 1),
+            "caption_dropout",
+            self.caption_dropout,
+            "in [0, 1)",
+        )
         _check(self.threads is None or self.threads >= 0, "threads", self.threads, ">= 0")
         _check(
             self.num_workers is None or self.num_workers >= 0,
@@ -143,6 +153,7 @@ PRETRAINED_DEFAULTS: dict[str, Any] = {
     "max_samples": 50_000,
     "weight_decay": 0.1,
     "augment": False,
+    "caption_dropout": 0.0,
     "threads": 0,
 }
 # The tiny model from scratch: a high learning rate, small batches (more steps per epoch), tuned
@@ -156,6 +167,9 @@ TINY_DEFAULTS: dict[str, Any] = {
     "max_samples": 0,
     "weight_decay": 0.05,
     "augment": True,
+    # Measured with the conv tower on the synthetic query set: vector R@10 0.59 with 0.4, 0.54
+    # without (the from-scratch text tower has seen only sentences otherwise).
+    "caption_dropout": 0.4,
     # The tiny model's matrices are too small to gain from a second thread, and on a busy machine
     # OpenMP threads waiting on each other cost up to 10x (measured: 124 s vs 10 s per epoch).
     "threads": 1,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from transformers import CLIPModel
+from transformers import CLIPModel, VisionTextDualEncoderModel
 
 from medsearch import storage
 from medsearch.data.manifest import BadRecord, Record, read_manifest, write_report
@@ -236,7 +236,11 @@ def _train(config: TrainConfig) -> TrainResult:
         history.append(_baseline_row(encoder, val_records, config, bad))
 
     dataset = PairDataset(
-        train_records, bundle.image_processor, augment=bool(config.augment), seed=config.seed
+        train_records,
+        bundle.image_processor,
+        augment=bool(config.augment),
+        caption_dropout=float(config.caption_dropout or 0.0),
+        seed=config.seed,
     )
     collate = Collate(bundle.tokenizer, bundle.max_text_length)
     workers = config.num_workers
@@ -244,6 +248,11 @@ def _train(config: TrainConfig) -> TrainResult:
         # Decoding keeps a GPU waiting without workers; on CPU they would compete with the model.
         workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
     model.train()
+    # A frozen tower stays in eval mode: batch-norm statistics are weights too.
+    if config.freeze_vision:
+        model.vision_model.eval()
+    if config.freeze_text:
+        model.text_model.eval()
     for epoch in range(start_epoch, config.epochs):
         epoch_started = time.perf_counter()
         dataset.set_epoch(epoch)
@@ -303,7 +312,7 @@ def _train(config: TrainConfig) -> TrainResult:
 
 
 def _step(
-    model: CLIPModel,
+    model: CLIPModel | VisionTextDualEncoderModel,
     batch: Any,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,

@@ -68,6 +68,8 @@ def test_given_config_file_and_flags_when_loaded_then_flags_win(
         ({"warmup": -0.5}, "warmup"),
         ({"max_samples": -3}, "max_samples"),
         ({"grad_clip": -1}, "grad_clip"),
+        ({"caption_dropout": 1.0}, "caption_dropout"),
+        ({"caption_dropout": -0.1}, "caption_dropout"),
         ({"epochs": "many"}, "epochs"),
         ({"epochs": 2.5}, "epochs"),
         ({"freeze_vision": "maybe"}, "freeze_vision"),

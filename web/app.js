@@ -969,7 +969,10 @@
     const restored = history.state && history.state.upload;
     if (state.upload && restored instanceof File) setUpload(restored);
     history.replaceState(history.state, "", urlFromState(state));
+    // Text typed while the config loaded is the user's: the controls' sync must not wipe it.
+    const typed = el.q.value;
     syncControls();
+    if (!state.q && typed.trim()) el.q.value = typed;
     loadHealth();
     loadFacets();
     if (window.matchMedia("(max-width: 760px)").matches) $("filters-details").open = false;

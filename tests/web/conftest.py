@@ -102,9 +102,13 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium under Playwright; skip (with the reason) where it is not installed."""
+    """Debian's Chromium under Playwright; skip (with the reason) where it is not installed.
+
+    Module-scoped: Playwright's sync API runs an event loop in this thread until it stops, and
+    tests collected after the page tests (the Lambda handler runs asyncio) need it stopped.
+    """
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed: run `make browser` (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")

@@ -427,3 +427,20 @@ def test_page_hosted_apart_from_the_api_uses_config_json(
     finally:
         context.close()
     assert not errors, errors
+
+
+def test_query_typed_while_the_page_starts_is_kept(page: Any) -> None:
+    # Given a page whose config.json has not arrived yet (the request is held)
+    held: list[Any] = []
+    page.route("**/config.json", lambda route: held.append(route))
+    page.goto("/")
+    # When the user types before the page has started, and the page then starts
+    page.fill("#q", QUERY)
+    assert len(held) == 1
+    held[0].continue_()
+    expect(page.locator("#health")).not_to_be_empty()  # written once start-up is done
+    # Then the typed query is still there, and Enter searches for it
+    expect(page.locator("#q")).to_have_value(QUERY)
+    page.press("#q", "Enter")
+    expect_phase(page, "done")
+    assert page_params(page)["q"] == [QUERY]

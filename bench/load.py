@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import re
@@ -94,12 +93,10 @@ def build_setup(workdir: Path, n: int) -> tuple[Path, Path, Path]:
 def load_corpus(manifest: Path) -> Corpus:
     """Read queries (the corpus' query set plus caption fragments), ids and a few upload files."""
     from medsearch.data.manifest import read_manifest
+    from medsearch.data.queries import queries_beside
 
     records = read_manifest(manifest)
-    queries_file = manifest.parent / "queries.jsonl"
-    queries = []
-    if queries_file.exists():
-        queries = [json.loads(line)["query"] for line in queries_file.read_text().splitlines()]
+    queries = [q.query for q in queries_beside(manifest) or []]
     rng = random.Random(0)
     for record in records:
         if record.caption and len(queries) < 200:

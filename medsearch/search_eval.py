@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medsearch.errors import InvalidInputError, NotFoundError
+from medsearch.errors import InvalidInputError
 from medsearch.evaluate import QUERY_K, graded_metrics
 from medsearch.search import DEFAULT_ALPHA, TEXT_MODES
 
@@ -37,29 +37,19 @@ class _Judged:
 
 def _judge(service: SearchService, queries: Sequence[Query]) -> list[_Judged]:
     """Keep judgments of images the index holds, noting which of them have no caption."""
-    known: dict[str, bool] = {}  # image_id -> captionless
-
-    def captionless(image_id: str) -> bool | None:
-        if image_id not in known:
-            try:
-                known[image_id] = service.record(image_id).caption is None
-            except (NotFoundError, InvalidInputError):
-                return None
-        return known[image_id]
-
+    wanted = {i for query in queries for i, grade in query.relevance.items() if grade > 0}
+    # One lookup for every judged image; only captions are read, so vectors are left out.
+    documents = service.index.get_many(sorted(wanted), with_vectors=False)
     judged = []
     for query in queries:
-        relevance = {}
-        silent = set()
-        for image_id, grade in query.relevance.items():
-            state = captionless(image_id)
-            if state is None or grade <= 0:
-                continue
-            relevance[image_id] = float(grade)
-            if state:
-                silent.add(image_id)
+        relevance = {
+            image_id: float(grade)
+            for image_id, grade in query.relevance.items()
+            if grade > 0 and image_id in documents
+        }
         if relevance:
-            judged.append(_Judged(query.query, relevance, frozenset(silent)))
+            silent = frozenset(i for i in relevance if documents[i].caption is None)
+            judged.append(_Judged(query.query, relevance, silent))
     return judged
 
 

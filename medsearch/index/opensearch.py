@@ -35,7 +35,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
@@ -881,15 +881,7 @@ class OpenSearchIndex:
                     f"query vector has {vector.shape[0]} dimensions, the index has {self.dim}"
                 )
             vector = normalize(vector)
-        return SearchQuery(
-            text=text,
-            vector=vector,
-            alpha=query.alpha,
-            k=query.k,
-            offset=query.offset,
-            filters=query.filters,
-            exclude_ids=query.exclude_ids,
-        )
+        return replace(query, vector=vector)
 
     def _search(self, body: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> Any:
         return self._request("POST", f"/{self.name}/_search", body, params)

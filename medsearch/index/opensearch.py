@@ -952,8 +952,9 @@ class OpenSearchIndex:
 
     def _search_hybrid_client(self, query: SearchQuery) -> SearchPage:
         text_list, vector_list, total = self._component_lists(query)
-        fused = fusion.fuse(text_list, vector_list, query.alpha)
-        return SearchPage(hits=fused[query.offset : query.offset + query.k], total=total)
+        end = query.offset + query.k
+        fused = fusion.fuse(text_list, vector_list, query.alpha, limit=end)
+        return SearchPage(hits=fused[query.offset : end], total=total)
 
     def _search_hybrid_pipeline(self, query: SearchQuery) -> SearchPage:
         pipeline = self._ensure_pipeline(query.alpha)

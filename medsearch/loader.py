@@ -402,6 +402,7 @@ class IndexLoader:
         report.failed.extend(BadRecord(i, reason) for i, reason in result.failed)
 
     def _log(self, report: ObjectReport) -> None:
+        # The extra keys make the line structured where a JSON formatter (Powertools) is used.
         log.info(
             "loaded %s into %s: %d lines, %d written, %d vectorize errors, %d malformed, "
             "%d unknown ids, %d failed",
@@ -413,6 +414,15 @@ class IndexLoader:
             len(report.malformed),
             len(report.unknown),
             len(report.failed),
+            extra={
+                "object": report.url,
+                "index": report.index,
+                "written": report.written,
+                "failed": [b.to_json() for b in report.failed],
+                "vector_errors": [b.to_json() for b in report.vector_errors],
+                "malformed": [b.to_json() for b in report.malformed],
+                "unknown_ids": report.unknown,
+            },
         )
         for bad in report.vector_errors + report.malformed + report.failed:
             log.warning("record %s: %s", bad.image_id, bad.reason)

@@ -118,7 +118,7 @@ def get_loader() -> IndexLoader:
 
 
 def _record(result: EventResult) -> None:
-    """Emit metrics and log every failed, malformed or unknown record with its id."""
+    """Emit metrics and log every message that did not load completely."""
     reports = result.reports
     metrics.add_metric("ObjectsLoaded", MetricUnit.Count, len(reports))
     metrics.add_metric("DocumentsWritten", MetricUnit.Count, sum(r.written for r in reports))
@@ -129,19 +129,7 @@ def _record(result: EventResult) -> None:
     metrics.add_metric("MalformedLines", MetricUnit.Count, sum(len(r.malformed) for r in reports))
     metrics.add_metric("UnknownIds", MetricUnit.Count, sum(len(r.unknown) for r in reports))
     metrics.add_metric("RunsPublished", MetricUnit.Count, len(result.published))
-    for report in reports:
-        logger.info(
-            "object loaded",
-            extra={
-                "object": report.url,
-                "index": report.index,
-                "written": report.written,
-                "failed": [b.to_json() for b in report.failed],
-                "vector_errors": [b.to_json() for b in report.vector_errors],
-                "malformed": [b.to_json() for b in report.malformed],
-                "unknown_ids": report.unknown,
-            },
-        )
+    # Each object's own report is logged, with its ids, by the core loader (IndexLoader._log).
     for message in result.messages:
         if not message.ok:
             logger.error(

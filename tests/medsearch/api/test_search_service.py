@@ -370,3 +370,34 @@ def test_filter_rule_groups_values_and_bounds_them() -> None:
         clean_filters({"m": ["x" * 257]})
     with pytest.raises(InvalidInputError, match="control"):
         clean_filters({"m": ["C\x00T"]})
+
+
+class _CountingIndex(MemoryIndex):
+    """The brute-force index, recording every document lookup the service makes."""
+
+    def __init__(self, documents: Any) -> None:
+        super().__init__(documents)
+        self.gets: list[str] = []
+        self.get_manys: list[tuple[list[str], bool]] = []
+
+    def get(self, image_id: str) -> Document | None:
+        self.gets.append(image_id)
+        return super().get(image_id)
+
+    def get_many(self, image_ids: Any, *, with_vectors: bool = True) -> dict[str, Document]:
+        self.get_manys.append((list(image_ids), with_vectors))
+        return super().get_many(image_ids, with_vectors=with_vectors)
+
+
+def test_given_a_page_of_hits_when_searching_then_documents_are_fetched_once_without_vectors(
+    corpus: list[Document], encoder: ColourEncoder
+) -> None:
+    # Given: an index that counts lookups
+    index = _CountingIndex(corpus)
+    service = SearchService(index, encoder)
+    # When: a hybrid page of several hits is searched
+    response = service.search("chest x-ray", mode="hybrid", k=5)
+    # Then: one get_many for the whole page, in rank order, without vectors; no per-hit get
+    assert len(response.results) == 5
+    assert index.get_manys == [(ids(response), False)]
+    assert index.gets == []

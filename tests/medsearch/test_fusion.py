@@ -76,3 +76,14 @@ def test_given_an_affine_change_of_scores_when_fused_then_same_ranking() -> None
 def test_given_bad_alpha_when_fused_then_invalid_input(alpha: object) -> None:
     with pytest.raises(InvalidInputError, match="alpha"):
         fuse([("a", 1.0)], [("a", 1.0)], alpha=alpha)  # type: ignore[arg-type]
+
+
+def test_given_a_limit_when_fused_then_the_best_hits_of_the_full_ranking_are_kept() -> None:
+    # Given two lists whose fusion ranks a, b, d, c
+    text = [("a", 6.0), ("b", 4.0), ("c", 2.0)]
+    vector = [("b", 0.9), ("d", 0.7), ("a", 0.5)]
+    full = fuse(text, vector, alpha=0.3)
+    # When fused with a limit, then the head of the full ranking comes back, scores and all
+    assert fuse(text, vector, alpha=0.3, limit=2) == full[:2]
+    assert fuse(text, vector, alpha=0.3, limit=0) == []
+    assert fuse(text, vector, alpha=0.3, limit=10) == full

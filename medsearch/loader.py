@@ -214,6 +214,17 @@ def _s3_records(payload: Mapping[str, Any]) -> list[str]:
     return urls
 
 
+def is_sqs_event(event: Mapping[str, Any]) -> bool:
+    """Tell an SQS batch (answered with ``batchItemFailures``) from a direct S3 event."""
+    records = event.get("Records")
+    return (
+        isinstance(records, list)
+        and bool(records)
+        and isinstance(records[0], Mapping)
+        and records[0].get("eventSource") == "aws:sqs"
+    )
+
+
 def parse_event(event: Mapping[str, Any]) -> list[MessageResult]:
     """Split a Lambda event into messages: SQS records (each wrapping an S3 event) or S3 records.
 
@@ -221,9 +232,8 @@ def parse_event(event: Mapping[str, Any]) -> list[MessageResult]:
     body that is not JSON becomes a message with an error, so it is reported, not lost.
     """
     messages: list[MessageResult] = []
-    records = event.get("Records")
-    if isinstance(records, list) and records and records[0].get("eventSource") == "aws:sqs":
-        for record in records:
+    if is_sqs_event(event):
+        for record in event["Records"]:
             message = MessageResult(message_id=record.get("messageId"), urls=[])
             try:
                 body = json.loads(record.get("body") or "{}")

@@ -24,7 +24,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from lambdas import opensearch_client
 from medsearch.constants import PROJECT
 from medsearch.index.opensearch import OpenSearchConfig, OpenSearchIndex, run_index_name
-from medsearch.loader import DEFAULT_RUN_PATTERN, EventResult, IndexLoader, LoaderConfig
+from medsearch.loader import (
+    DEFAULT_RUN_PATTERN,
+    EventResult,
+    IndexLoader,
+    LoaderConfig,
+    is_sqs_event,
+)
 from medsearch.loader import publish_event as parse_publish_event
 
 logger = Logger(service=f"{PROJECT}-index-loader")
@@ -156,7 +162,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         return {"published": published}
     result = loader.handle(event)
     _record(result)
-    if event.get("Records") and event["Records"][0].get("eventSource") == "aws:sqs":
+    if is_sqs_event(event):
         return {"batchItemFailures": result.batch_item_failures()}
     if result.failed:
         raise RuntimeError(

@@ -21,6 +21,7 @@ from medsearch.loader import (
     IndexLoader,
     LoaderConfig,
     VectorLine,
+    is_sqs_event,
     parse_event,
     parse_line,
     publish_event,
@@ -146,6 +147,15 @@ def test_given_s3_and_sqs_events_when_parsed_then_only_output_objects_are_kept()
     broken = sqs_event("corpus", [["vectors/r/a.out"]])
     broken["Records"][0]["body"] = "not json"
     assert parse_event(broken)[0].errors == ["message body is not JSON"]
+
+
+def test_only_an_sqs_batch_is_told_apart_as_one() -> None:
+    assert is_sqs_event(sqs_event("corpus", [["vectors/r/a.out"]]))
+    assert is_sqs_event(load_event("sqs_s3_batch"))
+    assert not is_sqs_event(s3_event("corpus", ["vectors/r/a.out"]))
+    assert not is_sqs_event({"Records": []})
+    assert not is_sqs_event({"Records": ["not a record"]})
+    assert not is_sqs_event({"action": "publish", "output_prefix": "s3://corpus/vectors/r"})
 
 
 def test_run_id_comes_from_the_key_and_fills_the_manifest_template() -> None:

@@ -27,7 +27,12 @@ from medsearch import storage
 from medsearch.constants import JSONLINES, ONNX_SUBDIR
 from medsearch.data.images import DEFAULT_MAX_PIXELS, decode_image, load_image
 from medsearch.data.manifest import resolve_image, validate_image_id
-from medsearch.errors import ConfigError, MedsearchError, UnsupportedMediaTypeError
+from medsearch.errors import (
+    ConfigError,
+    ImageDecodeError,
+    MedsearchError,
+    UnsupportedMediaTypeError,
+)
 from medsearch.vectors import Encoder
 
 log = logging.getLogger(__name__)
@@ -214,7 +219,8 @@ def _load(line: InputLine, config: TransformConfig) -> Image.Image:
         try:
             data = base64.b64decode(line.image_b64, validate=True)
         except (binascii.Error, ValueError):
-            raise ConfigError("image_b64 is not valid base64") from None
+            # A bad record, not a bad setting: the line gets an error row like an undecodable image.
+            raise ImageDecodeError(f"{line.image_id}: image_b64 is not valid base64") from None
         return decode_image(data, name=line.image_id, max_pixels=config.max_pixels)
     assert line.image is not None
     location = line.image

@@ -94,7 +94,7 @@ def test_given_mixed_good_and_bad_records_then_one_line_each_in_order(
     assert "broken" in errors["broken"]
     assert "invalid image_id" in errors["../etc"]
     assert "neither" in errors["noimage"]
-    assert "base64" in errors["badb64"]
+    assert "base64" in errors["badb64"] and errors["badb64"].startswith("badb64:")
     assert "MEDSEARCH_IMAGE_BASE" in errors["relative"]
     # And the vectors are the ONNX encoder's for the same images (inline == the S3 copy)
     expected = OnnxEncoder(model_dir / "onnx").encode_images(

@@ -89,13 +89,19 @@ def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
 
 
 def freeze_towers(model: torch.nn.Module, *, vision: bool, text: bool) -> None:
-    """Stop gradients into the vision and/or text tower (with its projection)."""
+    """Stop gradients into the vision and/or text tower (with its projection).
+
+    A frozen tower is also put in eval mode: batch-norm statistics are weights too, and would
+    otherwise keep moving in training.
+    """
+    frozen: list[Any] = []
     if vision:
-        for module in (model.vision_model, model.visual_projection):
-            module.requires_grad_(False)
+        frozen += [model.vision_model, model.visual_projection]
     if text:
-        for module in (model.text_model, model.text_projection):
-            module.requires_grad_(False)
+        frozen += [model.text_model, model.text_projection]
+    for module in frozen:
+        module.requires_grad_(False)
+        module.eval()
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -197,6 +203,7 @@ def _train(config: TrainConfig) -> TrainResult:
             save_clip(bundle, ckpt_dir / BASE)  # resume never needs the base (or the hub) again
     model = bundle.model
     torch.nn.Module.to(model, device)
+    model.train()
     freeze_towers(model, vision=config.freeze_vision, text=config.freeze_text)
     encoder = TorchEncoder(bundle, device=device)
 
@@ -247,12 +254,6 @@ def _train(config: TrainConfig) -> TrainResult:
     if workers is None:
         # Decoding keeps a GPU waiting without workers; on CPU they would compete with the model.
         workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
-    model.train()
-    # A frozen tower stays in eval mode: batch-norm statistics are weights too.
-    if config.freeze_vision:
-        model.vision_model.eval()
-    if config.freeze_text:
-        model.text_model.eval()
     for epoch in range(start_epoch, config.epochs):
         epoch_started = time.perf_counter()
         dataset.set_epoch(epoch)

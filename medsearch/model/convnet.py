@@ -13,8 +13,7 @@ neighbours: 58 % averaged, 87-93 % with a 4x4 grid).
 
 The model is a regular :class:`~transformers.PreTrainedModel`: it saves and loads with
 ``save_pretrained``/``from_pretrained`` inside a ``VisionTextDualEncoderModel``, and exports to
-ONNX.
-Importing this module registers it, which :mod:`medsearch.model.loading` does before loading.
+ONNX. Importing this module registers it, which :mod:`medsearch.model.loading` does before loading.
 """
 
 from __future__ import annotations
@@ -100,10 +99,12 @@ class ConvTowerModel(PreTrainedModel):
                 if buffer is not None:
                     fill(buffer)
 
-    def forward(
-        self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs: Any
-    ) -> BaseModelOutputWithPooling:
-        """Return the last feature map and the flattened grid pool (the image's features)."""
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
+        """Return the last feature map and the flattened grid pool (the image's features).
+
+        ``kwargs`` takes what the dual encoder passes to every vision tower (``return_dict``,
+        attention options) and this one has no use for.
+        """
         features = self.stages(pixel_values)
         pooled = torch.flatten(self.pool(features), start_dim=1)
         return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=pooled)

@@ -36,8 +36,8 @@ from medsearch.model import convnet  # noqa: F401  (registers the tiny model's c
 
 log = logging.getLogger(__name__)
 
-# The model types that load, by config.json's model_type. Hub ids load as CLIP.
-_MODEL_CLASSES: dict[str, type[CLIPModel | VisionTextDualEncoderModel]] = {
+# The model class of each model type that loads (config.json's model_type); hub ids load as CLIP.
+MODEL_CLASSES: dict[str, type[CLIPModel | VisionTextDualEncoderModel]] = {
     "clip": CLIPModel,
     "vision-text-dual-encoder": VisionTextDualEncoderModel,
 }
@@ -103,10 +103,10 @@ def _load_folder(folder: Path, source: str) -> ClipBundle:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{source}: unreadable config.json ({exc})") from None
-    if model_type not in _MODEL_CLASSES:
+    if model_type not in MODEL_CLASSES:
         raise ConfigError(f"{source} holds a {model_type!r} model, not a CLIP model")
     try:
-        return _from_pretrained(str(folder), source, _MODEL_CLASSES[model_type])
+        return _from_pretrained(str(folder), source, MODEL_CLASSES[model_type])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{source}: cannot load the CLIP model ({_first_line(exc)})") from None
 

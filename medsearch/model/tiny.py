@@ -24,6 +24,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
@@ -32,16 +33,14 @@ from tokenizers.trainers import BpeTrainer
 from transformers import (
     CLIPConfig,
     CLIPImageProcessorPil,
-    CLIPModel,
     CLIPTextConfig,
     CLIPTokenizer,
     VisionTextDualEncoderConfig,
-    VisionTextDualEncoderModel,
 )
 
 from medsearch.errors import ConfigError
 from medsearch.model.convnet import ConvTowerConfig
-from medsearch.model.loading import ClipBundle
+from medsearch.model.loading import MODEL_CLASSES, ClipBundle
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +140,13 @@ def tiny_config(
         "pad_token_id": tokenizer.pad_token_id,
         "projection_dim": spec.projection_dim,
     }
+    if spec.vision == "conv":
+        conv = ConvTowerConfig(
+            widths=spec.conv_widths, grid=spec.conv_grid, image_size=spec.image_size
+        )
+        return VisionTextDualEncoderConfig.from_vision_text_configs(
+            conv, CLIPTextConfig(**text), projection_dim=spec.projection_dim
+        )
     vision = {
         "image_size": spec.image_size,
         "patch_size": spec.patch_size,
@@ -150,14 +156,7 @@ def tiny_config(
         "num_attention_heads": spec.vision_heads,
         "projection_dim": spec.projection_dim,
     }
-    if spec.vision == "vit":
-        return CLIPConfig(
-            text_config=text, vision_config=vision, projection_dim=spec.projection_dim
-        )
-    conv = ConvTowerConfig(widths=spec.conv_widths, grid=spec.conv_grid, image_size=spec.image_size)
-    return VisionTextDualEncoderConfig.from_vision_text_configs(
-        conv, CLIPTextConfig(**text), projection_dim=spec.projection_dim
-    )
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=spec.projection_dim)
 
 
 def _check_spec(spec: TinyClipSpec) -> None:
@@ -198,11 +197,8 @@ def build_tiny_clip(
     # A local generator would not reach the modules' own init calls; fork the global RNG instead.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = (
-            CLIPModel(config)
-            if isinstance(config, CLIPConfig)
-            else VisionTextDualEncoderModel(config)
-        )
+        model_class: Any = MODEL_CLASSES[config.model_type]  # the class that takes this config
+        model = model_class(config)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "built a tiny CLIP (%s vision tower): %.2fM parameters, %dpx images",

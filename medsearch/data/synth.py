@@ -582,6 +582,16 @@ def _effusion_phrase(attrs: Attributes, rng: np.random.Generator) -> str:
     return f"a {size} {noun} ({side})"
 
 
+def _finding_phrase(attrs: Attributes, rng: np.random.Generator) -> str:
+    """Describe the image's finding (not 'none'), with single spaces."""
+    phrase = {
+        "nodule": _nodule_phrase,
+        "fracture": _fracture_phrase,
+        "effusion": _effusion_phrase,
+    }[attrs.finding](attrs, rng)
+    return " ".join(phrase.split())
+
+
 def _terse_caption(attrs: Attributes, rng: np.random.Generator) -> str:
     """Write a short caption ("Right rib fracture, CT."); half of them leave out the modality.
 
@@ -594,12 +604,7 @@ def _terse_caption(attrs: Attributes, rng: np.random.Generator) -> str:
     if attrs.finding == "none":
         core = f"{_pick(rng, _NORMAL)} {region}"
     else:
-        phrase = {
-            "nodule": _nodule_phrase,
-            "fracture": _fracture_phrase,
-            "effusion": _effusion_phrase,
-        }[attrs.finding](attrs, rng)
-        phrase = re.sub(r"^(a|an) ", "", " ".join(phrase.split()))
+        phrase = re.sub(r"^(a|an) ", "", _finding_phrase(attrs, rng))
         core = phrase if rng.random() < 0.5 else f"{region}: {phrase}"
     if rng.random() < 0.5:
         core = f"{core}, {_pick(rng, _MODALITY_WORDS[attrs.modality])}"
@@ -631,12 +636,7 @@ def write_caption(attrs: Attributes, rng: np.random.Generator) -> str:
         else:
             text = f"{adjective.capitalize()} {modality} ({plane}), {normal}."
     else:
-        finding = {
-            "nodule": _nodule_phrase,
-            "fracture": _fracture_phrase,
-            "effusion": _effusion_phrase,
-        }[attrs.finding](attrs, rng)
-        finding = " ".join(finding.split())
+        finding = _finding_phrase(attrs, rng)
         form = int(rng.integers(6))
         arrow = _pick(rng, (" (arrow)", " (arrows)", " (arrowhead)", "", "", ""))
         if form == 0:

@@ -10,7 +10,6 @@ HTTP API (v2) events, with the ONNX model it fetches from S3. No AWS account or 
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -117,9 +116,6 @@ def test_given_corpus_in_s3_when_the_whole_pipeline_runs_then_the_api_returns_ra
 
     # When the index loader Lambda receives the S3 events of the output objects
     cluster = FakeCluster(seed=7)
-    core = logging.getLogger("medsearch")  # the handlers route it through Powertools
-    for attribute in ("propagate", "handlers", "level"):
-        monkeypatch.setattr(core, attribute, getattr(core, attribute))
     for name, value in {
         "OPENSEARCH_URL": "https://search-medsearch.example.com",
         "OPENSEARCH_AUTH": "none",

@@ -69,11 +69,6 @@ class VectorizeResult:
     reused: int
     bad: list[BadRecord] = field(default_factory=list)
 
-    @property
-    def vectors_path(self) -> Path:
-        """The ``vectors.npy`` file."""
-        return self.out / VECTORS
-
 
 def vectorize(
     encoder: Encoder,
@@ -125,9 +120,9 @@ def vectorize(
                 done.update(zip(ids, vectors, strict=True))
                 encoded += len(good)
             bar.update(len(batch))
-    result = _assemble(out, encoder, state, records, done, bad, jsonl)
+    count = _assemble(out, encoder, state, records, done, bad, jsonl)
     shutil.rmtree(partial, ignore_errors=True)
-    result.encoded, result.reused = encoded, reused
+    result = VectorizeResult(out, encoder.model_id, encoder.dim, count, encoded, reused, bad)
     log.info(
         "vectorize: %d vectors (%d new, %d reused, %d bad) in %s",
         result.count,
@@ -291,8 +286,9 @@ def _assemble(
     done: dict[str, np.ndarray],
     bad: list[BadRecord],
     jsonl: bool,
-) -> VectorizeResult:
-    """Write the final files from finished vectors, in manifest order, ``meta.json`` last."""
+) -> int:
+    """Write the final files from finished vectors, in manifest order, ``meta.json`` last;
+    return the number of vectors written."""
     ordered = [r for r in records if r.image_id in done]
     ids = [r.image_id for r in ordered]
     dim = int(state["dim"])
@@ -322,7 +318,7 @@ def _assemble(
         "bad": len(bad),
     }
     storage.write_text(out / META, json.dumps(meta, indent=2) + "\n")
-    return VectorizeResult(out, encoder.model_id, dim, len(ids), 0, 0, list(bad))
+    return len(ids)
 
 
 def _jsonl_lines(ids: Sequence[str], vectors: np.ndarray) -> Iterator[str]:

@@ -707,10 +707,8 @@ class EmbeddedIndex:
 
     def _allowed_vectors(
         self, gen: _Generation, filters: Filters, excluded_rows: Sequence[int]
-    ) -> np.ndarray | None:
-        """Boolean mask over vector slots for filters and exclusions, or None for all."""
-        if not filters and not excluded_rows:
-            return None
+    ) -> np.ndarray:
+        """Boolean mask over vector slots for filters and exclusions."""
         allowed = np.ones(len(gen.image_ids), dtype=bool)
         for key, values in filters.items():
             field_mask = np.zeros(len(gen.image_ids), dtype=bool)
@@ -734,16 +732,26 @@ class EmbeddedIndex:
         m = gen.vectors.shape[0]
         if vector is None or m == 0:
             return [], 0
-        allowed = self._allowed_vectors(gen, filters, excluded_rows)
-        total = m if allowed is None else int(allowed.sum())
+        skip: set[int] = set()
+        if filters:
+            allowed = self._allowed_vectors(gen, filters, excluded_rows)
+        else:
+            # Exclusions alone (the source image of a similarity search) are dropped from an
+            # unrestricted search for that many more: a mask would copy every vector (exact) or
+            # filter the whole graph (HNSW) for one or two left-out images.
+            allowed = None
+            rows = np.asarray(excluded_rows, dtype=np.int64)
+            skip = {int(slot) for slot in gen.row_vector[rows] if slot >= 0}
+        total = m - len(skip) if allowed is None else int(allowed.sum())
         if total == 0:
             return [], 0
         k = min(n, total)
         config = gen.config
         if gen.hnsw is None:
-            slots, scores = _exact_top(gen.vectors, vector, k, allowed)
+            slots, scores = _exact_top(gen.vectors, vector, k + len(skip), allowed)
         elif allowed is None:
-            slots, scores = _hnsw_top(gen.hnsw, vector, k, max(config.ef_search, k), None)
+            wide = k + len(skip)
+            slots, scores = _hnsw_top(gen.hnsw, vector, wide, max(config.ef_search, wide), None)
         elif total <= max(config.exact_fraction * m, min(config.exact_below, m)):
             # A selective filter: an exact scan of the few allowed vectors is fast and exact.
             slots, scores = _exact_top(gen.vectors, vector, k, allowed)
@@ -755,9 +763,10 @@ class EmbeddedIndex:
         pairs = [
             (gen.image_ids[int(gen.vector_rows[s])], float(score))
             for s, score in zip(slots, scores, strict=True)
+            if int(s) not in skip
         ]
         pairs.sort(key=lambda pair: (-pair[1], pair[0]))
-        return pairs, total
+        return pairs[:k], total
 
 
 def _match_count(result: tantivy.SearchResult) -> int:

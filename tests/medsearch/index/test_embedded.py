@@ -224,6 +224,29 @@ def test_filtered_vector_search_is_accurate_on_the_hnsw_graph(tmp_path: Path, sh
     assert found / (10 * len(queries)) >= 0.95
 
 
+@pytest.mark.parametrize("exact_below", [10_000, 100])
+def test_similar_images_leave_out_the_source_with_a_full_page(
+    tmp_path: Path, exact_below: int
+) -> None:
+    # Given 600 vectors, searched exactly or on the HNSW graph, with two captionless twins of v00
+    vectors = embedding_like_vectors(600, 32, seed=5)
+    vectors[1] = vectors[2] = vectors[0]
+    docs = [Document(f"v{i:03d}", None, v) for i, v in enumerate(vectors)]
+    index = build_index(tmp_path / "i", docs, config=EmbeddedConfig(exact_below=exact_below))
+    assert index.info()["ann"] == ("exact" if exact_below > 600 else "hnsw")
+    # When v00's neighbours are asked for with v00 and v01 left out
+    query = SearchQuery(vector=vectors[0], k=10, exclude_ids=frozenset({"v000", "v001", "nope"}))
+    page = index.search(query)
+    # Then the page is full, v02 (the remaining twin) leads, and the left-out ones are not counted
+    got = [h.image_id for h in page.hits]
+    assert len(got) == 10 and got[0] == "v002"
+    assert not {"v000", "v001"} & set(got)
+    assert page.total == 598
+    exact = [f"v{i:03d}" for i in np.argsort(-(vectors @ vectors[0]), kind="stable")[:12]]
+    if index.info()["ann"] == "exact":  # and exact search returns exactly the exact ranking
+        assert got == [i for i in exact if i not in {"v000", "v001"}][:10]
+
+
 def test_bad_documents_are_reported_and_the_rest_written(tmp_path: Path) -> None:
     good = Document("ok", "fine caption", np.ones(4, np.float32))
     bad = [

@@ -237,13 +237,13 @@ def parse_event(event: Mapping[str, Any]) -> list[MessageResult]:
             message = MessageResult(message_id=record.get("messageId"), urls=[])
             try:
                 body = json.loads(record.get("body") or "{}")
+                # SNS fan-out wraps the S3 event once more.
+                if isinstance(body, Mapping) and body.get("Type") == "Notification":
+                    body = json.loads(body.get("Message") or "{}")
             except json.JSONDecodeError:
                 message.errors.append("message body is not JSON")
                 messages.append(message)
                 continue
-            # SNS fan-out wraps the S3 event once more.
-            if isinstance(body, Mapping) and body.get("Type") == "Notification":
-                body = json.loads(body.get("Message") or "{}")
             if isinstance(body, Mapping):
                 message.urls = [u for u in _s3_records(body) if _is_output(u)]
             messages.append(message)

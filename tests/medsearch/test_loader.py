@@ -147,6 +147,9 @@ def test_given_s3_and_sqs_events_when_parsed_then_only_output_objects_are_kept()
     broken = sqs_event("corpus", [["vectors/r/a.out"]])
     broken["Records"][0]["body"] = "not json"
     assert parse_event(broken)[0].errors == ["message body is not JSON"]
+    # And an SNS notification whose message is not JSON fails only its own message
+    sns["Records"][0]["body"] = json.dumps({"Type": "Notification", "Message": "not json"})
+    assert parse_event(sns)[0].errors == ["message body is not JSON"]
 
 
 def test_only_an_sqs_batch_is_told_apart_as_one() -> None:

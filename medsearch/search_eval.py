@@ -17,11 +17,13 @@ import numpy as np
 
 from medsearch.errors import InvalidInputError
 from medsearch.evaluate import QUERY_K, graded_metrics
-from medsearch.search import DEFAULT_ALPHA, TEXT_MODES
+from medsearch.search import DEFAULT_ALPHA, TEXT_MODES, SearchService
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from medsearch.data.queries import Query
-    from medsearch.search import SearchService
+    from medsearch.vectors import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,34 @@ def _judge(service: SearchService, queries: Sequence[Query]) -> list[_Judged]:
             silent = frozenset(i for i in relevance if documents[i].caption is None)
             judged.append(_Judged(query.query, relevance, silent))
     return judged
+
+
+class _MemoEncoder:
+    """The service's encoder, encoding each query text once for a whole evaluation.
+
+    The vector and hybrid modes, and hybrid at every alpha of a sweep, search the same texts:
+    without the memo each text would go through the text tower once per mode and alpha.
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        self._encoder = encoder
+        self._vectors: dict[str, np.ndarray] = {}
+        self.model_id = encoder.model_id
+        self.dim = encoder.dim
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Return the texts' vectors, encoding only those not seen before."""
+        missing = [text for text in dict.fromkeys(texts) if text not in self._vectors]
+        if missing:
+            encoded = self._encoder.encode_texts(missing, batch_size)
+            self._vectors.update(zip(missing, encoded, strict=True))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._vectors[text] for text in texts])
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Encode images with the wrapped encoder (evaluation searches by text only)."""
+        return self._encoder.encode_images(images, batch_size)
 
 
 # Hybrid weights tried by the sweep: which alpha suits a corpus depends on how good its captions
@@ -99,6 +129,10 @@ def evaluate_search(
     judged = _judge(service, queries)
     if not judged:
         raise InvalidInputError("no query has a relevant image in this index")
+    if service.encoder is not None:
+        service = SearchService(
+            service.index, _MemoEncoder(service.encoder), image_url=service.image_url
+        )
     report: dict[str, Any] = {"queries": len(judged), "k": k, "alpha": alpha, "modes": {}}
     for mode in modes:
         report["modes"][mode] = _score_mode(service, judged, mode, alpha, k)

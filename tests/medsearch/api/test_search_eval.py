@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import pytest
+from conftest import ColourEncoder
 
 from medsearch.data.queries import Query
 from medsearch.errors import InvalidInputError
@@ -70,3 +74,28 @@ def test_given_a_sweep_when_evaluated_then_each_alpha_scores_as_a_hybrid_run_at_
         alone = evaluate_search(service, queries, modes=["hybrid"], alpha=alpha, k=10)
         assert curve[key] == alone["modes"]["hybrid"]
     assert f"{report['best_alpha']:g}" in curve
+
+
+class _CountingEncoder(ColourEncoder):
+    """The colour encoder, recording every text it encodes."""
+
+    def __init__(self) -> None:
+        self.encoded: list[str] = []
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        self.encoded.extend(texts)
+        return super().encode_texts(texts, batch_size)
+
+
+def test_given_modes_and_a_sweep_when_evaluated_then_each_query_text_is_encoded_once(
+    service: SearchService,
+) -> None:
+    # Given a service whose encoder counts its work
+    encoder = _CountingEncoder()
+    counted = SearchService(service.index, encoder)
+    queries = [Query("red", RED), Query("meniscus", {"blue-02": 1, "blue-01": 2})]
+    # When every mode and a three-point sweep are evaluated
+    report = evaluate_search(counted, queries, k=10, sweep=(0.0, 0.3, 1.0))
+    # Then each text went through the encoder once, and the scores are those of the plain service
+    assert sorted(encoder.encoded) == ["meniscus", "red"]
+    assert report == evaluate_search(service, queries, k=10, sweep=(0.0, 0.3, 1.0))

@@ -22,6 +22,7 @@ from typing import Any
 
 from medsearch import storage
 from medsearch.constants import CHECKPOINT_DIR, format_metric
+from medsearch.data.queries import QUERIES_FILE
 from medsearch.errors import ConfigError
 from medsearch.train.config import TrainConfig, load_train_config, to_bool
 
@@ -141,7 +142,7 @@ def find_manifest(channel: Path, name: str | None = None) -> str:
     found = sorted(
         p
         for p in channel.iterdir()
-        if p.is_file() and p.suffix.lower() in {".jsonl", ".csv"} and p.name != "queries.jsonl"
+        if p.is_file() and p.suffix.lower() in {".jsonl", ".csv"} and p.name != QUERIES_FILE
     )
     if len(found) != 1:
         names = ", ".join(p.name for p in found) or "none"

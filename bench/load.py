@@ -64,8 +64,11 @@ class Tally:
     examples: list[str] = field(default_factory=list)
 
 
-def build_setup(workdir: Path, n: int) -> tuple[Path, Path, Path]:
-    """Build (or reuse) corpus, tiny model and index under ``workdir``; return their paths."""
+def build_setup(workdir: Path, n: int, *, serve: bool = True) -> tuple[Path, Path, Path]:
+    """Build (or reuse) corpus, tiny model and index under ``workdir``; return their paths.
+
+    Without ``serve`` (a server at ``--url`` is loaded) only the corpus is needed: the requests
+    are built from it, so the model and index are not made."""
     from medsearch.data.manifest import read_manifest
     from medsearch.data.synth import SynthConfig, write_synthetic_corpus
     from medsearch.indexing import index_manifest
@@ -81,9 +84,9 @@ def build_setup(workdir: Path, n: int) -> tuple[Path, Path, Path]:
     if not manifest.exists():
         manifest = write_synthetic_corpus(corpus_dir, SynthConfig(n=n, seed=0, n_queries=40))
     records = read_manifest(manifest)
-    if not (model_dir / "config.json").exists():
+    if serve and not (model_dir / "config.json").exists():
         save_clip(build_tiny_clip([r.caption for r in records if r.caption], seed=0), model_dir)
-    if not (index_dir / "CURRENT").exists():
+    if serve and not (index_dir / "CURRENT").exists():
         vectorize(load_encoder(str(model_dir)), records, vectors_dir, progress=False)
         index_manifest(manifest, vectors_dir, index_dir)
     print(f"setup: {len(records)} documents ready in {time.perf_counter() - started:.1f} s")
@@ -228,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="medsearch-load-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        manifest, model_dir, index_dir = build_setup(workdir, args.n)
+        manifest, model_dir, index_dir = build_setup(workdir, args.n, serve=args.url is None)
         corpus = load_corpus(manifest)
         process = None
         url = args.url

@@ -109,15 +109,16 @@ class _eval_mode:
     """
 
     def __init__(self, module: torch.nn.Module) -> None:
-        self.module = module
-        self.modes = [(m, m.training) for m in module.modules()]
+        # Only the submodules in train mode change; when serving, that is none of them.
+        self.training = [m for m in module.modules() if m.training]
 
     def __enter__(self) -> None:
-        self.module.eval()
+        for module in self.training:
+            module.training = False
 
     def __exit__(self, *exc: object) -> None:
-        for module, training in self.modes:
-            module.training = training
+        for module in self.training:
+            module.training = True
 
 
 def load_encoder(source: str, *, device: str | None = None) -> TorchEncoder:

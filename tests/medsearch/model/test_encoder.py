@@ -75,6 +75,27 @@ def test_given_training_mode_model_when_encoding_then_mode_restored(encoder) -> 
     encoder.model.eval()
 
 
+def test_given_frozen_tower_in_eval_mode_when_encoding_then_every_mode_restored(encoder) -> None:
+    # Given a model in training whose vision tower is frozen (eval mode: batch norm stays put)
+    encoder.model.train()
+    encoder.model.vision_model.eval()
+    before = [m.training for m in encoder.model.modules()]
+    seen: list[bool] = []
+    hook = encoder.model.vision_model.register_forward_pre_hook(
+        lambda module, args: seen.append(any(m.training for m in encoder.model.modules()))
+    )
+    # When images are encoded (a validation pass)
+    try:
+        encoder.encode_images([Image.new("RGB", (40, 30))])
+    finally:
+        hook.remove()
+    # Then everything ran in eval mode, and each submodule is back in its own mode after
+    assert seen == [False]
+    assert [m.training for m in encoder.model.modules()] == before
+    assert encoder.model.training and not encoder.model.vision_model.training
+    encoder.model.eval()
+
+
 def test_given_unavailable_device_when_selected_then_config_error() -> None:
     with pytest.raises(ConfigError):
         select_device("nonsense")

@@ -1058,7 +1058,8 @@ def build_index_with_result(
 def open_index(
     path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None
 ) -> EmbeddedIndex:
-    """Open an embedded index folder, local or ``s3://`` (copied once into ``cache_dir``).
+    """Open an embedded index folder, local or ``s3://`` (its live generation copied once into
+    ``cache_dir``).
 
     Raises SearchIndexError if it is missing or corrupt.
     """
@@ -1066,10 +1067,18 @@ def open_index(
         url = str(path).rstrip("/")
         digest = hashlib.sha256(url.encode()).hexdigest()[:16]
         base = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir())
+        local = base / "medsearch-index" / digest
         try:
-            local = storage.download_prefix(url, base / "medsearch-index" / digest)
+            name = storage.read_text(storage.join(url, CURRENT)).strip()
+            # Only the live generation: the folder also keeps the previous one for its readers,
+            # and a generation never changes, so a cached copy of it stays valid.
+            if GEN_PATTERN.fullmatch(name):
+                storage.download_prefix(storage.join(url, name), local / name)
         except MedsearchError as exc:
             raise SearchIndexError(f"cannot fetch index {url}: {exc}") from exc
+        if not GEN_PATTERN.fullmatch(name):
+            raise SearchIndexError(f"index at {url} is corrupt: {CURRENT} names {name!r}")
+        storage.write_text(local / CURRENT, name + "\n")
         return EmbeddedIndex.open(local)
     return EmbeddedIndex.open(path)
 

@@ -161,6 +161,37 @@ def test_open_index_fetches_an_s3_prefix(tmp_path: Path, s3_bucket: str) -> None
         open_index(f"s3://{s3_bucket}/nothing", cache_dir=tmp_path / "cache")
 
 
+def test_open_index_fetches_only_the_live_generation_and_follows_a_new_one(
+    tmp_path: Path, s3_bucket: str
+) -> None:
+    # Given an index folder holding two generations (the previous one is kept), uploaded to S3
+    from medsearch import storage
+
+    def upload(root: Path) -> None:
+        for path in root.rglob("*"):
+            if path.is_file():
+                key = f"s3://{s3_bucket}/idx/{path.relative_to(root)}"
+                storage.write_bytes(key, path.read_bytes())
+
+    root = tmp_path / "index"
+    first = build_index(root, corpus(), model_id="m")
+    index = EmbeddedIndex.open(root)
+    index.delete([corpus()[0].image_id])
+    upload(root)
+    assert first.generation != index.generation
+    # When opened by URL — Then only the live generation is copied into the cache
+    cache = tmp_path / "cache"
+    remote = open_index(f"s3://{s3_bucket}/idx", cache_dir=cache)
+    assert remote.generation == index.generation and remote.count() == len(corpus()) - 1
+    fetched = {p.name for p in cache.rglob("gen-*") if p.is_dir()}
+    assert fetched == {index.generation}
+    # and when a newer generation is uploaded, the next open serves it, not the cached one.
+    index.delete([corpus()[1].image_id])
+    upload(root)
+    again = open_index(f"s3://{s3_bucket}/idx", cache_dir=cache)
+    assert again.generation == index.generation and again.count() == len(corpus()) - 2
+
+
 def test_facets_skip_free_text_ids_and_numbers(tmp_path: Path) -> None:
     # Given 60 documents with a categorical field, a unique id field and ages (int and str)
     docs = [

@@ -1,12 +1,14 @@
 """SageMaker container conventions for the training job: environment, hyperparameters, metrics.
 
 The training entry point (``training_job/train.py``) reads the ``SM_*`` environment once into a
-:class:`TrainingEnv`, merges the hyperparameters (``SM_HPS`` JSON, then ``--key value`` argv,
-which wins) and turns them into a :class:`~medsearch.train.TrainConfig` plus the job's own options
-(:class:`JobOptions`). Every ``medsearch train`` option is a hyperparameter under the same name
-(dashes or underscores). Managed spot training: checkpoints go to ``/opt/ml/checkpoints`` (which
-SageMaker syncs to S3 and restores) and the job always resumes from the latest one there.
-Metrics are printed in the one line format of :mod:`medsearch.constants`. No SageMaker SDK here.
+:class:`TrainingEnv` and hands it to :func:`run_job`, which merges the hyperparameters (``SM_HPS``
+JSON, then ``--key value`` argv, which wins), turns them into a
+:class:`~medsearch.train.TrainConfig` plus the job's own options (:class:`JobOptions`), then
+trains, evaluates and exports. Every ``medsearch train`` option is a hyperparameter under the
+same name (dashes or underscores). Managed spot training: checkpoints go to
+``/opt/ml/checkpoints`` (which SageMaker syncs to S3 and restores) and the job always resumes
+from the latest one there. Metrics are printed in the one line format of
+:mod:`medsearch.constants`. No SageMaker SDK here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from medsearch import storage
-from medsearch.constants import CHECKPOINT_DIR, format_metric
-from medsearch.data.queries import QUERIES_FILE
-from medsearch.errors import ConfigError
+from medsearch.constants import CHECKPOINT_DIR, EVALUATION_REPORT, ONNX_SUBDIR, format_metric
+from medsearch.data.manifest import read_manifest
+from medsearch.data.queries import QUERIES_FILE, queries_beside
+from medsearch.errors import ConfigError, InvalidInputError
 from medsearch.train.config import TrainConfig, load_train_config, to_bool
 
 log = logging.getLogger(__name__)
@@ -280,3 +285,43 @@ def write_failure(output_dir: Path, message: str) -> None:
         (output_dir / "failure").write_text(message[:1000] + "\n")
     except OSError as exc:  # the reason is also logged; a read-only folder must not mask it
         log.warning("cannot write the failure file in %s: %s", output_dir, exc)
+
+
+def run_job(env: TrainingEnv, argv: Sequence[str], *, emit: Callable[[str], None]) -> None:
+    """Train into a work folder, publish it to the model dir, evaluate it and export ONNX;
+    ``emit`` gets each metric line (the entry point prints them)."""
+    # torch and the training stack load here, not when the job's settings are checked.
+    from medsearch.evaluate import evaluate_model
+    from medsearch.model.encoder import load_encoder
+    from medsearch.model.onnx_export import export_onnx
+    from medsearch.train import train
+    from medsearch.train.loop import HISTORY
+
+    hyperparameters = {**env.hyperparameters, **parse_hyperparameters(argv)}
+    with tempfile.TemporaryDirectory(prefix="medsearch-train-") as work:
+        config, job = training_config(env, hyperparameters, Path(work) / "model")
+        # Checked before training, so a wrong split fails in seconds, not after hours.
+        records = read_manifest(config.data, split=job.eval_split)
+        if not records:
+            raise InvalidInputError(f"{config.data} has no {job.eval_split!r} records to evaluate")
+        model_id = job.model_id or env.job_name or f"medsearch-{config.base}"
+        # Metric lines appear as each epoch ends (SageMaker timestamps them as they come).
+        with HistoryFollower(config.out / HISTORY, emit):
+            result = train(config)
+        # Copied into place (not renamed): SM_MODEL_DIR may be a mount point.
+        shutil.copytree(result.out, env.model_dir, dirs_exist_ok=True)
+
+    encoder = load_encoder(str(env.model_dir), device=config.device)
+    queries = queries_beside(config.data)
+    report = evaluate_model(encoder, records, queries=queries, split=job.eval_split)
+    report["model"] = model_id
+    env.output_data_dir.mkdir(parents=True, exist_ok=True)
+    (env.output_data_dir / EVALUATION_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    for line in report_metric_lines(report):
+        emit(line)
+
+    onnx_dir = env.model_dir / ONNX_SUBDIR
+    export_onnx(
+        encoder.bundle, onnx_dir, int8=job.int8, exporter=job.onnx_exporter, model_id=model_id
+    )
+    log.info("model, ONNX encoders and report written (%s)", model_id)

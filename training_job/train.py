@@ -9,25 +9,14 @@ evaluation report (``SM_OUTPUT_DATA_DIR/evaluation.json``). Checkpoints go to
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from medsearch.constants import EVALUATION_REPORT, ONNX_SUBDIR
-from medsearch.errors import InvalidInputError, MedsearchError
-from medsearch.sagemaker_env import (
-    HistoryFollower,
-    TrainingEnv,
-    parse_hyperparameters,
-    report_metric_lines,
-    training_config,
-    write_failure,
-)
+from medsearch.errors import MedsearchError
+from medsearch.sagemaker_env import TrainingEnv, run_job, write_failure
 
 log = logging.getLogger("training_job")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -37,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Train, evaluate and export as the SageMaker environment says; 2 on a bad input."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
-        run(TrainingEnv.from_environ(os.environ), sys.argv[1:] if argv is None else argv)
+        env = TrainingEnv.from_environ(os.environ)
+        run_job(env, sys.argv[1:] if argv is None else argv, emit=_print_line)
     except MedsearchError as exc:
         log.error("training job failed: %s", exc)
         write_failure(Path(os.environ.get("SM_OUTPUT_DIR", "/opt/ml/output")), str(exc))
@@ -45,47 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run(env: TrainingEnv, argv: Sequence[str]) -> None:
-    """Train into a work folder, publish it to the model dir, evaluate it and export ONNX."""
-    from medsearch.data.manifest import read_manifest
-    from medsearch.data.queries import queries_beside
-    from medsearch.evaluate import evaluate_model
-    from medsearch.model.encoder import load_encoder
-    from medsearch.model.onnx_export import export_onnx
-    from medsearch.train import train
-    from medsearch.train.loop import HISTORY
-
-    hyperparameters = {**env.hyperparameters, **parse_hyperparameters(argv)}
-    with tempfile.TemporaryDirectory(prefix="medsearch-train-") as work:
-        config, job = training_config(env, hyperparameters, Path(work) / "model")
-        # Checked before training, so a wrong split fails in seconds, not after hours.
-        records = read_manifest(config.data, split=job.eval_split)
-        if not records:
-            raise InvalidInputError(f"{config.data} has no {job.eval_split!r} records to evaluate")
-        model_id = job.model_id or env.job_name or f"medsearch-{config.base}"
-        # Metric lines appear as each epoch ends (SageMaker timestamps them as they come).
-        with HistoryFollower(config.out / HISTORY, _print_line):
-            result = train(config)
-        # Copied into place (not renamed): SM_MODEL_DIR may be a mount point.
-        shutil.copytree(result.out, env.model_dir, dirs_exist_ok=True)
-
-    encoder = load_encoder(str(env.model_dir), device=config.device)
-    queries = queries_beside(config.data)
-    report = evaluate_model(encoder, records, queries=queries, split=job.eval_split)
-    report["model"] = model_id
-    env.output_data_dir.mkdir(parents=True, exist_ok=True)
-    (env.output_data_dir / EVALUATION_REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    for line in report_metric_lines(report):
-        _print_line(line)
-
-    onnx_dir = env.model_dir / ONNX_SUBDIR
-    export_onnx(
-        encoder.bundle, onnx_dir, int8=job.int8, exporter=job.onnx_exporter, model_id=model_id
-    )
-    log.info("model, ONNX encoders and report written (%s)", model_id)
-
-
 def _print_line(line: str) -> None:
+    """Print a metric line (SageMaker reads them from stdout as they come)."""
     print(line, flush=True)
 
 

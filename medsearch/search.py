@@ -365,7 +365,8 @@ class SearchService:
 
     def image_file(self, image_id: str) -> tuple[bytes, str]:
         """Return an image's bytes and media type; DICOM is rendered to PNG, which browsers show."""
-        document = self._document(image_id)
+        # Every result thumbnail asks for its file: only the path is needed, not the vector.
+        document = self._document(image_id, with_vector=False)
         from medsearch import storage
         from medsearch.data.images import decode_image, sniff_media_type
 
@@ -491,9 +492,12 @@ class SearchService:
             )
         return self.encoder
 
-    def _document(self, image_id: str) -> Document:
+    def _document(self, image_id: str, *, with_vector: bool = True) -> Document:
         validate_image_id(image_id)
-        document = self.index.get(image_id)
+        if with_vector:
+            document = self.index.get(image_id)
+        else:
+            document = self.index.get_many([image_id], with_vectors=False).get(image_id)
         if document is None:
             raise NotFoundError(f"no image with id {image_id!r}")
         return document

@@ -401,3 +401,17 @@ def test_given_a_page_of_hits_when_searching_then_documents_are_fetched_once_wit
     assert len(response.results) == 5
     assert index.get_manys == [(ids(response), False)]
     assert index.gets == []
+
+
+def test_given_a_thumbnail_when_its_file_is_served_then_the_vector_is_not_fetched(
+    corpus: list[Document], encoder: ColourEncoder
+) -> None:
+    # Given an index that counts lookups
+    index = _CountingIndex(corpus)
+    service = SearchService(index, encoder)
+    # When an image's file is asked for (once per result thumbnail)
+    data, media_type = service.image_file("red-01")
+    # Then the bytes come back from one lookup without the vector
+    assert media_type == "image/png" and data.startswith(b"\x89PNG")
+    assert index.get_manys == [(["red-01"], False)]
+    assert index.gets == []

@@ -348,7 +348,7 @@ def build_count_query(query: SearchQuery) -> dict[str, Any]:
     """Return the query whose hit count is the page total (text matches, vectors, or the union)."""
     parts: list[dict[str, Any]] = []
     if query.text is not None:
-        parts.append({"match": {TEXT_FIELD: {"query": bounded_text(query.text), "operator": "or"}}})
+        parts.append(build_match_query(query.text, {}))  # the filters go beside, once
     if query.vector is not None:
         parts.append({"exists": {"field": VECTOR_FIELD}})
     body: dict[str, Any] = {"should": parts, "minimum_should_match": 1}

@@ -28,7 +28,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -38,9 +38,6 @@ from medsearch.data.images import load_record_images
 from medsearch.data.manifest import BadRecord, Record, write_report
 from medsearch.errors import InvalidInputError
 from medsearch.vectors import SIMILARITY, Encoder, normalize
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +107,10 @@ def vectorize(
     with tqdm(total=len(todo), unit="img", desc="vectorize", disable=disable) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            good, images = _load_batch(batch, strict=strict, bad=bad)
+            pairs = load_record_images(batch, strict=strict, bad=bad)  # bad ones go to ``bad``
+            good = [record for record, _ in pairs]
             if good:
+                images = [image for _, image in pairs]
                 vectors = normalize(encoder.encode_images(images, batch_size=batch_size))
                 _check_vectors(vectors, len(good), encoder.dim)
                 ids = [r.image_id for r in good]
@@ -258,14 +257,6 @@ def _load_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInputError(f"{path}: expected a JSON object")
     return data
-
-
-def _load_batch(
-    batch: Sequence[Record], *, strict: bool, bad: list[BadRecord]
-) -> tuple[list[Record], list[Image.Image]]:
-    """Decode a batch's images; bad ones go to ``bad`` (or raise when strict)."""
-    pairs = load_record_images(batch, strict=strict, bad=bad)
-    return [r for r, _ in pairs], [im for _, im in pairs]
 
 
 # --- assembly and reading ------------------------------------------------------------------------

@@ -190,7 +190,11 @@ def open_index(settings: ServiceSettings) -> SearchIndex:
     from medsearch.index.opensearch import OpenSearchIndex
 
     assert settings.opensearch_url is not None  # the settings validator requires it
-    return OpenSearchIndex.from_url(settings.opensearch_url, settings.opensearch_index)
+    return OpenSearchIndex.from_url(
+        settings.opensearch_url,
+        settings.opensearch_index,
+        http_auth=settings.opensearch_basic_auth(),
+    )
 
 
 def load_encoder(settings: ServiceSettings) -> Encoder | None:

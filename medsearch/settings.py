@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -47,6 +47,8 @@ class ServiceSettings(BaseSettings):
     opensearch_url: str | None = Field(None, description="OpenSearch endpoint URL")
     opensearch_index: str = Field("medsearch", description="OpenSearch index or alias")
     opensearch_auth: Literal["sigv4", "basic", "none"] = "sigv4"
+    opensearch_username: str | None = Field(None, description="user name for basic auth")
+    opensearch_password: SecretStr | None = Field(None, description="password for basic auth")
     opensearch_service: Literal["es", "aoss"] = "es"
     aws_region: str | None = None
 
@@ -68,6 +70,13 @@ class ServiceSettings(BaseSettings):
         if self.engine == "opensearch" and not self.opensearch_url:
             raise ValueError("engine 'opensearch' needs MEDSEARCH_OPENSEARCH_URL")
         return self
+
+    def opensearch_basic_auth(self) -> tuple[str, str] | None:
+        """The (user, password) pair for basic auth, or None when none is configured."""
+        if self.opensearch_auth != "basic" or not self.opensearch_username:
+            return None
+        password = self.opensearch_password
+        return self.opensearch_username, password.get_secret_value() if password else ""
 
 
 def load_settings(**overrides: object) -> ServiceSettings:

@@ -48,11 +48,14 @@ def read_settings() -> tuple[ServiceSettings, str | None]:
 def make_client(settings: ServiceSettings) -> Any:
     """Return the OpenSearch client (tests replace this function to plug in a fake)."""
     assert settings.opensearch_url is not None  # the settings validator requires it
+    user, password = settings.opensearch_basic_auth() or (None, None)
     return opensearch_client(
         settings.opensearch_url,
         auth=settings.opensearch_auth,
         service=settings.opensearch_service,
         region=settings.aws_region,
+        username=user,
+        password=password,
     )
 
 

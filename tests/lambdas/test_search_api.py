@@ -19,6 +19,7 @@ from PIL import Image
 
 from medsearch import storage
 from medsearch.data.manifest import read_manifest
+from medsearch.errors import ConfigError
 from medsearch.index.base import Document
 from medsearch.model.onnx_encoder import OnnxEncoder
 from tests.support.aws_events import LambdaContextStub
@@ -300,3 +301,26 @@ def test_given_torch_blocked_and_no_settings_then_the_handler_module_still_impor
         [sys.executable, "-c", blocker], capture_output=True, text=True, cwd=REPO, env=env
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_given_basic_auth_settings_then_the_client_sends_the_user_and_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a domain with fine-grained access control (internal user, basic auth)
+    monkeypatch.setenv("MEDSEARCH_OPENSEARCH_URL", "https://search.example.org")
+    monkeypatch.setenv("MEDSEARCH_OPENSEARCH_AUTH", "basic")
+    monkeypatch.setenv("MEDSEARCH_OPENSEARCH_USERNAME", "search-api")
+    monkeypatch.setenv("MEDSEARCH_OPENSEARCH_PASSWORD", "s3cret")
+    from lambdas.search_api.handler import make_client
+    from medsearch.settings import load_settings
+
+    settings = load_settings(engine="opensearch", encoder="onnx")
+    assert "s3cret" not in repr(settings)  # a secret, never logged with the settings
+    # When the handler makes its client
+    client = make_client(settings)
+    # Then every request carries those credentials
+    assert client.transport.get_connection().session.auth == ("search-api", "s3cret")
+    # and without a user name, basic auth is a clear configuration error
+    monkeypatch.delenv("MEDSEARCH_OPENSEARCH_USERNAME")
+    with pytest.raises(ConfigError, match="MEDSEARCH_OPENSEARCH_USERNAME"):
+        make_client(load_settings(engine="opensearch", encoder="onnx"))

@@ -309,6 +309,23 @@ def test_given_environment_when_settings_load_then_prefixed_values_are_read(
         load_settings()
 
 
+def test_given_local_opensearch_with_basic_auth_then_the_index_client_logs_in() -> None:
+    from medsearch.api import open_index
+
+    settings = ServiceSettings(
+        engine="opensearch",
+        opensearch_url="https://search.example.org",
+        opensearch_auth="basic",
+        opensearch_username="editor",
+        opensearch_password="pw",  # type: ignore[arg-type]
+    )
+    index = open_index(settings)
+    assert index._client.transport.get_connection().session.auth == ("editor", "pw")  # type: ignore[attr-defined]
+    # without a user, credentials may still come in the URL (https://user:pw@host)
+    plain = settings.model_copy(update={"opensearch_username": None})
+    assert plain.opensearch_basic_auth() is None
+
+
 def test_given_an_image_base_url_when_searching_then_urls_point_there(
     index: MemoryIndex, encoder: ColourEncoder
 ) -> None:

@@ -92,17 +92,21 @@ class StagePath:
     """Tell the app the path prefix it is served under (an API Gateway stage such as ``/prod``).
 
     Mangum strips the stage from the path and leaves ``root_path`` empty; with the prefix put
-    back into ``root_path``, image URLs and the docs' links point at the stage again.
+    back into ``root_path``, image URLs and the docs' links point at the stage again. The prefix
+    is fixed (configured), or worked out per request from its scope (the Lambda edge reads it
+    from the API Gateway event).
     """
 
-    def __init__(self, app: ASGIApp, root_path: str) -> None:
+    def __init__(self, app: ASGIApp, root_path: str | Callable[[Scope], str]) -> None:
         self.app = app
         self.root_path = root_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Set ``root_path`` on requests whose server did not set one."""
         if scope["type"] in ("http", "websocket") and not scope.get("root_path"):
-            scope = {**scope, "root_path": self.root_path}
+            root = self.root_path if isinstance(self.root_path, str) else self.root_path(scope)
+            if root:
+                scope = {**scope, "root_path": root}
         await self.app(scope, receive, send)
 
 

@@ -21,10 +21,11 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mangum import Mangum
+from starlette.types import Scope
 
 from lambdas import opensearch_client
 from medsearch import storage
-from medsearch.api import build_service, create_app
+from medsearch.api import StagePath, build_service, create_app
 from medsearch.constants import LAMBDA_MODEL_DIR, PROJECT
 from medsearch.errors import ConfigError
 from medsearch.index.opensearch import OpenSearchIndex
@@ -90,23 +91,14 @@ def stage_root_path(event: dict[str, Any]) -> str:
     return prefix if path == prefix or path.startswith(prefix + "/") else ""
 
 
-class StagePath:
-    """ASGI wrapper giving the app the API Gateway stage as its root path (unless configured)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not scope.get("root_path"):
-            root = stage_root_path(scope.get("aws.event") or {})
-            if root:
-                scope = {**scope, "root_path": root}
-        await self.app(scope, receive, send)
+def event_root_path(scope: Scope) -> str:
+    """The stage prefix of the API Gateway event behind a request (Mangum puts it in scope)."""
+    return stage_root_path(scope.get("aws.event") or {})
 
 
 SETTINGS, PROBLEM = read_settings()
 app = create_app(SETTINGS, service_factory=build)
-asgi_handler = Mangum(StagePath(app), lifespan="off")
+asgi_handler = Mangum(StagePath(app, event_root_path), lifespan="off")
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

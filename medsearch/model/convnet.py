@@ -1,15 +1,17 @@
 """A small convolutional vision tower for the tiny model, registered with transformers' Auto API.
 
 Why not a ViT: a vision transformer trained from scratch on a few thousand images for a few CPU
-minutes learns what spans the whole image (modality, body region) but not small findings. Measured
-on the synthetic corpus after 10 epochs: image-to-image nearest neighbours agree on the finding in
-35 % of cases with the ViT tower (chance is about 29 %) and in 76-80 % with this tower. Batch norm
-and 3x3 convolutions see local shapes from the first steps.
+minutes learns what spans the whole image (modality, body region) but not findings. Measured on
+the demo corpus with the demo's training (10 epochs, one text layer, caption dropout 0.4): the 10
+nearest image neighbours of a test image share its finding 41 % of the time with CLIP's ViT tower
+(chance is about 27 %) and 78 % with this tower, its side 46 % and 90 %. Batch norm and 3x3
+convolutions see local shapes from the first steps.
 
 Why not global average pooling at the end: captions name the side of a finding, and an average
 over the image forgets where things are. The last feature map is pooled to a coarse ``grid`` x
-``grid`` and flattened, so position survives into the embedding (laterality agreement between
-neighbours: 58 % averaged, 87-93 % with a 4x4 grid).
+``grid`` and flattened, so position survives into the embedding: neighbours share the side 90 %
+of the time, against 57 % with ``grid=1`` (an average). On the demo's query set, where a quarter
+of the queries name a side, vector R@10 is about the same either way (0.656 and 0.653).
 
 The model is a regular :class:`~transformers.PreTrainedModel`: it saves and loads with
 ``save_pretrained``/``from_pretrained`` inside a ``VisionTextDualEncoderModel``, and exports to

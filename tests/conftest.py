@@ -5,6 +5,7 @@ Session-scoped where building is the cost (corpus, model), so the whole suite pa
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -14,6 +15,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MEDPIX = REPO_ROOT.parent / "shared" / "datasets" / "medpix"
+# A cluster of the user's own, read before any test patches the environment; unset, the suite
+# starts a local node (tests/support/opensearch_node.py).
+USER_OPENSEARCH_URL = os.environ.get("MEDSEARCH_OPENSEARCH_URL")
 # Large enough for every split, captionless images and a query set; small enough to write in
 # about 0.2 s.
 SYNTH_N = 96
@@ -95,3 +99,69 @@ def python_without() -> Callable[[set[str], str], subprocess.CompletedProcess[st
     """Run Python code in a subprocess whose imports of the named top-level packages fail, so a
     test proves a module imports without them (torch in the Lambda, boto3 in the core)."""
     return _run_python_without
+
+
+@pytest.fixture(scope="session")
+def opensearch_url() -> Iterator[str]:
+    """URL of a real OpenSearch for the live tests: ``MEDSEARCH_OPENSEARCH_URL`` if set, else a
+    node started here for the session (stopped at the end). Without Java or Maven the live tests
+    skip with the reason, except in CI (``CI=true``), where they must run and so fail instead."""
+    if USER_OPENSEARCH_URL:
+        yield USER_OPENSEARCH_URL
+        return
+    from tests.support.opensearch_node import NodeUnavailable, OpenSearchNode, missing_tools
+
+    problem = missing_tools()
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the live OpenSearch tests, but {problem}", pytrace=False)
+        pytest.skip(problem)
+    node = OpenSearchNode()
+    try:
+        node.start()
+    except NodeUnavailable as exc:
+        pytest.fail(f"cannot start the local OpenSearch node: {exc}", pytrace=False)
+    try:
+        yield node.url  # type: ignore[misc]
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def opensearch_client(opensearch_url: str) -> object:
+    """A client for :func:`opensearch_url`; a user's cluster may ask for basic auth (credentials
+    in the URL), SigV4 (``MEDSEARCH_OPENSEARCH_AUTH=sigv4`` with ``MEDSEARCH_AWS_REGION``) and
+    unverified certificates (``MEDSEARCH_OPENSEARCH_VERIFY_CERTS=0``)."""
+    from lambdas import opensearch_client as make_client
+
+    auth = os.environ.get("MEDSEARCH_OPENSEARCH_AUTH", "none") if USER_OPENSEARCH_URL else "none"
+    return make_client(
+        opensearch_url,
+        auth="none" if auth == "basic" else auth,  # type: ignore[arg-type]  # basic: in the URL
+        service=os.environ.get("MEDSEARCH_OPENSEARCH_SERVICE", "es"),  # type: ignore[arg-type]
+        region=os.environ.get("MEDSEARCH_AWS_REGION"),
+        verify_certs=os.environ.get("MEDSEARCH_OPENSEARCH_VERIFY_CERTS", "1") != "0",
+        timeout=120,
+    )
+
+
+_LIVE_OUTCOMES: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Count the live tests' outcomes (one per test: its call, or the phase that ended it)."""
+    if "live" not in report.keywords:
+        return
+    if report.when == "call" or report.outcome != "passed":
+        if report.when == "teardown" and report.outcome == "failed":
+            return  # already counted at its call; a teardown error shows in pytest's summary
+        _LIVE_OUTCOMES[report.outcome] = _LIVE_OUTCOMES.get(report.outcome, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: object) -> None:
+    """Print the live OpenSearch tests' counts, so a run shows they ran and where."""
+    if not any(_LIVE_OUTCOMES.values()):
+        return
+    where = USER_OPENSEARCH_URL and "MEDSEARCH_OPENSEARCH_URL" or "the local node"
+    counts = ", ".join(f"{n} {outcome}" for outcome, n in _LIVE_OUTCOMES.items())
+    terminalreporter.write_line(f"live OpenSearch tests on {where}: {counts}")  # type: ignore[attr-defined]

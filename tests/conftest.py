@@ -162,6 +162,6 @@ def pytest_terminal_summary(terminalreporter: object) -> None:
     """Print the live OpenSearch tests' counts, so a run shows they ran and where."""
     if not any(_LIVE_OUTCOMES.values()):
         return
-    where = USER_OPENSEARCH_URL and "MEDSEARCH_OPENSEARCH_URL" or "the local node"
+    where = "MEDSEARCH_OPENSEARCH_URL" if USER_OPENSEARCH_URL else "the local node"
     counts = ", ".join(f"{n} {outcome}" for outcome, n in _LIVE_OUTCOMES.items())
     terminalreporter.write_line(f"live OpenSearch tests on {where}: {counts}")  # type: ignore[attr-defined]

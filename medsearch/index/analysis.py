@@ -1,13 +1,27 @@
-"""Caption analysis shared by the BM25 side of both engines: the one definition of "English text".
+"""Caption analysis and BM25 scale shared by both engines: the one definition of "English text".
 
-OpenSearch's ``english`` analyzer is standard tokenizer → possessive ``'s`` removal → lowercase →
-Lucene's English stop words → Porter stemming. The embedded engine (tantivy) builds the closest
-analyzer tantivy offers: split on non-alphanumerics → drop tokens over 255 bytes → lowercase →
-the same Lucene stop words (plus a lone ``s``, which is what a possessive leaves after the split) →
-Snowball English (Porter2) stemming. Porter2 is also what :data:`OPENSEARCH_ANALYSIS` asks
-OpenSearch for (``stemmer`` filter, language ``porter2``), so both engines index the same terms
-for ordinary captions; they can still differ on tokens the standard tokenizer keeps whole
-(``3.5cm``, ``e-mail``), which a simple split breaks apart.
+Terms: a caption is split into maximal runs of letters and digits (Unicode ``Alphabetic`` or
+``Numeric``), tokens of 255 bytes or more are dropped, the rest lowercased, Lucene's English stop
+words (plus a lone ``s``, what a possessive leaves after the split) removed, and each term stemmed
+with Snowball English (Porter2). The embedded engine builds this with tantivy (its ``simple``
+tokenizer is exactly the split above); :data:`OPENSEARCH_ANALYSIS` asks OpenSearch for the same
+(a ``pattern`` tokenizer on ``[^\\p{IsAlphabetic}\\p{N}]+``, Java's spelling of that split), so a
+caption or query has the same terms on every engine.
+
+Why not OpenSearch's ``standard`` tokenizer (UAX#29): it keeps ``3.5cm``, ``caption:femur`` and
+``e-mail`` whole but splits ``HSV-1``, so whether a query finds a caption depended on the
+punctuation inside a token and on the engine. Splitting at every non-alphanumeric character makes
+``3.5 cm`` find ``3.5cm``, ``T2-weighted`` find ``T2 weighted``, ``C5-C6`` find ``C5 C6``, and no
+query text is ever read as field syntax. Lucene's ``length`` filter counts UTF-16 units, tantivy's
+bytes: the two agree on ASCII; a non-ASCII word of 255 bytes or more but fewer characters, which no
+caption has, is dropped by tantivy alone.
+
+BM25 (k1 = 1.2, b = 0.75): every engine reports Lucene's ``BM25Similarity`` score, the textbook
+formula without the constant ``(k1 + 1)`` factor (:data:`BM25_K1`, :data:`BM25_B`). Lucene's
+``LegacyBM25Similarity``, OpenSearch's default before 3.0, and tantivy keep that factor, so their
+raw scores are :data:`LEGACY_BM25_FACTOR` times larger; the engines divide it out with
+:func:`bm25_scale_for_version`. The factor does not change any ranking or min-max fusion, only the
+reported ``bm25_score``.
 
 tantivy is imported only where the tantivy analyzer is built, so :data:`OPENSEARCH_ANALYSIS`
 (all an OpenSearch index creator needs) imports without it.
@@ -18,11 +32,23 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from medsearch.errors import SearchIndexError
+
 if TYPE_CHECKING:
     import tantivy
 
 ANALYZER_NAME = "medsearch_en"
+# tantivy drops tokens of this many UTF-8 bytes or more.
 MAX_TOKEN_BYTES = 255
+# The split of the module docstring, as a Java regex (OpenSearch's pattern tokenizer): Java's
+# \p{IsAlphabetic} and \p{N} are Rust's char::is_alphabetic and is_numeric, which tantivy's
+# simple tokenizer keeps together.
+TOKEN_SEPARATOR_PATTERN = r"[^\p{IsAlphabetic}\p{N}]+"
+
+BM25_K1 = 1.2
+BM25_B = 0.75
+# LegacyBM25Similarity (OpenSearch 1.x-2.x) and tantivy score BM25Similarity times this.
+LEGACY_BM25_FACTOR = 1.0 + BM25_K1
 
 # Lucene's EnglishAnalyzer.ENGLISH_STOP_WORDS_SET (OpenSearch's `_english_`).
 LUCENE_ENGLISH_STOP_WORDS = (
@@ -32,21 +58,41 @@ LUCENE_ENGLISH_STOP_WORDS = (
 )
 STOP_WORDS = (*LUCENE_ENGLISH_STOP_WORDS, "s")
 
-# The same analysis for an OpenSearch index (settings.analysis), so both engines stem alike.
+# The same analysis for an OpenSearch index (settings.analysis), so both engines index alike.
 OPENSEARCH_ANALYSIS: dict[str, Any] = {
+    "tokenizer": {
+        "medsearch_words": {"type": "pattern", "pattern": TOKEN_SEPARATOR_PATTERN},
+    },
     "filter": {
-        "medsearch_possessive": {"type": "stemmer", "language": "possessive_english"},
-        "medsearch_stop": {"type": "stop", "stopwords": "_english_"},
+        "medsearch_length": {"type": "length", "max": MAX_TOKEN_BYTES - 1},
+        "medsearch_stop": {"type": "stop", "stopwords": list(STOP_WORDS)},
         "medsearch_stemmer": {"type": "stemmer", "language": "porter2"},
     },
     "analyzer": {
         ANALYZER_NAME: {
             "type": "custom",
-            "tokenizer": "standard",
-            "filter": ["medsearch_possessive", "lowercase", "medsearch_stop", "medsearch_stemmer"],
+            "tokenizer": "medsearch_words",
+            "filter": ["medsearch_length", "lowercase", "medsearch_stop", "medsearch_stemmer"],
         }
     },
 }
+
+
+def bm25_scale_for_version(number: str, distribution: str | None = "opensearch") -> float:
+    """Return how much larger than BM25Similarity the BM25 scores of indexes that a cluster of
+    this version (``GET /``: ``version.number`` and ``version.distribution``) creates are.
+
+    OpenSearch 3.0 made Lucene's ``BM25Similarity`` the default ``BM25`` (``LegacyBM25`` keeps the
+    old one); every earlier OpenSearch scores with ``LegacyBM25Similarity``. Without a
+    distribution the answer is Elasticsearch's, or OpenSearch 1.x-2.x answering "7.10.2" in
+    compatibility mode (``compatibility.override_main_response_version``): legacy before 8.
+    """
+    try:
+        major = int(number.strip().split(".", 1)[0])
+    except ValueError:
+        raise SearchIndexError(f"not an OpenSearch version number: {number!r}") from None
+    modern_from = 3 if distribution == "opensearch" else 8
+    return LEGACY_BM25_FACTOR if major < modern_from else 1.0
 
 
 def build_analyzer() -> tantivy.TextAnalyzer:

@@ -4,7 +4,8 @@ Libraries were picked by measurement on a 2-core machine at 185k MedPix-like cap
 of 3-6 term queries, while choosing): SQLite FTS5 ``ORDER BY bm25`` 32-118 ms, bm25s 1-8 ms,
 tantivy 0.3-1.5 ms, so BM25 runs in tantivy. Its BM25 is Lucene's (k1 = 1.2, b = 0.75, the same
 idf and length normalisation, one-byte length norms), only multiplied by the constant ``k1 + 1``,
-which we divide out so the reported ``text_score`` is on OpenSearch's scale. Captions are analysed
+which is divided out so ``text_score`` is ``BM25Similarity``'s, as on every engine
+(:mod:`medsearch.index.analysis`). Captions are analysed
 by :mod:`medsearch.index.analysis`; a query is built from the analysed terms as an OR of term
 clauses (what OpenSearch's ``match`` query does), never through tantivy's query parser, so no
 query text can be read as syntax. Captionless documents are not in the text index at all, so the
@@ -68,7 +69,12 @@ from medsearch import storage
 from medsearch.data.manifest import validate_image_id
 from medsearch.errors import InvalidInputError, MedsearchError, SearchIndexError
 from medsearch.fusion import check_alpha, fuse
-from medsearch.index.analysis import ANALYZER_NAME, analyze, build_analyzer
+from medsearch.index.analysis import (
+    ANALYZER_NAME,
+    LEGACY_BM25_FACTOR,
+    analyze,
+    build_analyzer,
+)
 from medsearch.index.base import (
     MAX_K,
     Document,
@@ -89,9 +95,8 @@ GEN_PATTERN = re.compile(r"gen-(\d{6})")
 TMP_PATTERN = re.compile(r"\.gen-(\d{6})\.tmp")
 # Deepest result a query may page to (OpenSearch's default index.max_result_window).
 MAX_RESULT_WINDOW = 10_000
-# tantivy multiplies Lucene's BM25 by (k1 + 1); dividing reports OpenSearch's scale.
-BM25_K1 = 1.2
-_TANTIVY_BM25_FACTOR = 1.0 + BM25_K1
+# tantivy scores like LegacyBM25Similarity: BM25Similarity times (k1 + 1).
+_TANTIVY_BM25_FACTOR = LEGACY_BM25_FACTOR
 _FILTER_SEP = "\x1f"
 _NO_VECTOR_TERM = "\x00novector"
 _TEXT_HEAP_BYTES = 256 * 1024 * 1024

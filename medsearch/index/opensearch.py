@@ -18,9 +18,12 @@ Layout of a deployment:
   retried with exponential back-off and jitter, a bounded number of times. Bulk items rejected
   with 429 are resent; other per-item errors come back in :class:`UpsertResult.failed`.
 
-Scores: the BM25 score is OpenSearch's; kNN scores are converted back from OpenSearch's score
-to the cosine (see :func:`knn_score_to_cosine`), so hits carry the same numbers as the embedded
-engine. Hybrid queries fuse through a search pipeline with the ``normalization-processor``
+Scores: BM25 scores are reported as Lucene's ``BM25Similarity`` computes them, the same on every
+engine (:mod:`medsearch.index.analysis`): an index records at creation how much larger its
+cluster's raw scores are (``_meta.medsearch.bm25_scale``: 2.2 for OpenSearch before 3.0, whose
+default is ``LegacyBM25Similarity``; 1 from 3.0), and readers divide by it. kNN scores are
+converted back from OpenSearch's score to the cosine (see :func:`knn_score_to_cosine`), so hits
+carry the same numbers as the embedded engine. Hybrid queries fuse through a search pipeline with the ``normalization-processor``
 (``min_max``, ``arithmetic_mean``, weights ``[1 - alpha, alpha]``; one pipeline per alpha rounded to
 :data:`ALPHA_DECIMALS` decimals, created on first use), or on the client with
 :mod:`medsearch.fusion` for domains without the neural-search plugin (``hybrid="client"``).
@@ -47,7 +50,12 @@ from opensearchpy.helpers.signer import RequestsAWSV4SignerAuth
 
 from medsearch import fusion
 from medsearch.errors import ConfigError, InvalidInputError, SearchIndexError
-from medsearch.index.analysis import ANALYZER_NAME, OPENSEARCH_ANALYSIS
+from medsearch.index.analysis import (
+    ANALYZER_NAME,
+    LEGACY_BM25_FACTOR,
+    OPENSEARCH_ANALYSIS,
+    bm25_scale_for_version,
+)
 from medsearch.index.base import (
     MAX_K,
     Document,
@@ -191,8 +199,18 @@ def run_index_name(alias: str, run_id: str) -> str:
 # --- request bodies (pure functions: tested against golden JSON) -------------------------------
 
 
-def build_index_body(dim: int, config: OpenSearchConfig, *, loading: bool = True) -> dict[str, Any]:
-    """Return the settings and mappings of a run index (no replicas, no refresh while loading)."""
+def build_index_body(
+    dim: int,
+    config: OpenSearchConfig,
+    *,
+    loading: bool = True,
+    bm25_scale: float = LEGACY_BM25_FACTOR,
+) -> dict[str, Any]:
+    """Return the settings and mappings of a run index (no replicas, no refresh while loading).
+
+    ``bm25_scale`` is recorded in the mapping's ``_meta`` for readers: how much larger than
+    ``BM25Similarity`` the cluster creating the index scores (:func:`bm25_scale_for_version`).
+    """
     if dim < 1:
         raise InvalidInputError(f"vector dimension must be positive, got {dim}")
     settings: dict[str, Any] = {
@@ -208,7 +226,13 @@ def build_index_body(dim: int, config: OpenSearchConfig, *, loading: bool = True
     keyword = {"type": "keyword"}
     mappings: dict[str, Any] = {
         "dynamic": "strict",
-        "_meta": {"medsearch": {"replicas": config.replicas, "refresh": config.refresh_interval}},
+        "_meta": {
+            "medsearch": {
+                "replicas": config.replicas,
+                "refresh": config.refresh_interval,
+                "bm25_scale": bm25_scale,
+            }
+        },
         "properties": {
             ID_FIELD: keyword,
             TEXT_FIELD: {"type": "text", "analyzer": ANALYZER_NAME},
@@ -448,6 +472,14 @@ def _vector_problem(vector: np.ndarray | None) -> str | None:
 
 
 @dataclass(frozen=True)
+class _Layout:
+    """What readers take from an index's mapping: vector dimension and BM25 scale."""
+
+    dim: int | None
+    bm25_scale: float
+
+
+@dataclass(frozen=True)
 class Refused:
     """An error answer the caller chose to handle (``ignore=``): its status and body."""
 
@@ -478,7 +510,7 @@ class OpenSearchIndex:
         self._sleep = sleep
         self._rng = rng
         self._pipelines: set[str] = set()
-        self._dim: int | None = None
+        self._layout: _Layout | None = None
 
     @classmethod
     def from_url(
@@ -551,21 +583,28 @@ class OpenSearchIndex:
 
     def create(self, dim: int, *, loading: bool = True) -> bool:
         """Create the index for ``dim``-d vectors; return False if it already existed (same dim)."""
-        body = build_index_body(dim, self.config, loading=loading)
+        scale = self._cluster_bm25_scale()
+        body = build_index_body(dim, self.config, loading=loading, bm25_scale=scale)
         answer = self._request("PUT", f"/{self.name}", body, ignore=(400,))
         if isinstance(answer, Refused):
             error = json.dumps(answer.info)
             if "resource_already_exists_exception" not in error:
                 raise SearchIndexError(f"cannot create index {self.name}: {error}")
-            existing = self._read_dim()
+            existing = self._read_layout().dim
             if existing is not None and existing != dim:
                 raise SearchIndexError(
                     f"index {self.name} holds {existing}-d vectors, cannot load {dim}-d ones"
                 )
             return False
-        self._dim = dim
+        self._layout = None  # read back from the mapping on first use
         log.info("created index %s (%d-d, %s)", self.name, dim, self.config.engine)
         return True
+
+    def _cluster_bm25_scale(self) -> float:
+        """Return the BM25 scale of indexes this cluster creates, from its version (``GET /``)."""
+        answer = self._request("GET", "/")
+        version = answer.get("version", {}) if isinstance(answer, Mapping) else {}
+        return bm25_scale_for_version(str(version.get("number", "")), version.get("distribution"))
 
     def begin_load(self) -> None:
         """Turn off refresh and replicas while bulk loading (much faster indexing)."""
@@ -794,19 +833,39 @@ class OpenSearchIndex:
     @property
     def dim(self) -> int | None:
         """The vector dimension from the mapping, or ``None`` if the index does not exist."""
-        if self._dim is None:
-            self._dim = self._read_dim()
-        return self._dim
+        return self._read_layout().dim
 
-    def _read_dim(self) -> int | None:
+    @property
+    def bm25_scale(self) -> float:
+        """How much larger than ``BM25Similarity`` this index's raw BM25 scores are."""
+        return self._read_layout().bm25_scale
+
+    def _read_layout(self) -> _Layout:
+        """Read the vector dimension and BM25 scale from the mapping once (not while missing)."""
+        if self._layout is not None:
+            return self._layout
         answer = self._request("GET", f"/{self.name}/_mapping", ignore=(404,))
         if isinstance(answer, Refused) or not isinstance(answer, dict):
-            return None
+            return _Layout(dim=None, bm25_scale=LEGACY_BM25_FACTOR)
+        dims: set[int] = set()
+        scales: set[float] = set()
         for info in answer.values():
-            vector = info.get("mappings", {}).get("properties", {}).get(VECTOR_FIELD, {})
+            mappings = info.get("mappings", {})
+            vector = mappings.get("properties", {}).get(VECTOR_FIELD, {})
             if "dimension" in vector:
-                return int(vector["dimension"])
-        return None
+                dims.add(int(vector["dimension"]))
+            # Indexes written before the scale was recorded were all made by OpenSearch 2.x.
+            meta = mappings.get("_meta", {}).get("medsearch", {})
+            scales.add(float(meta.get("bm25_scale", LEGACY_BM25_FACTOR)))
+        if len(dims) > 1 or len(scales) > 1:
+            raise SearchIndexError(
+                f"{self.name} spans indexes with different layouts "
+                f"(dimensions {sorted(dims)}, BM25 scales {sorted(scales)})"
+            )
+        layout = _Layout(dim=dims.pop() if dims else None, bm25_scale=scales.pop())
+        if layout.dim is not None:
+            self._layout = layout
+        return layout
 
     def facets(self, fields: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
         """Return metadata fields with their values and counts (``terms`` aggregations)."""
@@ -905,11 +964,14 @@ class OpenSearchIndex:
             build_match_query(query.text, query.filters, query.exclude_ids), query.k, query.offset
         )
         answer = self._search(body)
-        hits = [
-            Hit(image_id=h["_id"], score=float(h["_score"]), text_score=float(h["_score"]))
-            for h in answer["hits"]["hits"]
-        ]
+        hits = []
+        for h in answer["hits"]["hits"]:
+            bm25 = self._bm25(h["_score"])
+            hits.append(Hit(image_id=h["_id"], score=bm25, text_score=bm25))
         return SearchPage(hits=fusion.sort_hits(hits), total=_total(answer))
+
+    def _bm25(self, score: float) -> float:
+        return float(score) / self.bm25_scale
 
     def _cosine(self, score: float) -> float:
         return knn_score_to_cosine(float(score), self.config.space_type)
@@ -946,7 +1008,7 @@ class OpenSearchIndex:
                 build_search_body(build_count_query(query), 0),
             ]
         )
-        text_list = [(h["_id"], float(h["_score"])) for h in text["hits"]["hits"]]
+        text_list = [(h["_id"], self._bm25(h["_score"])) for h in text["hits"]["hits"]]
         vector_list = [(h["_id"], self._cosine(h["_score"])) for h in vector["hits"]["hits"]]
         return text_list, vector_list, _total(total)
 

@@ -5,7 +5,10 @@ calls the OpenSearch engine makes (index create/settings/mapping/refresh, ``_bul
 ``_mget``, ``_count``, ``_search``, ``_msearch``, ``_aliases``, ``_search/pipeline``) with the
 documented semantics, so tests of the engine, the loader and the API see real behaviour:
 
-- BM25 (k1 1.2, b 0.75) over the caption terms of :mod:`medsearch.index.analysis`; ``match`` is an
+- ``GET /`` names the version the cluster plays (``FakeCluster(version=...)``, default 2.19.1).
+- BM25 (k1 1.2, b 0.75) over the caption terms of :mod:`medsearch.index.analysis`, scored as the
+  version creating the index does: ``LegacyBM25Similarity`` (times k1 + 1) before 3.0,
+  ``BM25Similarity`` from 3.0, as OpenSearch's default ``BM25`` similarity; ``match`` is an
   OR of the terms; ``bool`` (must/filter/should/must_not), ``terms``, ``term``, ``ids``,
   ``exists``, ``match_all``; ``knn`` with efficient filtering (exact, scores as OpenSearch's
   ``innerproduct``/``cosinesimil`` spaces); ``hybrid`` through a stored pipeline's
@@ -43,13 +46,15 @@ from urllib.parse import unquote
 
 from opensearchpy import Connection, OpenSearch
 
+from medsearch.index.analysis import BM25_B as B
+from medsearch.index.analysis import BM25_K1 as K1
 from medsearch.index.analysis import analyze as _analyze
+from medsearch.index.analysis import bm25_scale_for_version
 
 if TYPE_CHECKING:
     from medsearch.index.opensearch import OpenSearchIndex
 
 
-K1, B = 1.2, 0.75
 MIN_SCORE, SINGLE_RESULT_SCORE = 0.001, 1.0
 
 
@@ -75,6 +80,8 @@ class FakeIndex:
     settings: dict[str, Any]
     mappings: dict[str, Any]
     created: int
+    # How much larger than BM25Similarity this index scores (set by the creating version).
+    bm25_factor: float = 1.0
     docs: dict[str, dict[str, Any]] = field(default_factory=dict)
     visible: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -119,7 +126,8 @@ class _Fault:
 class FakeCluster:
     """The in-memory cluster shared by every fake connection made for it."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, version: str = "2.19.1") -> None:
+        self.version = version
         self.indexes: dict[str, FakeIndex] = {}
         self.aliases: dict[str, set[str]] = {}
         self.pipelines: dict[str, dict[str, Any]] = {}
@@ -211,6 +219,8 @@ class FakeCluster:
 
     def _route(self, method: str, path: str, params: dict[str, Any], body: Any) -> Any:
         parts = [p for p in path.split("/") if p]
+        if not parts and method == "GET":
+            return {"version": {"distribution": "opensearch", "number": self.version}}
         if parts == ["_aliases"]:
             return self._update_aliases(body)
         if len(parts) == 2 and parts[0] == "_alias":
@@ -286,7 +296,13 @@ class FakeCluster:
             if vector is not None and not settings.get("knn"):
                 raise HttpError(400, "mapper_parsing_exception", "knn_vector needs index.knn")
             self._clock += 1
-            self.indexes[name] = FakeIndex(name, settings, mappings, created=self._clock)
+            self.indexes[name] = FakeIndex(
+                name,
+                settings,
+                mappings,
+                created=self._clock,
+                bm25_factor=bm25_scale_for_version(self.version),
+            )
             return {"acknowledged": True, "index": name}
         raise HttpError(405, "method_not_allowed", f"{method} /{name}")
 
@@ -621,7 +637,7 @@ class _Evaluator:
                 df = document_frequency[term]
                 idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
                 score += idf * tf / (tf + K1 * (1 - B + B * length / (average or 1.0)))
-            scores[image_id] = score
+            scores[image_id] = score * (self.index.bm25_factor if self.index else 1.0)
         return scores
 
     def _q_knn(self, spec: Mapping[str, Any]) -> dict[str, float]:

@@ -25,8 +25,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "opensearch_node"
 TARGET = NODE_DIR / "target"
@@ -43,6 +46,15 @@ JVM_FLAGS = (
     "-XX:+UseG1GC",
 )
 _JAR_VERSION = re.compile(r"-\d[^-]*(?:-[A-Za-z]+)?\.jar$")
+
+
+# Makes an OpenSearchIndex on the node: make(config=None, *, name=None) (the `node_index` fixture).
+MakeNodeIndex = Callable[..., Any]
+
+
+def fresh_name() -> str:
+    """An index or alias name no other test uses: ``medsearch-test-<random>``."""
+    return f"medsearch-test-{uuid.uuid4().hex[:10]}"
 
 
 class NodeUnavailable(RuntimeError):
@@ -63,9 +75,7 @@ def _sources() -> list[Path]:
 
 def build_node(*, timeout: float = 900.0) -> None:
     """Build the node's classes and jar folders with Maven unless they are newer than the module."""
-    if _STAMP.is_file() and all(
-        p.stat().st_mtime <= _STAMP.stat().st_mtime for p in _sources()
-    ):
+    if _STAMP.is_file() and all(p.stat().st_mtime <= _STAMP.stat().st_mtime for p in _sources()):
         return
     problem = missing_tools()
     if problem:

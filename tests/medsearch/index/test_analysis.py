@@ -1,11 +1,23 @@
-"""The caption analysis: one definition of terms, and an OpenSearch definition free of tantivy."""
+"""The caption analysis: one definition of terms, an OpenSearch definition free of tantivy, and
+the BM25 scale of each OpenSearch version (the node's own analysis: test_analysis_live.py)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from medsearch.index.analysis import ANALYZER_NAME, OPENSEARCH_ANALYSIS, analyze
+import pytest
+
+from medsearch.errors import SearchIndexError
+from medsearch.index.analysis import (
+    ANALYZER_NAME,
+    LEGACY_BM25_FACTOR,
+    OPENSEARCH_ANALYSIS,
+    STOP_WORDS,
+    TOKEN_SEPARATOR_PATTERN,
+    analyze,
+    bm25_scale_for_version,
+)
 
 
 def test_given_caption_when_analyzed_then_stop_words_and_possessive_go_and_stems_stay() -> None:
@@ -25,3 +37,55 @@ def test_given_no_tantivy_when_opensearch_analysis_imported_then_it_loads() -> N
     # Then: it loads and is the same definition
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [ANALYZER_NAME, *str(sorted(OPENSEARCH_ANALYSIS)).split()]
+
+
+@pytest.mark.parametrize(
+    ("text", "terms"),
+    [
+        ("caption:femur", ["caption", "femur"]),  # no field syntax, on any engine
+        ("HSV-1 encephalitis", ["hsv", "1", "enceph"]),
+        ("a 3.5cm mass", ["3", "5cm", "mass"]),
+        ("T2-weighted", ["t2", "weight"]),
+        ("C5-C6 disc", ["c5", "c6", "disc"]),
+        ('Takayasu"s arteritis', ["takayasu", "arter"]),
+        ("the patient’s lungs", ["patient", "lung"]),
+        ("x" * 300 + " femur", ["femur"]),  # tokens of 255 bytes or more are dropped
+    ],
+)
+def test_given_punctuation_inside_words_when_analyzed_then_every_engine_splits_there(
+    text: str, terms: list[str]
+) -> None:
+    assert analyze(text) == terms
+
+
+def test_given_opensearch_analysis_then_it_splits_like_tantivy_and_keeps_its_stop_words() -> None:
+    tokenizer = OPENSEARCH_ANALYSIS["analyzer"][ANALYZER_NAME]["tokenizer"]
+    assert OPENSEARCH_ANALYSIS["tokenizer"][tokenizer] == {
+        "type": "pattern",
+        "pattern": TOKEN_SEPARATOR_PATTERN,
+    }
+    stop = OPENSEARCH_ANALYSIS["filter"]["medsearch_stop"]["stopwords"]
+    assert set(stop) == set(STOP_WORDS) and "s" in stop
+
+
+@pytest.mark.parametrize(
+    ("number", "distribution"),
+    [("2.19.1", "opensearch"), ("1.3.20", "opensearch"), ("7.10.2", None)],
+)
+def test_given_a_cluster_before_opensearch_3_then_scores_carry_the_legacy_factor(
+    number: str, distribution: str | None
+) -> None:
+    # 7.10.2 without a distribution: OpenSearch 1.x-2.x in compatibility mode, or Elasticsearch 7
+    assert bm25_scale_for_version(number, distribution) == LEGACY_BM25_FACTOR == 2.2
+
+
+@pytest.mark.parametrize(("number", "distribution"), [("3.0.0", "opensearch"), ("8.15.0", None)])
+def test_given_opensearch_3_then_scores_are_bm25similarity(
+    number: str, distribution: str | None
+) -> None:
+    assert bm25_scale_for_version(number, distribution) == 1.0
+
+
+def test_given_no_version_number_then_the_error_says_so() -> None:
+    with pytest.raises(SearchIndexError, match="not an OpenSearch version"):
+        bm25_scale_for_version("serverless")

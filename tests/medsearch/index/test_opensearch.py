@@ -17,13 +17,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from index_contract import reference_bm25
 from opensearchpy import RequestsHttpConnection
 
 from medsearch.errors import ConfigError, InvalidInputError, SearchIndexError
+from medsearch.index.analysis import LEGACY_BM25_FACTOR
 from medsearch.index.base import Document, SearchIndex, SearchQuery
 from medsearch.index.opensearch import (
     OpenSearchConfig,
     OpenSearchIndex,
+    build_index_body,
     build_pipeline_body,
     connect,
     knn_score_to_cosine,
@@ -102,6 +105,44 @@ def loaded(cluster: FakeCluster, clock: Clock) -> OpenSearchIndex:
 
 def last(cluster: FakeCluster, fragment: str, method: str | None = None) -> RecordedRequest:
     return cluster.requests_to(fragment, method)[-1]
+
+
+# --- the BM25 scale --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("version", "recorded"), [("2.19.1", LEGACY_BM25_FACTOR), ("3.1.0", 1.0)])
+def test_given_any_cluster_version_when_text_searched_then_bm25_is_bm25similarity(
+    version: str, recorded: float, clock: Clock
+) -> None:
+    # Given a cluster scoring as OpenSearch `version` does (2.x: LegacyBM25Similarity, 2.2x)
+    cluster = FakeCluster(version=version)
+    index = make_index(cluster, clock)
+    index.create(DIM)
+    # Then the index records its scale for readers
+    meta = last(cluster, "/medsearch-run1", "PUT").body["mappings"]["_meta"]["medsearch"]
+    assert meta["bm25_scale"] == pytest.approx(recorded)
+    with index.loading():
+        index.upsert(DOCS)
+    # When a reader on an alias searches text
+    index.swap_alias("medsearch")
+    reader = OpenSearchIndex(fake_client(cluster), "medsearch")
+    page = reader.search(SearchQuery(text="femur fracture lung", k=10))
+    # Then the scores are BM25Similarity's, whatever the cluster's own scale
+    expected = reference_bm25(
+        {d.image_id: d.caption for d in DOCS if d.caption}, "femur fracture lung"
+    )
+    assert {h.image_id: h.text_score for h in page.hits} == pytest.approx(expected, rel=1e-6)
+
+
+def test_given_an_index_without_a_recorded_scale_then_it_reads_as_opensearch_2(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    # Given a run index created before the scale was recorded (by OpenSearch 2.x)
+    body = build_index_body(DIM, OpenSearchConfig(), loading=False)
+    del body["mappings"]["_meta"]["medsearch"]["bm25_scale"]
+    fake_client(cluster).transport.perform_request("PUT", "/old", body=body)
+    # Then its readers divide out the legacy factor
+    assert make_index(cluster, clock, name="old").bm25_scale == LEGACY_BM25_FACTOR
 
 
 # --- golden request bodies -------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""Every engine against the shared engine contract (index_contract.py), from one fixture.
+
+The same tests run on the embedded engine, on the OpenSearch engine over the in-memory fake
+cluster and over the real node, each OpenSearch target in both hybrid paths (fusion in a search
+pipeline, and client-side fusion with medsearch.fusion), so the engines cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from index_contract import MakeIndex, SearchIndexContract
+
+from medsearch.index.base import Document, SearchIndex
+from medsearch.index.embedded import EmbeddedIndex
+from medsearch.index.opensearch import OpenSearchConfig, OpenSearchIndex
+from tests.support.fake_opensearch import FakeCluster, fake_client
+from tests.support.opensearch_node import MakeNodeIndex
+
+ENGINES = [
+    "embedded",
+    "fake-pipeline",
+    "fake-client",
+    pytest.param("node-pipeline", marks=pytest.mark.live),
+    pytest.param("node-client", marks=pytest.mark.live),
+]
+
+
+def _first_dim(documents: Sequence[Document]) -> int:
+    return next(len(d.vector) for d in documents if d.vector is not None)
+
+
+def embedded_factory(folder: Path) -> MakeIndex:
+    def make(documents: Sequence[Document]) -> SearchIndex:
+        index = EmbeddedIndex.create(folder / "index")
+        index.upsert(documents)
+        return index
+
+    return make
+
+
+def fake_factory(hybrid: str) -> MakeIndex:
+    def make(documents: Sequence[Document]) -> SearchIndex:
+        config = OpenSearchConfig(hybrid=hybrid, refresh_writes=True)  # type: ignore[arg-type]
+        index = OpenSearchIndex(fake_client(FakeCluster()), "contract", config=config)
+        index.create(_first_dim(documents), loading=False)
+        assert index.upsert(documents).failed == []
+        return index
+
+    return make
+
+
+def node_factory(node_index: MakeNodeIndex, hybrid: str) -> MakeIndex:
+    def make(documents: Sequence[Document]) -> SearchIndex:
+        config = OpenSearchConfig(hybrid=hybrid, refresh_writes=True, replicas=0)  # type: ignore[arg-type]
+        index = node_index(config)
+        index.create(_first_dim(documents))
+        with index.loading():  # the loader's path: refresh off, then restored
+            assert index.upsert(documents).failed == []
+        return index
+
+    return make
+
+
+class TestEngineContract(SearchIndexContract):
+    @pytest.fixture(params=ENGINES)
+    def engine(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    @pytest.fixture
+    def make_index(self, engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> MakeIndex:
+        kind, _, hybrid = engine.partition("-")
+        if kind == "embedded":
+            return embedded_factory(tmp_path)
+        if kind == "fake":
+            return fake_factory(hybrid)
+        return node_factory(request.getfixturevalue("node_index"), hybrid)
+
+    @pytest.mark.slow  # building a 50k-vector graph takes 10-60 s (minutes on the node)
+    def test_ann_recall_at_10_on_embedding_like_vectors(
+        self, engine: str, make_index: MakeIndex
+    ) -> None:
+        if engine.startswith("fake"):
+            pytest.skip("the fake's kNN is exact: recall there says nothing about HNSW")
+        if engine == "node-client":
+            pytest.skip("the same kNN request as node-pipeline, which measures it")
+        super().test_ann_recall_at_10_on_embedding_like_vectors(make_index)

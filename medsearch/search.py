@@ -30,11 +30,12 @@ from medsearch.errors import (
     InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
+    SearchIndexError,
     StorageError,
     UnsupportedMediaTypeError,
 )
 from medsearch.fusion import check_alpha
-from medsearch.index.base import MAX_K, Document, SearchIndex, SearchQuery
+from medsearch.index.base import MAX_K, Document, SearchIndex, SearchPage, SearchQuery
 from medsearch.vectors import Encoder
 
 log = logging.getLogger(__name__)
@@ -502,6 +503,20 @@ class SearchService:
             raise NotFoundError(f"no image with id {image_id!r}")
         return document
 
+    def _search_index(self, query: SearchQuery, *, vector_from_model: bool) -> SearchPage:
+        """Search the index; a query vector of the wrong size that this service's own model made
+        is the service's fault (the index was rebuilt with another model), not the caller's."""
+        try:
+            return self.index.search(query)
+        except InvalidInputError:
+            dim, encoder = self.index.dim, self.encoder
+            if vector_from_model and encoder is not None and dim not in (None, encoder.dim):
+                raise SearchIndexError(
+                    f"the index holds {dim}-d vectors but the model {encoder.model_id} makes "
+                    f"{encoder.dim}-d ones: serve the model the index was built with"
+                ) from None
+            raise
+
     def _run(
         self,
         query: SearchQuery,
@@ -511,7 +526,7 @@ class SearchService:
         image_id: str | None,
         started: float,
     ) -> SearchResponse:
-        page = self.index.search(query)
+        page = self._search_index(query, vector_from_model=mode in ("vector", "hybrid", "upload"))
         fused = query.text is not None and query.vector is not None
         # One lookup for the whole page; vectors are not shown, so they are not fetched.
         documents = self.index.get_many([hit.image_id for hit in page.hits], with_vectors=False)

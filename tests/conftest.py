@@ -145,7 +145,7 @@ def opensearch_client(opensearch_url: str) -> object:
     )
 
 
-_LIVE_OUTCOMES: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
+_LIVE_OUTCOMES: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0, "xfailed": 0}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -155,7 +155,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" or report.outcome != "passed":
         if report.when == "teardown" and report.outcome == "failed":
             return  # already counted at its call; a teardown error shows in pytest's summary
-        _LIVE_OUTCOMES[report.outcome] = _LIVE_OUTCOMES.get(report.outcome, 0) + 1
+        outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
+        _LIVE_OUTCOMES[outcome] += 1
 
 
 def pytest_terminal_summary(terminalreporter: object) -> None:

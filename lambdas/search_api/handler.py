@@ -6,8 +6,7 @@ The app is the same one ``medsearch serve`` runs, with the OpenSearch engine and
 needs it: the ONNX files named by ``MEDSEARCH_MODEL`` (an ``s3://`` prefix; the configured
 precision only) are downloaded once into ``/tmp``, and the OpenSearch client is made with the
 function role's credentials (SigV4). Until a run is published to the configured alias, every
-request is a 503 that names it; the start is retried a few seconds later, so the first run
-published is served without a redeploy.
+request that reads the index is a 503 that names it.
 Behind a named API Gateway stage the stage becomes the app's root path, so links and ``/docs``
 carry it; ``MEDSEARCH_ROOT_PATH`` overrides that. Logs are Powertools JSON with the request's
 correlation id, which is also returned as ``x-request-id``.
@@ -29,7 +28,7 @@ from lambdas import opensearch_client
 from medsearch import storage
 from medsearch.api import StagePath, build_service, create_app
 from medsearch.constants import LAMBDA_MODEL_DIR, PROJECT
-from medsearch.errors import ConfigError, SearchIndexError
+from medsearch.errors import ConfigError
 from medsearch.index.opensearch import OpenSearchIndex
 from medsearch.model.onnx_encoder import download_export
 from medsearch.search import SearchService
@@ -78,14 +77,7 @@ def build() -> SearchService:
         raise ConfigError(PROBLEM)
     settings = local_model(SETTINGS, MODEL_CACHE)
     index = OpenSearchIndex(make_client(settings), settings.opensearch_index)
-    service = build_service(settings, index=index)
-    # Before the first run is published the alias does not exist, and the engine reads a missing
-    # index as an empty one (no fields to filter on, no such image): say what is wrong instead.
-    if not index.exists():
-        raise SearchIndexError(
-            f"OpenSearch index or alias {index.name!r} does not exist: publish a run to it first"
-        )
-    return service
+    return build_service(settings, index=index)
 
 
 def stage_root_path(event: dict[str, Any]) -> str:

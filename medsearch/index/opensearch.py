@@ -23,10 +23,11 @@ engine (:mod:`medsearch.index.analysis`): an index records at creation how much 
 cluster's raw scores are (``_meta.medsearch.bm25_scale``: 2.2 for OpenSearch before 3.0, whose
 default is ``LegacyBM25Similarity``; 1 from 3.0), and readers divide by it. kNN scores are
 converted back from OpenSearch's score to the cosine (see :func:`knn_score_to_cosine`), so hits
-carry the same numbers as the embedded engine. Hybrid queries fuse through a search pipeline with the ``normalization-processor``
-(``min_max``, ``arithmetic_mean``, weights ``[1 - alpha, alpha]``; one pipeline per alpha rounded to
-:data:`ALPHA_DECIMALS` decimals, created on first use), or on the client with
-:mod:`medsearch.fusion` for domains without the neural-search plugin (``hybrid="client"``).
+carry the same numbers as the embedded engine. Hybrid queries fuse through a search pipeline
+with the ``normalization-processor`` (``min_max``, ``arithmetic_mean``, weights
+``[1 - alpha, alpha]``; one pipeline per alpha rounded to :data:`ALPHA_DECIMALS` decimals,
+created on first use), or on the client with :mod:`medsearch.fusion` for domains without the
+neural-search plugin (``hybrid="client"``).
 """
 
 from __future__ import annotations
@@ -600,6 +601,12 @@ class OpenSearchIndex:
         log.info("created index %s (%d-d, %s)", self.name, dim, self.config.engine)
         return True
 
+    def _missing_index(self) -> SearchIndexError:
+        """The error for a read of an index or alias that does not exist (yet, or any more)."""
+        return SearchIndexError(
+            f"OpenSearch index or alias {self.name!r} does not exist: publish a run to it first"
+        )
+
     def _cluster_bm25_scale(self) -> float:
         """Return the BM25 scale of indexes this cluster creates, from its version (``GET /``)."""
         answer = self._request("GET", "/")
@@ -803,6 +810,8 @@ class OpenSearchIndex:
         """Return one document (with its vector) or ``None``."""
         path = f"/{self.name}/_doc/{quote(image_id, safe='')}"
         answer = self._request("GET", path, ignore=(404,))
+        if isinstance(answer, Refused) and _is_missing_index(answer.info):
+            raise self._missing_index()
         if not isinstance(answer, dict) or not answer.get("found"):
             return None
         return document_from_source(image_id, answer.get("_source") or {})
@@ -821,6 +830,8 @@ class OpenSearchIndex:
         answer = self._request("POST", f"/{self.name}/_mget", {"ids": wanted}, params)
         found = {}
         for item in answer.get("docs", []) if isinstance(answer, dict) else []:
+            if _is_missing_index(item):  # _mget answers 200 with an error per document
+                raise self._missing_index()
             if item.get("found"):
                 document = document_from_source(item["_id"], item.get("_source") or {})
                 found[document.image_id] = document
@@ -890,8 +901,8 @@ class OpenSearchIndex:
     def _metadata_fields(self) -> list[str]:
         """Return the keyword fields under ``metadata`` (dotted paths for nested objects)."""
         answer = self._request("GET", f"/{self.name}/_mapping", ignore=(404,))
-        if isinstance(answer, Refused) or not isinstance(answer, dict):
-            return []
+        if isinstance(answer, Refused):
+            raise self._missing_index()
         found: set[str] = set()
 
         def walk(properties: Mapping[str, Any], prefix: str) -> None:
@@ -911,13 +922,23 @@ class OpenSearchIndex:
     def search(self, query: SearchQuery) -> SearchPage:
         """Rank documents for a text (BM25), vector (kNN) or hybrid query, one page at a time."""
         query = self._checked(query)
-        if query.vector is None:
-            return self._search_text(query)
-        if query.text is None:
-            return self._search_vector(query)
-        if self.config.hybrid == "client":
-            return self._search_hybrid_client(query)
-        return self._search_hybrid_pipeline(query)
+        try:
+            if query.vector is None:
+                return self._search_text(query)
+            if query.text is None:
+                return self._search_vector(query)
+            if self.config.hybrid == "client":
+                return self._search_hybrid_client(query)
+            return self._search_hybrid_pipeline(query)
+        except SearchIndexError:
+            # The alias may have moved to a run of another dimension since the layout was read.
+            known = self._layout
+            self._layout = None
+            if query.vector is not None and known is not None and self.dim != known.dim:
+                raise InvalidInputError(
+                    f"query vector has {query.vector.shape[0]} dimensions, the index has {self.dim}"
+                ) from None
+            raise
 
     def _checked(self, query: SearchQuery) -> SearchQuery:
         """Validate a query; return it with the vector as unit float32."""
@@ -936,9 +957,11 @@ class OpenSearchIndex:
             if problem is not None:
                 raise InvalidInputError(f"query {problem}")
             if self.dim is not None and vector.shape[0] != self.dim:
-                raise InvalidInputError(
-                    f"query vector has {vector.shape[0]} dimensions, the index has {self.dim}"
-                )
+                self._layout = None  # an alias may have moved to a run of another model
+                if self.dim is not None and vector.shape[0] != self.dim:
+                    raise InvalidInputError(
+                        f"query vector has {vector.shape[0]} dimensions, the index has {self.dim}"
+                    )
             vector = normalize(vector)
         return replace(query, vector=vector)
 
@@ -955,7 +978,8 @@ class OpenSearchIndex:
         for response in responses:
             if "error" in response:
                 status = response.get("status")
-                raise SearchIndexError(f"OpenSearch search failed: {status} {response['error']}")
+                reason = _describe_error(response["error"])
+                raise SearchIndexError(f"OpenSearch search failed: {status} {reason}")
         return responses
 
     def _search_text(self, query: SearchQuery) -> SearchPage:
@@ -1048,13 +1072,29 @@ def _total(answer: Mapping[str, Any]) -> int:
     return int(total["value"] if isinstance(total, Mapping) else total)
 
 
+def _describe_error(error: Any) -> str:
+    """Return ``type: reason`` of an OpenSearch error, from its root cause where it names one
+    (a search's own reason is often just "all shards failed"); never the node ids and uuids."""
+    if not isinstance(error, Mapping):
+        return str(error)
+    causes = error.get("root_cause")
+    if isinstance(causes, list) and causes and isinstance(causes[0], Mapping):
+        error = causes[0]
+    while isinstance(error.get("caused_by"), Mapping):
+        error = error["caused_by"]
+    return f"{error.get('type', '')}: {error.get('reason', '')}".strip(": ")
+
+
+def _is_missing_index(answer: Any) -> bool:
+    """Tell whether an error answer (or an ``_mget`` item) says the index does not exist."""
+    error = answer.get("error") if isinstance(answer, Mapping) else None
+    return isinstance(error, Mapping) and error.get("type") == "index_not_found_exception"
+
+
 def _error_text(exc: TransportError) -> str:
     info = exc.info
     if isinstance(info, Mapping):
-        error = info.get("error", info)
-        if isinstance(error, Mapping):
-            return f"{error.get('type', '')}: {error.get('reason', '')}".strip(": ")
-        return str(error)
+        return _describe_error(info.get("error", info))
     return str(exc.error)
 
 

@@ -3,7 +3,9 @@
 Request bodies are compared with golden JSON files in ``golden/`` (written from the documented
 DSL: knn_vector mapping, match, knn with an efficient filter, hybrid + normalization-processor,
 _bulk NDJSON, _aliases). ``MEDSEARCH_UPDATE_GOLDEN=1`` rewrites them; review the diff by hand.
-Requests go through the real opensearch-py client into the in-memory fake cluster.
+Requests go through the real opensearch-py client into the in-memory fake cluster, where a test
+needs what only the fake gives (the request sent, injected faults, another OpenSearch version);
+each such test says why in its first line. Lifecycle tests run on the fake and the real node.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from medsearch.index.opensearch import (
 )
 from medsearch.search import SearchService
 from tests.support.fake_opensearch import FakeCluster, RecordedRequest, fake_client
+from tests.support.opensearch_node import fresh_name
 
 GOLDEN = Path(__file__).parent / "golden"
 PythonWithout = Callable[[set[str], str], subprocess.CompletedProcess[str]]
@@ -107,6 +110,40 @@ def last(cluster: FakeCluster, fragment: str, method: str | None = None) -> Reco
     return cluster.requests_to(fragment, method)[-1]
 
 
+class Target:
+    """Where a lifecycle test runs: the fake cluster or the real node, under a prefix of its own
+    (the node is shared by the whole suite); the node's indexes are deleted afterwards."""
+
+    def __init__(self, client: Any, prefix: str, clock: Clock) -> None:
+        self.client, self.prefix, self.clock = client, prefix, clock
+
+    def make(self, suffix: str = "run1", **config: Any) -> OpenSearchIndex:
+        config.setdefault("replicas", 0)
+        return OpenSearchIndex(
+            self.client,
+            f"{self.prefix}-{suffix}",
+            config=OpenSearchConfig(**config),
+            sleep=self.clock,
+            rng=lambda: 0.5,
+        )
+
+    def settings(self, name: str) -> dict[str, str]:
+        """The index-level settings as OpenSearch reports them (values as strings)."""
+        answer = self.client.indices.get_settings(index=name)
+        return {k: str(v) for k, v in answer[name]["settings"]["index"].items()}
+
+
+@pytest.fixture(params=["fake", pytest.param("node", marks=pytest.mark.live)])
+def target(request: pytest.FixtureRequest, cluster: FakeCluster, clock: Clock) -> Iterator[Target]:
+    if request.param == "fake":
+        yield Target(fake_client(cluster), "medsearch", clock)
+        return
+    client = request.getfixturevalue("opensearch_client")
+    prefix = fresh_name()
+    yield Target(client, prefix, clock)
+    client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
+
+
 # --- the BM25 scale --------------------------------------------------------------------------
 
 
@@ -114,6 +151,7 @@ def last(cluster: FakeCluster, fragment: str, method: str | None = None) -> Reco
 def test_given_any_cluster_version_when_text_searched_then_bm25_is_bm25similarity(
     version: str, recorded: float, clock: Clock
 ) -> None:
+    # Fake: plays OpenSearch 3.x beside 2.19; the suite's node is 2.19 only.
     # Given a cluster scoring as OpenSearch `version` does (2.x: LegacyBM25Similarity, 2.2x)
     cluster = FakeCluster(version=version)
     index = make_index(cluster, clock)
@@ -135,14 +173,20 @@ def test_given_any_cluster_version_when_text_searched_then_bm25_is_bm25similarit
 
 
 def test_given_an_index_without_a_recorded_scale_then_it_reads_as_opensearch_2(
-    cluster: FakeCluster, clock: Clock
+    target: Target,
 ) -> None:
     # Given a run index created before the scale was recorded (by OpenSearch 2.x)
-    body = build_index_body(DIM, OpenSearchConfig(), loading=False)
+    index = target.make("old")
+    body = build_index_body(DIM, OpenSearchConfig(replicas=0), loading=False)
     del body["mappings"]["_meta"]["medsearch"]["bm25_scale"]
-    fake_client(cluster).transport.perform_request("PUT", "/old", body=body)
+    target.client.transport.perform_request("PUT", f"/{index.name}", body=body)
+    index.upsert(DOCS)
+    index.refresh()
     # Then its readers divide out the legacy factor
-    assert make_index(cluster, clock, name="old").bm25_scale == LEGACY_BM25_FACTOR
+    assert index.bm25_scale == LEGACY_BM25_FACTOR
+    hit = index.search(SearchQuery(text="femur")).hits[0]
+    captions = {d.image_id: d.caption for d in DOCS if d.caption}
+    assert hit.text_score == pytest.approx(reference_bm25(captions, "femur")["a1"], rel=1e-3)
 
 
 # --- golden request bodies -------------------------------------------------------------------
@@ -151,6 +195,7 @@ def test_given_an_index_without_a_recorded_scale_then_it_reads_as_opensearch_2(
 def test_given_a_dimension_when_index_created_then_mapping_matches_golden(
     cluster: FakeCluster, clock: Clock
 ) -> None:
+    # Fake: compares the request sent, which only a recording server shows.
     index = make_index(cluster, clock)
     assert index.create(DIM) is True
     request = last(cluster, "/medsearch-run1", "PUT")
@@ -164,6 +209,7 @@ def test_given_a_dimension_when_index_created_then_mapping_matches_golden(
 def test_given_faiss_config_then_mapping_uses_inner_product(
     cluster: FakeCluster, clock: Clock
 ) -> None:
+    # Fake: the node has no faiss libraries; this checks the request sent.
     index = make_index(cluster, clock, engine="faiss", m=32, ef_construction=256, ef_search=64)
     index.create(8, loading=False)
     body = last(cluster, "/medsearch-run1", "PUT").body
@@ -179,6 +225,7 @@ def test_given_faiss_config_then_mapping_uses_inner_product(
 
 
 def test_text_query_body_matches_golden(loaded: OpenSearchIndex, cluster: FakeCluster) -> None:
+    # Fake: compares the request sent, which only a recording server shows.
     page = loaded.search(
         SearchQuery(text="femur fracture", k=5, offset=1, filters={"modality": ["X-ray", "CT"]})
     )
@@ -191,6 +238,7 @@ def test_text_query_body_matches_golden(loaded: OpenSearchIndex, cluster: FakeCl
 def test_vector_query_body_with_filter_matches_golden(
     loaded: OpenSearchIndex, cluster: FakeCluster
 ) -> None:
+    # Fake: compares the request sent, which only a recording server shows.
     page = loaded.search(
         SearchQuery(
             vector=unit([1, 0.2, 0, 0]),
@@ -210,6 +258,7 @@ def test_vector_query_body_with_filter_matches_golden(
 def test_hybrid_query_and_pipeline_match_golden(
     loaded: OpenSearchIndex, cluster: FakeCluster
 ) -> None:
+    # Fake: compares the requests sent, which only a recording server shows.
     loaded.search(SearchQuery(text="lung nodule", vector=unit([0, 1, 0, 0]), alpha=0.3, k=2))
     pipeline = last(cluster, "/_search/pipeline/", "PUT")
     assert pipeline.path == "/_search/pipeline/medsearch-hybrid-a030"
@@ -223,6 +272,7 @@ def test_hybrid_query_and_pipeline_match_golden(
 
 
 def test_bulk_body_is_ndjson_with_ids_matching_golden(cluster: FakeCluster, clock: Clock) -> None:
+    # Fake: compares the request sent, which only a recording server shows.
     index = make_index(cluster, clock)
     index.create(DIM)
     index.upsert(DOCS[:2])
@@ -235,6 +285,7 @@ def test_bulk_body_is_ndjson_with_ids_matching_golden(cluster: FakeCluster, cloc
 def test_alias_swap_is_one_atomic_request_matching_golden(
     cluster: FakeCluster, clock: Clock
 ) -> None:
+    # Fake: counts and compares the requests sent (the node runs the swap in test_opensearch_live).
     # Given run 1 live behind the alias
     first = make_index(cluster, clock, name="medsearch-run1")
     first.create(DIM)
@@ -252,53 +303,60 @@ def test_alias_swap_is_one_atomic_request_matching_golden(
 # --- lifecycle -------------------------------------------------------------------------------
 
 
-def test_create_is_idempotent_and_refuses_another_dimension(
-    cluster: FakeCluster, clock: Clock
-) -> None:
-    index = make_index(cluster, clock)
+def test_create_is_idempotent_and_refuses_another_dimension(target: Target) -> None:
+    index = target.make()
     assert index.create(DIM) is True
     assert index.create(DIM) is False
     with pytest.raises(SearchIndexError, match="4-d"):
-        make_index(cluster, clock).create(DIM + 1)
+        target.make().create(DIM + 1)
 
 
-def test_loading_hides_documents_until_finished_then_restores_settings(
-    cluster: FakeCluster, clock: Clock
-) -> None:
-    index = make_index(cluster, clock, replicas=2, refresh_interval="5s")
+def test_loading_hides_documents_until_finished_then_restores_settings(target: Target) -> None:
+    index = target.make(replicas=2, refresh_interval="5s")
     index.create(DIM)
     with index.loading():
+        assert target.settings(index.name)["refresh_interval"] == "-1"
+        assert target.settings(index.name)["number_of_replicas"] == "0"
         index.upsert(DOCS)
         # Refresh is off while loading: search and count do not see the documents yet ...
         assert index.count() == 0
         # ... while get is real-time.
         assert index.get("a1") is not None
     assert index.count() == 3
-    settings = cluster.indexes["medsearch-run1"].settings
-    assert settings["refresh_interval"] == "5s" and settings["number_of_replicas"] == 2
+    settings = target.settings(index.name)
+    assert settings["refresh_interval"] == "5s" and settings["number_of_replicas"] == "2"
 
 
-def test_loading_restores_settings_even_when_the_load_fails(
-    cluster: FakeCluster, clock: Clock
-) -> None:
-    index = make_index(cluster, clock)
+def test_loading_restores_settings_even_when_the_load_fails(target: Target) -> None:
+    index = target.make()
     index.create(DIM)
     with pytest.raises(RuntimeError), index.loading():
         raise RuntimeError("load failed")
-    assert cluster.indexes["medsearch-run1"].settings["refresh_interval"] == "1s"
+    assert target.settings(index.name)["refresh_interval"] == "1s"
 
 
-def test_prune_keeps_the_newest_indexes_and_never_the_live_one(
-    cluster: FakeCluster, clock: Clock
-) -> None:
-    base = make_index(cluster, clock)
+def test_prune_keeps_the_newest_indexes_and_never_the_live_one(target: Target) -> None:
+    alias = target.prefix
     for run in ("r1", "r2", "r3", "r4"):
-        index = base.with_name(run_index_name("medsearch", run))
+        index = target.make(run)
         index.create(DIM)
-        deleted = index.swap_alias("medsearch", keep=2)
-    assert deleted == ["medsearch-r2"]
-    assert sorted(cluster.indexes) == ["medsearch-r3", "medsearch-r4"]
-    assert base.alias_targets("medsearch") == ["medsearch-r4"]
+        deleted = index.swap_alias(alias, keep=2)
+    assert deleted == [f"{alias}-r2"]
+    assert sorted(index.creation_dates(f"{alias}-*")) == [f"{alias}-r3", f"{alias}-r4"]
+    assert index.alias_targets(alias) == [f"{alias}-r4"]
+
+
+def test_given_thousands_of_words_when_searched_then_the_cluster_accepts_the_query(
+    target: Target,
+) -> None:
+    # Given 2,000 words, and 3,000 with no separator but hyphens (1,024 clauses is the limit)
+    index = target.make(refresh_writes=True)
+    index.create(DIM)
+    index.upsert(DOCS)
+    # Then the cluster answers (no too_many_clauses), and the words still match
+    assert index.search(SearchQuery(text="lung " * 2000)).total == 1
+    assert index.search(SearchQuery(text="-".join(["femur"] * 3000))).total == 1
+    assert index.search(SearchQuery(text="肺" * 5000 + " lung")).total == 1
 
 
 def test_run_index_names_are_valid_opensearch_names() -> None:
@@ -313,6 +371,7 @@ def test_run_index_names_are_valid_opensearch_names() -> None:
 def test_partial_bulk_failure_is_reported_and_throttled_items_resent(
     cluster: FakeCluster, clock: Clock
 ) -> None:
+    # Fake: injects per-item bulk errors a node cannot be made to give.
     index = make_index(cluster, clock, refresh_writes=True)
     index.create(DIM)
     # Given a2 rejected once with 429 and a3 with a mapping error
@@ -330,6 +389,7 @@ def test_partial_bulk_failure_is_reported_and_throttled_items_resent(
 def test_request_level_429_and_5xx_are_retried_with_bounded_exponential_backoff(
     cluster: FakeCluster, clock: Clock
 ) -> None:
+    # Fake: injects 429/5xx answers a node cannot be made to give.
     index = make_index(cluster, clock, backoff_base=1.0, backoff_max=4.0)
     index.create(DIM)
     cluster.fail_requests(status=429, times=2, path="_bulk")
@@ -340,6 +400,7 @@ def test_request_level_429_and_5xx_are_retried_with_bounded_exponential_backoff(
 
 
 def test_backoff_jitter_stays_within_half_to_full_step(cluster: FakeCluster) -> None:
+    # Fake: injects 429 answers a node cannot be made to give.
     for value in (0.0, 0.999):
         index = OpenSearchIndex(
             fake_client(cluster),
@@ -354,6 +415,7 @@ def test_backoff_jitter_stays_within_half_to_full_step(cluster: FakeCluster) -> 
 def test_retries_are_bounded_then_the_error_names_the_request(
     cluster: FakeCluster, clock: Clock
 ) -> None:
+    # Fake: injects 5xx answers a node cannot be made to give.
     index = make_index(cluster, clock, max_attempts=3)
     index.create(DIM)
     cluster.fail_requests(status=429, times=10, path="_count")
@@ -365,6 +427,7 @@ def test_retries_are_bounded_then_the_error_names_the_request(
 def test_items_throttled_beyond_the_attempts_are_failed_not_dropped(
     cluster: FakeCluster, clock: Clock
 ) -> None:
+    # Fake: injects per-item 429s a node cannot be made to give.
     index = make_index(cluster, clock, max_attempts=2)
     index.create(DIM)
     cluster.fail_items(["a1"], status=429, times=5)
@@ -374,6 +437,7 @@ def test_items_throttled_beyond_the_attempts_are_failed_not_dropped(
 
 
 def test_client_errors_are_not_retried(cluster: FakeCluster, clock: Clock) -> None:
+    # Fake: injects a 4xx answer and counts the attempts.
     index = make_index(cluster, clock)
     with pytest.raises(SearchIndexError, match="index_not_found"):
         index.count()
@@ -381,6 +445,7 @@ def test_client_errors_are_not_retried(cluster: FakeCluster, clock: Clock) -> No
 
 
 def test_chunks_are_bounded_by_count_and_bytes(cluster: FakeCluster, clock: Clock) -> None:
+    # Fake: counts and measures the bulk requests sent.
     index = make_index(cluster, clock, bulk_max_docs=2)
     index.create(DIM)
     index.upsert(DOCS)
@@ -394,6 +459,7 @@ def test_chunks_are_bounded_by_count_and_bytes(cluster: FakeCluster, clock: Cloc
 
 
 def test_unencodable_vectors_fail_without_a_request(cluster: FakeCluster, clock: Clock) -> None:
+    # Fake: proves no request was sent.
     index = make_index(cluster, clock)
     index.create(DIM)
     bad = [
@@ -406,6 +472,7 @@ def test_unencodable_vectors_fail_without_a_request(cluster: FakeCluster, clock:
 
 
 def test_delete_counts_existing_documents(loaded: OpenSearchIndex, cluster: FakeCluster) -> None:
+    # Fake: inspects the bulk request; the contract deletes on the node too.
     physical = loaded.with_name("medsearch-run1")
     assert physical.delete(["a1", "nope"]) == 1
     assert "a1" not in cluster.documents("medsearch")
@@ -415,6 +482,7 @@ def test_delete_counts_existing_documents(loaded: OpenSearchIndex, cluster: Fake
 
 
 def test_get_returns_the_document_with_its_vector(loaded: OpenSearchIndex) -> None:
+    # Fake: cheap; the contract reads documents back on the node too.
     doc = loaded.get("a1")
     assert doc is not None
     assert doc.caption == DOCS[0].caption and doc.image == DOCS[0].image
@@ -427,6 +495,7 @@ def test_get_returns_the_document_with_its_vector(loaded: OpenSearchIndex) -> No
 def test_get_many_is_one_mget_and_can_leave_vectors_out(
     loaded: OpenSearchIndex, cluster: FakeCluster
 ) -> None:
+    # Fake: counts the requests sent; the contract runs get_many on the node.
     found = loaded.get_many(["a2", "missing", "a1", "a2"], with_vectors=False)
     assert list(found) == ["a2", "a1"]
     assert found["a1"].caption == DOCS[0].caption and found["a1"].vector is None
@@ -443,6 +512,7 @@ def test_get_many_is_one_mget_and_can_leave_vectors_out(
 def test_a_result_page_costs_one_lookup_without_vectors(
     loaded: OpenSearchIndex, cluster: FakeCluster
 ) -> None:
+    # Fake: counts the requests sent.
     page = SearchService(loaded, None).search("fracture", mode="text", k=10)
     assert page.results and all(r.caption for r in page.results)
     assert cluster.requests_to("/_doc/") == []
@@ -456,6 +526,7 @@ def test_engine_satisfies_the_protocol(loaded: OpenSearchIndex) -> None:
 
 
 def test_facets_are_terms_aggregations(loaded: OpenSearchIndex, cluster: FakeCluster) -> None:
+    # Fake: inspects the aggregation request; the contract counts facets on the node.
     facets = loaded.facets()
     assert facets == {"modality": {"CT": 2, "X-ray": 1}, "region": {"chest": 1, "leg": 1}}
     aggs = last(cluster, "/_search").body["aggs"]
@@ -473,6 +544,7 @@ def test_knn_scores_convert_back_to_cosine(cosine: float) -> None:
 
 
 def test_vector_hits_carry_cosines(loaded: OpenSearchIndex) -> None:
+    # Fake: cheap; the contract checks cosines on the node too.
     query = unit([1, 0.5, 0, 0])
     page = loaded.search(SearchQuery(vector=query, k=3))
     expected = sorted(((float(d.vector @ query), d.image_id) for d in DOCS), reverse=True)
@@ -481,6 +553,7 @@ def test_vector_hits_carry_cosines(loaded: OpenSearchIndex) -> None:
 
 
 def test_pipeline_and_client_fusion_rank_alike(cluster: FakeCluster, clock: Clock) -> None:
+    # Fake: many random corpora at no cost; the contract fuses both ways on the node.
     # Given the same index read through both hybrid paths
     rng = np.random.default_rng(5)
     docs = [
@@ -517,6 +590,7 @@ def test_pipeline_name_and_weights_follow_alpha() -> None:
 
 
 def test_search_validates_the_query(loaded: OpenSearchIndex) -> None:
+    # Fake: refused before any request is sent.
     with pytest.raises(InvalidInputError, match="text, a vector"):
         loaded.search(SearchQuery())
     with pytest.raises(InvalidInputError, match="k must be"):
@@ -594,6 +668,7 @@ def test_bulk_vectors_round_trip_float32_exactly() -> None:
 def test_long_query_texts_stay_under_the_clause_limit(
     loaded: OpenSearchIndex, cluster: FakeCluster
 ) -> None:
+    # Fake: compares the text sent (the node's answer: test_given_thousands_of_words...).
     # Given 2,000 words (OpenSearch refuses a match of more than 1,024 clauses)
     loaded.search(SearchQuery(text="lung " * 2000))
     sent = last(cluster, "/_search").body["query"]["match"]["caption"]["query"]

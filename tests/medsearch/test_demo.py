@@ -116,3 +116,54 @@ def test_given_demo_index_when_modes_compared_then_vectors_and_hybrid_pay_off(de
     assert modes["hybrid"]["r@10"] >= best - 0.01
     # Vectors are worth having on their own too: most of what text search finds
     assert modes["vector"]["r@10"] >= 0.8 * modes["text"]["r@10"]
+
+
+@pytest.mark.slow
+@pytest.mark.live
+def test_given_demo_on_both_engines_when_queried_then_they_rank_alike(
+    demo: Path, opensearch_client: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medsearch.api import build_service
+    from medsearch.data.manifest import read_manifest
+    from medsearch.data.queries import read_queries
+    from medsearch.index.opensearch import OpenSearchConfig, OpenSearchIndex
+    from medsearch.search_eval import evaluate_search
+    from medsearch.settings import load_settings
+    from tests.support.opensearch_node import fresh_name
+
+    # Given the demo's documents (same vectors, captions, metadata) in its embedded index and in
+    # an OpenSearch index on the node, searched with the same model
+    settings = load_settings(index_dir=str(demo / "index"), model=str(demo / "model"))
+    embedded = build_service(settings)
+    ids = [r.image_id for r in read_manifest(demo / "corpus" / "manifest.jsonl")]
+    documents = embedded.index.get_many(ids)
+    node = OpenSearchIndex(opensearch_client, fresh_name(), config=OpenSearchConfig(replicas=0))  # type: ignore[arg-type]
+    try:
+        node.create(next(d.vector for d in documents.values() if d.vector is not None).size)
+        with node.loading():
+            assert node.upsert(documents.values()).failed == []
+        opensearch = build_service(settings, index=node)
+        queries = read_queries(demo / "corpus" / "queries.jsonl")
+        # When every demo query runs in every mode on both
+        overlaps: dict[str, list[float]] = {}
+        for mode in ("text", "vector", "hybrid"):
+            for query in queries:
+                a = {r.image_id for r in embedded.search(query.query, mode=mode).results}
+                b = {r.image_id for r in opensearch.search(query.query, mode=mode).results}
+                overlaps.setdefault(mode, []).append(len(a & b) / max(len(a), 1))
+        reports = [evaluate_search(service, queries) for service in (embedded, opensearch)]
+    finally:
+        node.drop()
+    # Then their top 10s overlap (>= 0.95 on average per mode) and R@10 is within 0.01
+    with capsys.disabled():
+        for mode, values in overlaps.items():
+            r10 = [report["modes"][mode]["r@10"] for report in reports]
+            print(
+                f"\ndemo {mode}: mean top-10 overlap {sum(values) / len(values):.3f}, "
+                f"R@10 embedded {r10[0]:.3f} / OpenSearch {r10[1]:.3f}",
+                end="",
+            )
+    for mode, values in overlaps.items():
+        assert sum(values) / len(values) >= 0.95, mode
+        r10 = [report["modes"][mode]["r@10"] for report in reports]
+        assert abs(r10[0] - r10[1]) <= 0.01, mode

@@ -226,3 +226,33 @@ class OpenSearchNode:
         trace: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    """Start a node by hand (``python -m tests.support.opensearch_node [--heap 1g]``) and keep it
+    until Ctrl+C: for ``MEDSEARCH_OPENSEARCH_URL=<url> pytest -m live`` or the CLI."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--heap", default="1g", help="JVM heap (default 1g)")
+    args = parser.parse_args()
+    try:
+        with OpenSearchNode(heap=args.heap) as node:
+            print(f"OpenSearch {node.version()} at {node.url}  (Ctrl+C to stop)", flush=True)
+            signal.signal(signal.SIGTERM, _interrupt)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    except NodeUnavailable as exc:
+        print(f"error: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

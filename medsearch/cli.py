@@ -13,13 +13,20 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from medsearch import __version__
 from medsearch.errors import MedsearchError
 
+if TYPE_CHECKING:
+    from medsearch.index.opensearch import OpenSearchIndex
+    from medsearch.settings import ServiceSettings
+
 log = logging.getLogger("medsearch")
 
 Handler = Callable[[argparse.Namespace], int]
+# The password of basic auth comes from the environment only: a flag would show in `ps`.
+PASSWORD_ENV = "MEDSEARCH_OPENSEARCH_PASSWORD"
 
 
 # --- synth / import ------------------------------------------------------------------------------
@@ -256,7 +263,104 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- index / search / serve / demo ---------------------------------------------------------------
+# --- where an index lives: a folder, or an OpenSearch cluster ------------------------------------
+
+
+def _add_opensearch_options(
+    p: argparse.ArgumentParser, *, url_into: argparse._MutuallyExclusiveGroup | None = None
+) -> argparse._ArgumentGroup:
+    """Add the cluster flags (URL and auth) once for every command that talks to OpenSearch.
+
+    ``url_into``: a mutually exclusive group to put ``--opensearch-url`` in (beside ``--index``);
+    without it the URL is required. Returns the help group, for the command's own cluster flags.
+    """
+    group = p.add_argument_group(
+        "OpenSearch", f"basic auth reads the password from {PASSWORD_ENV} (there is no flag)"
+    )
+    (url_into if url_into is not None else group).add_argument(
+        "--opensearch-url",
+        required=url_into is None,
+        metavar="URL",
+        help="cluster endpoint, http(s)://host[:port]",
+    )
+    group.add_argument(
+        "--opensearch-auth",
+        choices=["none", "basic"],
+        default=None,
+        help="default: MEDSEARCH_OPENSEARCH_AUTH, else basic when a user name is given, else none",
+    )
+    group.add_argument(
+        "--opensearch-username", default=None, metavar="USER", help="user name for basic auth"
+    )
+    return group
+
+
+def _add_index_source(p: argparse.ArgumentParser) -> None:
+    """Add either ``--index FOLDER`` or ``--opensearch-url URL [--opensearch-index ALIAS]``."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--index", default=None, help="embedded index folder (or s3:// prefix)")
+    cluster = _add_opensearch_options(p, url_into=source)
+    cluster.add_argument(
+        "--opensearch-index",
+        default=None,
+        metavar="ALIAS",
+        help="index or alias on the cluster (default: medsearch)",
+    )
+
+
+def _opensearch_settings(
+    args: argparse.Namespace, index: str | None, **more: Any
+) -> ServiceSettings:
+    """Read the cluster flags (and ``MEDSEARCH_*``) into the service settings, once."""
+    from medsearch.errors import ConfigError
+    from medsearch.settings import load_settings
+
+    overrides: dict[str, Any] = {
+        "engine": "opensearch",
+        "opensearch_url": args.opensearch_url,
+        "opensearch_index": index,
+        "opensearch_auth": args.opensearch_auth,
+        "opensearch_username": args.opensearch_username,
+        **more,
+    }
+    settings = load_settings(**overrides)
+    if "opensearch_auth" not in settings.model_fields_set:
+        # Neither the flag nor the environment chose: on the command line that means basic auth
+        # for a known user, else none (SigV4, the settings' default, is the Lambda's).
+        overrides["opensearch_auth"] = "basic" if settings.opensearch_username else "none"
+        settings = load_settings(**overrides)
+    if settings.opensearch_auth == "basic":
+        if not settings.opensearch_username:
+            raise ConfigError("basic auth needs a user name: give --opensearch-username")
+        if settings.opensearch_password is None:
+            raise ConfigError(
+                f"basic auth needs the password in the environment: set {PASSWORD_ENV}"
+            )
+    return settings
+
+
+def _service_settings(args: argparse.Namespace, **more: Any) -> ServiceSettings:
+    """Settings of the index a command names: an embedded folder or an OpenSearch index/alias."""
+    from medsearch.errors import ConfigError
+    from medsearch.settings import load_settings
+
+    if args.opensearch_url is not None:
+        return _opensearch_settings(args, args.opensearch_index, **more)
+    stray = [
+        flag
+        for flag, value in (
+            ("--opensearch-index", args.opensearch_index),
+            ("--opensearch-auth", args.opensearch_auth),
+            ("--opensearch-username", args.opensearch_username),
+        )
+        if value is not None
+    ]
+    if stray:
+        raise ConfigError(f"{', '.join(stray)}: only with --opensearch-url, not with --index")
+    return load_settings(engine="embedded", index_dir=str(args.index), **more)
+
+
+# --- index / load / search / serve / demo --------------------------------------------------------
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
@@ -276,10 +380,129 @@ def _run_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_load(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "load",
+        help="load a manifest and its vectors into OpenSearch, published behind an alias",
+        description=(
+            "Creates a fresh run index <alias>-<run id>, bulk-loads every manifest record, checks "
+            "the document count, then points the alias at it in one atomic swap and deletes old "
+            "runs beyond --keep. If anything fails the alias is left as it was and the new run "
+            "index is deleted."
+        ),
+    )
+    p.add_argument("--data", required=True, help="manifest")
+    p.add_argument("--vectors", type=Path, required=True, help="folder written by `vectorize`")
+    cluster = _add_opensearch_options(p)
+    cluster.add_argument(
+        "--alias", default="medsearch", help="the alias readers search (default: medsearch)"
+    )
+    cluster.add_argument(
+        "--run-id", default=None, help="names the run index (default: UTC time, 20250101-120000)"
+    )
+    cluster.add_argument(
+        "--keep", type=int, default=None, help="run indexes kept, the new one included (default 2)"
+    )
+    cluster.add_argument("--shards", type=int, default=None, help="primary shards (default 1)")
+    cluster.add_argument(
+        "--replicas", type=int, default=None, help="replicas once loaded (default 1; 0 on one node)"
+    )
+    p.set_defaults(func=_run_load)
+
+
+def _run_load(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import time
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    from medsearch.errors import InvalidInputError, SearchIndexError
+    from medsearch.index.opensearch import (
+        OpenSearchConfig,
+        OpenSearchIndex,
+        connect,
+        run_index_name,
+    )
+    from medsearch.indexing import read_index_input
+
+    started = time.perf_counter()
+    settings = _opensearch_settings(args, args.alias)
+    sizes = {"shards": args.shards, "replicas": args.replicas, "keep_indexes": args.keep}
+    config = OpenSearchConfig(**{k: v for k, v in sizes.items() if v is not None})
+    source = read_index_input(args.data, args.vectors)
+    if source.dim is None:
+        raise InvalidInputError(f"{args.vectors}: no vectors to load")
+    run_id = args.run_id or dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    name = run_index_name(args.alias, run_id)
+    assert settings.opensearch_url is not None  # the settings validator requires it
+    client = connect(settings.opensearch_url, http_auth=settings.opensearch_basic_auth())
+    # One attempt: a wrong URL, port or password ends here at once, not after a minute of retries.
+    probe = OpenSearchIndex(client, args.alias, config=replace(config, max_attempts=1))
+    before = probe.alias_targets(args.alias)
+    index = OpenSearchIndex(client, name, config=config)
+    if not index.create(source.dim):
+        raise SearchIndexError(f"index {name} already exists: give another --run-id")
+    try:
+        with index.loading():
+            # A bar on stderr when it is a terminal (tqdm's disable=None), else none.
+            documents = tqdm(
+                source.documents(), total=len(source.records), unit="doc", desc="load", disable=None
+            )
+            result = index.upsert(documents)
+        if result.failed:
+            image_id, reason = result.failed[0]
+            raise SearchIndexError(
+                f"{len(result.failed)} documents failed (first: {image_id}: {reason}); "
+                f"alias {args.alias} not changed"
+            )
+        count = index.count()
+        if count != len(source.records):
+            raise SearchIndexError(
+                f"{name} holds {count} documents, the manifest has {len(source.records)}; "
+                f"alias {args.alias} not changed"
+            )
+        pruned = index.swap_alias(args.alias)
+    except MedsearchError as exc:
+        if _drop_unpublished(index, args.alias):
+            # The swap went through and pruning old runs failed: say that the run is live.
+            raise SearchIndexError(f"{name} is live behind {args.alias}, but: {exc}") from exc
+        raise
+    except BaseException:  # Ctrl+C: nothing half-loaded stays behind either
+        _drop_unpublished(index, args.alias)
+        raise
+    summary = source.summary(
+        name,
+        documents=count,
+        dim=source.dim,
+        seconds=time.perf_counter() - started,
+        failed=[],
+    )
+    for line in summary.lines():
+        print(line)
+    print(f"  alias {args.alias} -> {name} (was {', '.join(before) or 'unset'})")
+    print(f"  deleted old runs: {', '.join(pruned) or 'none'}")
+    return 0
+
+
+def _drop_unpublished(index: OpenSearchIndex, alias: str) -> bool:
+    """Delete a run index that a failed load did not publish, so it takes no --keep slot.
+
+    Returns whether the index is live behind ``alias`` after all (then it is kept).
+    """
+    try:
+        if index.name in index.alias_targets(alias):
+            return True
+        index.drop()
+    except MedsearchError as exc:
+        log.warning("could not delete the unpublished index %s: %s", index.name, exc)
+    return False
+
+
 def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an index from the command line")
     p.add_argument("query", help="query text (1-512 characters)")
-    p.add_argument("--index", required=True, help="index folder (or s3:// prefix)")
+    _add_index_source(p)
     p.add_argument("--model", default=None, help="model for vector and hybrid modes")
     p.add_argument(
         "--mode",
@@ -304,7 +527,6 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 def _run_search(args: argparse.Namespace) -> int:
     from medsearch.api import build_service
     from medsearch.errors import InvalidInputError
-    from medsearch.settings import load_settings
 
     filters = []
     for item in args.filter:
@@ -314,7 +536,7 @@ def _run_search(args: argparse.Namespace) -> int:
         filters.append((field.strip(), value))
     # A text search needs no model, so none is loaded for it.
     model = None if args.mode == "text" else args.model
-    service = build_service(load_settings(index_dir=str(args.index), model=model))
+    service = build_service(_service_settings(args, model=model))
     response = service.search(
         args.query, mode=args.mode, alpha=args.alpha, k=args.k, offset=args.offset, filters=filters
     )
@@ -344,7 +566,7 @@ def _add_evaluate_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate-search", help="score the text, vector and hybrid modes of an index on a query set"
     )
-    p.add_argument("--index", required=True, help="index folder (or s3:// prefix)")
+    _add_index_source(p)
     p.add_argument("--model", required=True, help="the model the index was built with")
     p.add_argument("--queries", required=True, help="queries.jsonl with relevance judgments")
     p.add_argument("--alpha", type=float, default=0.5, help="hybrid weight of the vector score")
@@ -361,9 +583,8 @@ def _run_evaluate_search(args: argparse.Namespace) -> int:
     from medsearch.api import build_service
     from medsearch.data.queries import read_queries
     from medsearch.search_eval import ALPHA_SWEEP, evaluate_search
-    from medsearch.settings import load_settings
 
-    service = build_service(load_settings(index_dir=str(args.index), model=args.model))
+    service = build_service(_service_settings(args, model=args.model))
     sweep = ALPHA_SWEEP if args.sweep else ()
     queries = read_queries(args.queries)
     report = evaluate_search(service, queries, alpha=args.alpha, k=args.k, sweep=sweep)
@@ -386,7 +607,7 @@ def _run_evaluate_search(args: argparse.Namespace) -> int:
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the API and the web page")
-    p.add_argument("--index", required=True, help="index folder (or s3:// prefix)")
+    _add_index_source(p)
     p.add_argument("--model", required=True, help="model folder, HF id or s3:// prefix")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
@@ -396,10 +617,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     from medsearch.api import build_service, create_app, run_server
-    from medsearch.settings import load_settings
 
     web = args.web or Path(__file__).resolve().parent.parent / "web"
-    settings = load_settings(index_dir=str(args.index), model=args.model, web_dir=web)
+    settings = _service_settings(args, model=args.model, web_dir=web)
     # Built now, not on the first request, so a bad index or model ends here with one line.
     service = build_service(settings)
     app = create_app(settings, service_factory=lambda: service)
@@ -444,6 +664,7 @@ _COMMANDS = (
     _add_vectorize,
     _add_export_onnx,
     _add_index,
+    _add_load,
     _add_search,
     _add_evaluate_search,
     _add_serve,
@@ -470,6 +691,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The OpenSearch client logs every non-2xx answer, also those the engine expects (a 404 for
+    # an alias not made yet); the engine logs its own retries and raises what matters.
+    logging.getLogger("opensearch").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except MedsearchError as exc:

@@ -5,6 +5,9 @@ one) for kNN, its metadata for filters. Records without a vector stay searchable
 reported; vectors whose id is not in the manifest are ignored and counted. The model id from the
 vectors' ``meta.json`` is stored in the index, so the service can report it and refuse a model
 whose vectors do not match.
+
+The join (:func:`read_index_input`) and its summary are shared by every engine: the embedded
+index built here (:func:`index_manifest`) and the OpenSearch run index ``medsearch load`` fills.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medsearch.data.manifest import Record, read_manifest
 from medsearch.index.base import Document
-from medsearch.index.embedded import EmbeddedConfig, build_index_with_result
 from medsearch.vectorize import read_vectors
+
+if TYPE_CHECKING:
+    from medsearch.index.embedded import EmbeddedConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +36,7 @@ log = logging.getLogger(__name__)
 class IndexSummary:
     """What an indexing run wrote: counts, the records without a vector, and failures."""
 
-    index: Path
+    index: Path | str  # a folder (embedded) or a physical index name (OpenSearch)
     documents: int
     with_vector: int
     captionless: int
@@ -81,6 +87,62 @@ def documents_from(
         )
 
 
+@dataclass(frozen=True)
+class IndexInput:
+    """A manifest joined with a ``vectorize`` output: the documents every engine indexes."""
+
+    records: list[Record]
+    ids: list[str]
+    vectors: np.ndarray
+    model_id: str | None
+
+    @property
+    def dim(self) -> int | None:
+        """The vectors' dimension, or None when there are none."""
+        return int(self.vectors.shape[1]) if len(self.ids) else None
+
+    def documents(self) -> Iterator[Document]:
+        """Yield one Document per manifest record, with its vector where there is one."""
+        return documents_from(self.records, self.ids, self.vectors)
+
+    def summary(
+        self,
+        index: Path | str,
+        *,
+        documents: int,
+        dim: int | None,
+        seconds: float,
+        failed: list[tuple[str, str]],
+    ) -> IndexSummary:
+        """Return what indexing these documents into ``index`` did (``failed``: id, reason)."""
+        known = {r.image_id for r in self.records}
+        with_vector = set(self.ids) & known
+        failed_ids = {image_id for image_id, _ in failed}
+        return IndexSummary(
+            index=index,
+            documents=documents,
+            with_vector=len(with_vector - failed_ids),
+            captionless=sum(
+                1 for r in self.records if r.caption is None and r.image_id not in failed_ids
+            ),
+            model_id=self.model_id,
+            dim=dim,
+            seconds=seconds,
+            without_vector=sorted(known - with_vector - failed_ids),
+            unknown_vectors=len(set(self.ids) - known),
+            failed=failed,
+        )
+
+
+def read_index_input(
+    manifest: str | os.PathLike[str], vectors: str | os.PathLike[str]
+) -> IndexInput:
+    """Read a manifest and the vectors ``vectorize`` wrote for it (raises on unusable input)."""
+    records = read_manifest(manifest)
+    ids, matrix, meta = read_vectors(Path(vectors))
+    return IndexInput(records=records, ids=ids, vectors=matrix, model_id=meta.get("model"))
+
+
 def index_manifest(
     manifest: str | os.PathLike[str],
     vectors: str | os.PathLike[str],
@@ -89,26 +151,19 @@ def index_manifest(
     config: EmbeddedConfig | None = None,
 ) -> IndexSummary:
     """Build the embedded index at ``index`` from a manifest and a ``vectorize`` output folder."""
+    # Imported here: the join above serves the OpenSearch load too, which needs no faiss.
+    from medsearch.index.embedded import build_index_with_result
+
     started = time.perf_counter()
-    records = read_manifest(manifest)
-    ids, matrix, meta = read_vectors(Path(vectors))
-    model_id = meta.get("model")
-    known = {r.image_id for r in records}
-    with_vector = set(ids) & known
+    source = read_index_input(manifest, vectors)
     built, result = build_index_with_result(
-        index, documents_from(records, ids, matrix), model_id=model_id, config=config
+        index, source.documents(), model_id=source.model_id, config=config
     )
-    failed_ids = {image_id for image_id, _ in result.failed}
-    summary = IndexSummary(
-        index=Path(index),
+    summary = source.summary(
+        Path(index),
         documents=built.count(),
-        with_vector=len(with_vector - failed_ids),
-        captionless=sum(1 for r in records if r.caption is None and r.image_id not in failed_ids),
-        model_id=model_id,
         dim=built.dim,
         seconds=time.perf_counter() - started,
-        without_vector=sorted(known - with_vector - failed_ids),
-        unknown_vectors=len(set(ids) - known),
         failed=result.failed,
     )
     log.info("index: %s", "; ".join(line.strip() for line in summary.lines()))

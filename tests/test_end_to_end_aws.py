@@ -3,24 +3,28 @@
 Synthetic corpus uploaded to S3 → training job (``main([...])`` with ``SM_*`` folders, its channel
 holding a manifest of ``s3://`` images) → the four batch-transform functions over the manifest,
 split and batched as SageMaker does → the index loader Lambda on the S3 events of the ``*.out``
-objects (OpenSearch engine over the in-memory fake cluster) → the search API Lambda on API Gateway
-HTTP API (v2) events, with the ONNX model it fetches from S3. No AWS account or network.
+objects, into the suite's real OpenSearch node → the search API Lambda on API Gateway HTTP API (v2)
+events, with the ONNX model it fetches from S3. No AWS account or network.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from medsearch import storage
 from medsearch.constants import JSONLINES, ONNX_SUBDIR
 from medsearch.data.manifest import Record, read_manifest, write_manifest
+from medsearch.index.opensearch import OpenSearchIndex
 from tests.lambdas.test_search_api import call, cold_start, http_api_event
 from tests.support.aws_events import LambdaContextStub, s3_event
-from tests.support.fake_opensearch import FakeCluster, patch_index_loader
+from tests.support.fake_opensearch import patch_index_loader
+from tests.support.opensearch_node import fresh_name
 
 RUN = "run-1"
 BATCH_LINES = 16  # records per transform request (BatchStrategy=MultiRecord)
@@ -85,9 +89,23 @@ def run_batch_transform(model_dir: Path, bucket: str) -> list[str]:
     return keys
 
 
+@pytest.fixture
+def alias(opensearch_client: Any) -> Iterator[str]:
+    """A fresh alias on the node; its run indexes are deleted afterwards."""
+    name = fresh_name()
+    yield name
+    opensearch_client.indices.delete(index=f"{name}-*", ignore_unavailable=True)
+
+
 @pytest.mark.slow
+@pytest.mark.live
 def test_given_corpus_in_s3_when_the_whole_pipeline_runs_then_the_api_returns_ranked_results(
-    synth_corpus: Path, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    synth_corpus: Path,
+    s3_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    opensearch_client: Any,
+    alias: str,
 ) -> None:
     # Given the synthetic corpus in S3 (one image corrupt)
     records = upload_corpus(synth_corpus, s3_bucket)
@@ -115,29 +133,31 @@ def test_given_corpus_in_s3_when_the_whole_pipeline_runs_then_the_api_returns_ra
     assert {row["model"] for row in out_lines if "vector" in row} == {RUN}
 
     # When the index loader Lambda receives the S3 events of the output objects
-    cluster = FakeCluster(seed=7)
     for name, value in {
-        "OPENSEARCH_URL": "https://search-medsearch.example.com",
+        "OPENSEARCH_URL": "https://search-medsearch.example.com",  # the node's client is patched in
         "OPENSEARCH_AUTH": "none",
-        "OPENSEARCH_INDEX": "medsearch",
+        "OPENSEARCH_INDEX": alias,
+        "OPENSEARCH_REPLICAS": "0",  # one node
         "MANIFEST_URL": f"s3://{s3_bucket}/data/{{run_id}}/manifest.jsonl",
         "RETRY_BACKOFF_BASE": "0",
     }.items():
         monkeypatch.setenv(f"MEDSEARCH_{name}", value)
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "medsearch")
-    patch_index_loader(monkeypatch, cluster)
+    patch_index_loader(monkeypatch, opensearch_client)
     import lambdas.index_loader.handler as loader
 
     answers = [loader.handler(s3_event(s3_bucket, [key]), LambdaContextStub()) for key in keys]
     # Then the run is indexed and published behind the alias
-    assert answers[-1]["published"] == [f"medsearch-{RUN}"]
-    assert set(cluster.documents("medsearch")) == {r.image_id for r in records}
+    assert answers[-1]["published"] == [f"{alias}-{RUN.lower()}"]
+    live = OpenSearchIndex(opensearch_client, alias)
+    assert live.count() == len(records)
+    assert set(live.get_many([r.image_id for r in records])) == {r.image_id for r in records}
 
     # When the search API Lambda (int8 ONNX model from S3) gets HTTP API (v2) events
     monkeypatch.setenv("MEDSEARCH_MODEL", f"s3://{s3_bucket}/models/{RUN}/onnx/")
     monkeypatch.setenv("MEDSEARCH_ONNX_INT8", "true")
-    api = cold_start(monkeypatch, cluster, tmp_path / "lambda-tmp")
+    api = cold_start(monkeypatch, opensearch_client, tmp_path / "lambda-tmp")
     status, headers, health = call(api, http_api_event("/health", rid="e2e-health"))
     # Then it serves the published index with the trained model
     assert status == 200, health

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
+from opensearchpy import OpenSearch
 from PIL import Image
 
 from medsearch import storage
@@ -23,7 +24,7 @@ from medsearch.errors import ConfigError
 from medsearch.index.base import Document
 from medsearch.model.onnx_encoder import OnnxEncoder
 from tests.support.aws_events import LambdaContextStub
-from tests.support.fake_opensearch import FakeCluster, fake_client, fake_index
+from tests.support.fake_opensearch import FakeCluster, client_for, fake_index
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "abc123.execute-api.us-east-1.amazonaws.com"
@@ -142,12 +143,15 @@ def api(
     yield handler, cluster, docs
 
 
-def cold_start(monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster, cache: Path) -> ModuleType:
-    """Import the handler afresh (as a new container would), wired to ``cluster`` and ``cache``."""
+def cold_start(
+    monkeypatch: pytest.MonkeyPatch, target: FakeCluster | OpenSearch, cache: Path
+) -> ModuleType:
+    """Import the handler afresh (as a new container would), wired to ``target`` (a fake cluster
+    or a real cluster's client) and ``cache``."""
     import lambdas.search_api.handler as module
 
     handler = importlib.reload(module)
-    monkeypatch.setattr(handler, "make_client", lambda settings: fake_client(cluster))
+    monkeypatch.setattr(handler, "make_client", lambda settings: client_for(target))
     monkeypatch.setattr(handler, "MODEL_CACHE", cache)
     return handler
 

@@ -764,8 +764,14 @@ def fake_index(cluster: FakeCluster, name: str = "medsearch", **config: Any) -> 
     )
 
 
-def patch_index_loader(monkeypatch: Any, cluster: FakeCluster) -> None:
-    """Make the index loader Lambda talk to ``cluster`` (a fresh loader, undone after the test).
+def client_for(target: FakeCluster | OpenSearch) -> OpenSearch:
+    """A client for a fake cluster, or the given client of a real one (the suite's node)."""
+    return fake_client(target) if isinstance(target, FakeCluster) else target
+
+
+def patch_index_loader(monkeypatch: Any, target: FakeCluster | OpenSearch) -> None:
+    """Make the index loader Lambda talk to ``target``, a fake cluster or a real cluster's client
+    (a fresh loader, undone after the test).
 
     Set the handler's environment first (``MEDSEARCH_OPENSEARCH_URL``, ``MEDSEARCH_MANIFEST_URL``,
     ``MEDSEARCH_OPENSEARCH_AUTH=none``; ``MEDSEARCH_RETRY_BACKOFF_BASE=0`` to skip waiting).
@@ -779,5 +785,5 @@ def patch_index_loader(monkeypatch: Any, cluster: FakeCluster) -> None:
     core = logging.getLogger("medsearch")
     for attribute in ("propagate", "handlers", "level"):
         monkeypatch.setattr(core, attribute, getattr(core, attribute))
-    monkeypatch.setattr(handler, "make_client", lambda settings: fake_client(cluster))
+    monkeypatch.setattr(handler, "make_client", lambda settings: client_for(target))
     monkeypatch.setattr(handler, "get_loader", lru_cache(maxsize=1)(handler.get_loader.__wrapped__))

@@ -227,6 +227,10 @@ def build_index_body(
     keyword = {"type": "keyword"}
     mappings: dict[str, Any] = {
         "dynamic": "strict",
+        # Metadata strings stay strings: a dynamically detected date ("2019-05-03") would drop
+        # out of facets and filters, which the embedded engine keeps as plain values.
+        "date_detection": False,
+        "numeric_detection": False,
         "_meta": {
             "medsearch": {
                 "replicas": config.replicas,

@@ -38,6 +38,7 @@ import fnmatch
 import json
 import math
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,10 @@ if TYPE_CHECKING:
 
 
 MIN_SCORE, SINGLE_RESULT_SCORE = 0.001, 1.0
+
+
+# OpenSearch's default dynamic_date_formats: strict_date_optional_time, yyyy/MM/dd [HH:mm:ss] Z.
+_DATE = re.compile(r"^\d{4}(-\d{2}-\d{2}(T[\d:.]+(Z|[+-]\d{2}:?\d{2})?)?|/\d{2}/\d{2}( [\d:]+)?)$")
 
 
 class SimulatedCrash(BaseException):
@@ -325,9 +330,13 @@ class FakeCluster:
             mappings = json.loads(json.dumps(index.mappings))
             # Dynamic metadata fields appear in the mapping once documents used them.
             metadata: dict[str, Any] = {}
+            detect_dates = index.mappings.get("date_detection", True) is not False
             for source in index.docs.values():
-                for key in source.get("metadata") or {}:
-                    metadata[key] = {"type": "keyword"}
+                for key, value in (source.get("metadata") or {}).items():
+                    # The first value decides, and OpenSearch maps date-like strings as dates
+                    # before any dynamic template for strings applies (unless date_detection off).
+                    is_date = detect_dates and isinstance(value, str) and _DATE.match(value)
+                    metadata.setdefault(key, {"type": "date" if is_date else "keyword"})
             if metadata:
                 mappings.setdefault("properties", {}).setdefault("metadata", {})["properties"] = (
                     metadata

@@ -346,6 +346,20 @@ def test_prune_keeps_the_newest_indexes_and_never_the_live_one(target: Target) -
     assert index.alias_targets(alias) == [f"{alias}-r4"]
 
 
+def test_given_date_like_metadata_when_indexed_then_it_filters_and_counts_as_a_value(
+    target: Target,
+) -> None:
+    # Given metadata strings that OpenSearch's dynamic mapping would read as a date and a number
+    index = target.make(refresh_writes=True)
+    index.create(DIM)
+    meta = {"study_date": "2019-05-03", "age": "60"}
+    index.upsert([Document("d1", "lung nodule", unit([1, 0, 0, 0]), None, meta)])
+    # Then they are facets and filters like any other value, as on the embedded engine
+    assert index.facets() == {"age": {"60": 1}, "study_date": {"2019-05-03": 1}}
+    query = SearchQuery(text="lung", filters={"study_date": ["2019-05-03"]})
+    assert [h.image_id for h in index.search(query).hits] == ["d1"]
+
+
 def test_given_thousands_of_words_when_searched_then_the_cluster_accepts_the_query(
     target: Target,
 ) -> None:

@@ -17,7 +17,7 @@ def opensearch_client(
     url: str,
     *,
     auth: Literal["sigv4", "basic", "none"] = "sigv4",
-    service: Literal["es", "aoss"] = "es",
+    service: Literal["es"] = "es",
     region: str | None = None,
     username: str | None = None,
     password: str | None = None,

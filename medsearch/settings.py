@@ -14,6 +14,20 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# Why `opensearch_service=aoss` is refused at start-up rather than failing on the first write.
+SERVERLESS_REFUSAL = (
+    "OpenSearch Serverless (service 'aoss') is not supported: its vector collections refuse "
+    "documents with a custom _id, which idempotent loads, lookups by image id and leaving an "
+    "image out of its own similar-image search rely on; use an OpenSearch Service domain ('es')"
+)
+
+
+def check_opensearch_service(value: object) -> object:
+    """Refuse OpenSearch Serverless with its reason (a settings validator, run before parsing)."""
+    if isinstance(value, str) and value.strip().lower() == "aoss":
+        raise ValueError(SERVERLESS_REFUSAL)
+    return value
+
 
 class ServiceSettings(BaseSettings):
     """How the search service finds its index and model, and how the API presents itself."""
@@ -49,7 +63,7 @@ class ServiceSettings(BaseSettings):
     opensearch_auth: Literal["sigv4", "basic", "none"] = "sigv4"
     opensearch_username: str | None = Field(None, description="user name for basic auth")
     opensearch_password: SecretStr | None = Field(None, description="password for basic auth")
-    opensearch_service: Literal["es", "aoss"] = "es"
+    opensearch_service: Literal["es"] = Field("es", description="SigV4 service name")
     aws_region: str | None = None
 
     @field_validator("cors_origins", mode="before")
@@ -58,6 +72,10 @@ class ServiceSettings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    _refuse_serverless = field_validator("opensearch_service", mode="before")(
+        check_opensearch_service
+    )
 
     @field_validator("root_path")
     @classmethod

@@ -18,7 +18,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lambdas import opensearch_client
@@ -32,6 +32,7 @@ from medsearch.loader import (
     is_sqs_event,
 )
 from medsearch.loader import publish_event as parse_publish_event
+from medsearch.settings import check_opensearch_service
 
 logger = Logger(service=f"{PROJECT}-index-loader")
 metrics = Metrics(namespace=PROJECT, service="index-loader")
@@ -46,7 +47,10 @@ class IndexLoaderSettings(BaseSettings):
     opensearch_url: str = Field(description="OpenSearch endpoint URL")
     opensearch_index: str = Field("medsearch", description="the read alias runs are published to")
     opensearch_auth: Literal["sigv4", "basic", "none"] = "sigv4"
-    opensearch_service: Literal["es", "aoss"] = "es"
+    opensearch_service: Literal["es"] = "es"
+    _refuse_serverless = field_validator("opensearch_service", mode="before")(
+        check_opensearch_service
+    )
     opensearch_username: str | None = None
     opensearch_password: SecretStr | None = None
     aws_region: str | None = Field(

@@ -66,6 +66,7 @@ from medsearch.index.base import (
     SearchQuery,
     UpsertResult,
 )
+from medsearch.settings import SERVERLESS_REFUSAL
 from medsearch.vectors import normalize
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def connect(
     http_auth: Any | None = None,
     credentials: Any | None = None,
     region: str | None = None,
-    service: Literal["es", "aoss"] = "es",
+    service: Literal["es"] = "es",
     timeout: float = 30.0,
     verify_certs: bool | None = None,
     connection_class: type | None = None,
@@ -160,6 +161,8 @@ def connect(
     https unless ``verify_certs=False`` (a self-managed test cluster). Transport-level retries are
     off: :class:`OpenSearchIndex` retries with back-off itself.
     """
+    if service != "es":
+        raise ConfigError(SERVERLESS_REFUSAL)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"OpenSearch URL must be http(s)://host[:port], got {url!r}")

@@ -655,6 +655,7 @@ def test_connect_with_sigv4_signs_requests() -> None:
         ("search.example.com", {}, "http"),
         ("https://h", {"credentials": object()}, "region"),
         ("https://h", {"credentials": object(), "http_auth": ("a", "b"), "region": "x"}, "either"),
+        ("https://h", {"service": "aoss"}, "Serverless"),
     ],
 )
 def test_connect_rejects_bad_settings(url: str, kwargs: dict[str, Any], message: str) -> None:
@@ -720,3 +721,16 @@ def test_given_tantivy_missing_when_a_run_index_body_is_built_then_it_has_the_an
     )
     result = python_without({"tantivy", "torch", "faiss"}, code)
     assert result.returncode == 0, result.stderr
+
+
+def test_given_opensearch_serverless_when_configured_then_both_lambdas_refuse_it_at_start() -> None:
+    # Given service "aoss" for the search side and for the loader
+    from lambdas.index_loader.handler import IndexLoaderSettings
+    from medsearch.settings import load_settings
+
+    with pytest.raises(ConfigError, match=r"Serverless .* custom _id"):
+        load_settings(engine="opensearch", opensearch_url="https://h", opensearch_service="aoss")
+    with pytest.raises(ValueError, match=r"Serverless .* custom _id"):
+        IndexLoaderSettings(
+            opensearch_url="https://h", manifest_url="s3://b/m.jsonl", opensearch_service="aoss"
+        )

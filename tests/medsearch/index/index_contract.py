@@ -183,6 +183,23 @@ HOSTILE_QUERIES = [
 ]
 
 
+def assert_ann_recall(make_index: MakeIndex) -> None:
+    """ANN recall@10 against exact search on 50k embedding-like 512-d vectors is >= 0.98."""
+    # Given 50k embedding-like 512-d vectors (never uniform random ones)
+    vectors = embedding_like_vectors(50_000, 512, seed=0)
+    docs = [Document(f"v{i:05d}", None, v) for i, v in enumerate(vectors)]
+    index = make_index(docs)
+    queries = embedding_like_vectors(100, 512, seed=99)
+    # When each query's top 10 is asked for — Then it matches exact search (recall >= 0.98).
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    found = 0
+    for query, truth in zip(queries, exact, strict=True):
+        hits = index.search(SearchQuery(vector=query, k=10)).hits
+        found += len({h.image_id for h in hits} & {f"v{i:05d}" for i in truth})
+    recall = found / exact.size
+    assert recall >= 0.98, f"recall@10 = {recall:.3f}"
+
+
 class SearchIndexContract:
     """Tests every engine must pass; subclasses provide the ``make_index`` fixture."""
 
@@ -272,19 +289,7 @@ class SearchIndexContract:
 
     @pytest.mark.slow  # building a 50k-vector graph takes 10-60 s on two shared cores
     def test_ann_recall_at_10_on_embedding_like_vectors(self, make_index: MakeIndex) -> None:
-        # Given 50k embedding-like 512-d vectors (never uniform random ones)
-        vectors = embedding_like_vectors(50_000, 512, seed=0)
-        docs = [Document(f"v{i:05d}", None, v) for i, v in enumerate(vectors)]
-        index = make_index(docs)
-        queries = embedding_like_vectors(100, 512, seed=99)
-        # When each query's top 10 is asked for — Then it matches exact search (recall >= 0.98).
-        exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
-        found = 0
-        for query, truth in zip(queries, exact, strict=True):
-            hits = index.search(SearchQuery(vector=query, k=10)).hits
-            found += len({h.image_id for h in hits} & {f"v{i:05d}" for i in truth})
-        recall = found / exact.size
-        assert recall >= 0.98, f"recall@10 = {recall:.3f}"
+        assert_ann_recall(make_index)
 
     # --- hybrid ------------------------------------------------------------------------------
 

@@ -441,7 +441,7 @@ def _run_load(args: argparse.Namespace) -> int:
     probe = OpenSearchIndex(client, args.alias, config=replace(config, max_attempts=1))
     before = probe.alias_targets(args.alias)
     index = OpenSearchIndex(client, name, config=config)
-    if not index.create(source.dim):
+    if not index.create(source.dim, alias=args.alias):
         raise SearchIndexError(f"index {name} already exists: give another --run-id")
     try:
         with index.loading():

@@ -54,7 +54,7 @@ class RunIndex(SearchIndex, Protocol):
 
     name: str
 
-    def create(self, dim: int, *, loading: bool = True) -> bool:
+    def create(self, dim: int, *, loading: bool = True, alias: str | None = None) -> bool:
         """Create the index (idempotent)."""
         ...
 
@@ -399,7 +399,7 @@ class IndexLoader:
                 raise SearchIndexError(
                     f"{index.name} does not exist and no vector has sized it yet; retry later"
                 )
-        index.create(dim, loading=True)
+        index.create(dim, loading=True, alias=self.config.alias)
         self._created.add(index.name)
 
     def _write(

@@ -32,6 +32,7 @@ neural-search plugin (``hybrid="client"``).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import random
@@ -209,11 +210,13 @@ def build_index_body(
     *,
     loading: bool = True,
     bm25_scale: float = LEGACY_BM25_FACTOR,
+    alias: str | None = None,
 ) -> dict[str, Any]:
     """Return the settings and mappings of a run index (no replicas, no refresh while loading).
 
-    ``bm25_scale`` is recorded in the mapping's ``_meta`` for readers: how much larger than
-    ``BM25Similarity`` the cluster creating the index scores (:func:`bm25_scale_for_version`).
+    The mapping's ``_meta`` records for readers how much larger than ``BM25Similarity`` the
+    cluster creating the index scores (``bm25_scale``, :func:`bm25_scale_for_version`) and, for
+    pruning, the alias whose run it is.
     """
     if dim < 1:
         raise InvalidInputError(f"vector dimension must be positive, got {dim}")
@@ -239,6 +242,7 @@ def build_index_body(
                 "replicas": config.replicas,
                 "refresh": config.refresh_interval,
                 "bm25_scale": bm25_scale,
+                **({"alias": alias} if alias is not None else {}),
             }
         },
         "properties": {
@@ -411,11 +415,20 @@ def vector_json_text(vector: np.ndarray) -> str:
 
 
 def build_alias_actions(
-    alias: str, index: str, current: Iterable[str]
+    alias: str, index: str, current: Iterable[str] = ()
 ) -> dict[str, list[dict[str, Any]]]:
-    """Return one ``_aliases`` request moving ``alias`` from ``current`` to ``index`` at once."""
-    actions: list[dict[str, Any]] = [
-        {"remove": {"index": old, "alias": alias}} for old in sorted(current) if old != index
+    """Return one ``_aliases`` request moving ``alias`` to ``index`` alone, atomically.
+
+    The alias leaves every run index (``<alias>-*``) by pattern, not by a list read beforehand,
+    so two publishes racing each other still leave exactly one target (the last one wins);
+    ``current`` targets outside the pattern are removed by name.
+    """
+    pattern = f"{alias}-*"
+    actions: list[dict[str, Any]] = [{"remove": {"index": pattern, "alias": alias}}]
+    actions += [
+        {"remove": {"index": old, "alias": alias}}
+        for old in sorted(current)
+        if old != index and not fnmatch.fnmatchcase(old, pattern)
     ]
     actions.append({"add": {"index": index, "alias": alias}})
     return {"actions": actions}
@@ -589,10 +602,14 @@ class OpenSearchIndex:
         """Tell whether the index (or alias) exists."""
         return bool(self._client.transport.perform_request("HEAD", f"/{self.name}"))
 
-    def create(self, dim: int, *, loading: bool = True) -> bool:
-        """Create the index for ``dim``-d vectors; return False if it already existed (same dim)."""
+    def create(self, dim: int, *, loading: bool = True, alias: str | None = None) -> bool:
+        """Create the index for ``dim``-d vectors; return False if it already existed (same dim).
+
+        ``alias``: the alias this is a run of, recorded so :meth:`prune` deletes only that
+        alias's runs, never another pipeline's index that merely shares the name prefix.
+        """
         scale = self._cluster_bm25_scale()
-        body = build_index_body(dim, self.config, loading=loading, bm25_scale=scale)
+        body = build_index_body(dim, self.config, loading=loading, bm25_scale=scale, alias=alias)
         answer = self._request("PUT", f"/{self.name}", body, ignore=(400,))
         if isinstance(answer, Refused):
             error = json.dumps(answer.info)
@@ -664,7 +681,7 @@ class OpenSearchIndex:
     def swap_alias(self, alias: str, *, keep: int | None = None) -> list[str]:
         """Point ``alias`` at this index in one atomic request, then prune old run indexes.
 
-        Keeps the ``keep`` newest ``<alias>-*`` indexes (this one included; default from the
+        Keeps the ``keep`` newest runs of ``alias`` (this one included; default from the
         config) so a bad run can be rolled back by swapping again; returns the deleted names.
         """
         current = self.alias_targets(alias)
@@ -673,9 +690,16 @@ class OpenSearchIndex:
         return self.prune(alias, keep=keep)
 
     def prune(self, alias: str, *, keep: int | None = None) -> list[str]:
-        """Delete all but the ``keep`` newest run indexes of ``alias`` (never the live ones)."""
+        """Delete all but the ``keep`` newest run indexes of ``alias`` (never the live ones).
+
+        Only indexes created as runs of ``alias`` (:meth:`create`) count: ``medsearch-*`` also
+        matches ``medsearch-v2-<run>`` of another alias, which is never touched.
+        """
         keep = self.config.keep_indexes if keep is None else keep
-        created = self.creation_dates(f"{alias}-*")
+        runs = self.runs_of(alias)
+        if not runs:
+            return []
+        created = self.creation_dates(",".join(runs))
         live = set(self.alias_targets(alias)) | {self.name}
         newest_first = sorted(created, key=lambda name: (created[name], name), reverse=True)
         doomed = [n for n in newest_first[max(keep, 1) :] if n not in live]
@@ -683,6 +707,18 @@ class OpenSearchIndex:
             self._request("DELETE", "/" + ",".join(doomed))
             log.info("pruned old indexes: %s", ", ".join(doomed))
         return doomed
+
+    def runs_of(self, alias: str) -> list[str]:
+        """Return the indexes created as runs of ``alias`` (from their mappings' ``_meta``)."""
+        answer = self._request("GET", f"/{alias}-*/_mapping", ignore=(404,))
+        if isinstance(answer, Refused) or not isinstance(answer, dict):
+            return []
+        return sorted(
+            name
+            for name, info in answer.items()
+            if isinstance(info, dict)
+            and info.get("mappings", {}).get("_meta", {}).get("medsearch", {}).get("alias") == alias
+        )
 
     def creation_dates(self, pattern: str) -> dict[str, int]:
         """Return the creation time (ms since the epoch) of each index matching ``pattern``."""

@@ -358,15 +358,17 @@ class FakeCluster:
         aliases = {a: set(m) for a, m in self.aliases.items()}
         for action in body["actions"]:
             ((kind, spec),) = action.items()
+            members = aliases.setdefault(spec["alias"], set())
+            if kind == "remove" and any(c in spec["index"] for c in "*?"):
+                # A pattern removes the alias from the matching indexes that hold it.
+                members.difference_update(fnmatch.filter(members, spec["index"]))
+                continue
             if spec["index"] not in self.indexes:
                 raise HttpError(404, "index_not_found_exception", spec["index"])
-            members = aliases.setdefault(spec["alias"], set())
             if kind == "add":
                 members.add(spec["index"])
             elif kind == "remove":
-                if spec["index"] not in members:
-                    raise HttpError(404, "aliases_not_found_exception", spec["alias"])
-                members.discard(spec["index"])
+                members.discard(spec["index"])  # OpenSearch 2.x: must_exist defaults to false
         # All actions apply together, or none (the request is atomic).
         self.aliases = {a: m for a, m in aliases.items() if m}
         return {"acknowledged": True}

@@ -28,6 +28,7 @@ from medsearch.index.base import Document, SearchIndex, SearchQuery
 from medsearch.index.opensearch import (
     OpenSearchConfig,
     OpenSearchIndex,
+    build_alias_actions,
     build_index_body,
     build_pipeline_body,
     connect,
@@ -294,10 +295,28 @@ def test_alias_swap_is_one_atomic_request_matching_golden(
     second = first.with_name("medsearch-run2")
     second.create(DIM)
     second.swap_alias("medsearch")
-    # Then one _aliases request removes run 1 and adds run 2
+    # Then one _aliases request takes the alias off every run (a pattern, not a list read
+    # before, so a racing publish cannot leave two targets) and adds run 2
     request = last(cluster, "/_aliases")
     assert_golden("alias_swap", request.body)
     assert cluster.aliases == {"medsearch": {"medsearch-run2"}}
+
+
+def test_given_two_publishes_racing_then_the_alias_has_one_target(target: Target) -> None:
+    # Given runs a and b that both read the alias while run 0 was live
+    alias = target.prefix
+    runs = [target.make(name) for name in ("r0", "ra", "rb")]
+    for run in runs:
+        run.create(DIM, alias=alias)
+    runs[0].swap_alias(alias)
+    stale = runs[0].alias_targets(alias)
+    # When both publish (each sends its swap after reading the same, now stale, targets)
+    for run in runs[1:]:
+        target.client.transport.perform_request(
+            "POST", "/_aliases", body=build_alias_actions(alias, run.name, stale)
+        )
+    # Then the alias points at the last one alone, never at both
+    assert runs[0].alias_targets(alias) == [runs[2].name]
 
 
 # --- lifecycle -------------------------------------------------------------------------------
@@ -337,12 +356,17 @@ def test_loading_restores_settings_even_when_the_load_fails(target: Target) -> N
 
 def test_prune_keeps_the_newest_indexes_and_never_the_live_one(target: Target) -> None:
     alias = target.prefix
+    # Given a run of another alias whose name shares the prefix (alias "<prefix>-v2")
+    other = target.make("v2-r1")
+    other.create(DIM, alias=f"{alias}-v2")
     for run in ("r1", "r2", "r3", "r4"):
         index = target.make(run)
-        index.create(DIM)
+        index.create(DIM, alias=alias)
         deleted = index.swap_alias(alias, keep=2)
+    # Then only this alias's old runs go
     assert deleted == [f"{alias}-r2"]
-    assert sorted(index.creation_dates(f"{alias}-*")) == [f"{alias}-r3", f"{alias}-r4"]
+    left = sorted(index.creation_dates(f"{alias}-*"))
+    assert left == [f"{alias}-r3", f"{alias}-r4", f"{alias}-v2-r1"]
     assert index.alias_targets(alias) == [f"{alias}-r4"]
 
 

@@ -47,6 +47,11 @@ TRANSFORM_OUTPUT_SUFFIX: Final = ".out"
 
 # Model artifacts (the ONNX folder) are downloaded once per container into this folder.
 LAMBDA_MODEL_DIR: Final = "/tmp/medsearch-model"
+# API Gateway ends an integration after 29 s; one API call makes at most three OpenSearch
+# requests in a row (search, the score breakdown, the page's documents), so each request, its
+# retries included, gets 8 s: the answer (or a clear 503) comes before the gateway's 504.
+API_GATEWAY_TIMEOUT_S: Final = 29.0
+SEARCH_REQUEST_BUDGET_S: Final = 8.0
 # The API Lambda's zip package must stay under Lambda's unzipped limit.
 LAMBDA_UNZIPPED_LIMIT_BYTES: Final = 250 * 1024 * 1024
 # The Lambda runtime the packages are built for: Amazon Linux 2, so manylinux2014 wheels.

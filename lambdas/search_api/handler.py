@@ -27,9 +27,9 @@ from starlette.types import Scope
 from lambdas import opensearch_client
 from medsearch import storage
 from medsearch.api import StagePath, build_service, create_app
-from medsearch.constants import LAMBDA_MODEL_DIR, PROJECT
+from medsearch.constants import LAMBDA_MODEL_DIR, PROJECT, SEARCH_REQUEST_BUDGET_S
 from medsearch.errors import ConfigError
-from medsearch.index.opensearch import OpenSearchIndex
+from medsearch.index.opensearch import OpenSearchConfig, OpenSearchIndex
 from medsearch.model.onnx_encoder import download_export
 from medsearch.search import SearchService
 from medsearch.settings import ServiceSettings, load_settings
@@ -76,7 +76,9 @@ def build() -> SearchService:
     if PROBLEM is not None:
         raise ConfigError(PROBLEM)
     settings = local_model(SETTINGS, MODEL_CACHE)
-    index = OpenSearchIndex(make_client(settings), settings.opensearch_index)
+    # Every request, retries included, ends in time for the API's answer to beat the gateway.
+    config = OpenSearchConfig(request_budget=SEARCH_REQUEST_BUDGET_S)
+    index = OpenSearchIndex(make_client(settings), settings.opensearch_index, config=config)
     return build_service(settings, index=index)
 
 

@@ -116,6 +116,9 @@ class OpenSearchConfig:
     backoff_max: float = 20.0
     keep_indexes: int = 2
     facet_size: int = 50
+    # Seconds one request may take, its retries included (None: only max_attempts bounds it).
+    # The search API sets it so that an answer comes before API Gateway's timeout.
+    request_budget: float | None = None
     # Refresh after every upsert/delete call (read-your-writes for tests and small admin edits);
     # bulk loads leave it off and refresh once in finish_load.
     refresh_writes: bool = False
@@ -132,6 +135,8 @@ class OpenSearchConfig:
             raise ConfigError("replicas must be >= 0, keep_indexes and max_attempts >= 1")
         if self.bulk_max_bytes < 1024:
             raise ConfigError("bulk_max_bytes must be at least 1024")
+        if self.request_budget is not None and self.request_budget <= 0:
+            raise ConfigError("request_budget must be positive seconds (or None)")
 
     @property
     def space_type(self) -> str:
@@ -513,7 +518,8 @@ class OpenSearchIndex:
 
     Readers open it on the alias; the loader opens it on a run's physical index, creates it with
     :meth:`create`, writes inside :meth:`loading` and publishes with :meth:`swap_alias`.
-    ``sleep`` and ``rng`` drive the retry back-off (tests pass fakes, so nothing really waits).
+    ``sleep``, ``rng`` and ``clock`` drive the retry back-off and the request budget (tests pass
+    fakes, so nothing really waits).
     """
 
     def __init__(
@@ -524,12 +530,14 @@ class OpenSearchIndex:
         config: OpenSearchConfig | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self.name = name
         self.config = config or OpenSearchConfig()
         self._sleep = sleep
         self._rng = rng
+        self._clock = clock
         self._pipelines: set[str] = set()
         self._layout: _Layout | None = None
 
@@ -548,7 +556,12 @@ class OpenSearchIndex:
     def with_name(self, name: str) -> OpenSearchIndex:
         """Return the same engine (client, config, retry policy) on another index or alias."""
         return OpenSearchIndex(
-            self._client, name, config=self.config, sleep=self._sleep, rng=self._rng
+            self._client,
+            name,
+            config=self.config,
+            sleep=self._sleep,
+            rng=self._rng,
+            clock=self._clock,
         )
 
     # -- transport with retries --
@@ -562,13 +575,20 @@ class OpenSearchIndex:
         *,
         ignore: Sequence[int] = (),
     ) -> Any:
-        """Send one request; retry 429/5xx/connection errors with capped, jittered back-off."""
+        """Send one request; retry 429/5xx/connection errors with capped, jittered back-off.
+
+        With ``config.request_budget``, each attempt's timeout is what is left of the budget and
+        no retry starts that would end after it.
+        """
         attempts = self.config.max_attempts
+        budget = self.config.request_budget
+        deadline = None if budget is None else self._clock() + budget
         for attempt in range(1, attempts + 1):
+            query = dict(params or {})
+            if deadline is not None:
+                query["request_timeout"] = max(deadline - self._clock(), 0.001)
             try:
-                return self._client.transport.perform_request(
-                    method, path, params=dict(params or {}), body=body
-                )
+                return self._client.transport.perform_request(method, path, params=query, body=body)
             except TransportConnectionError as exc:
                 reason = f"connection error: {exc}"
             except TransportError as exc:
@@ -580,11 +600,16 @@ class OpenSearchIndex:
                         f"OpenSearch {method} {path} failed: {status} {_error_text(exc)}"
                     ) from exc
                 reason = f"{status} {_error_text(exc)}"
+            delay = self._backoff(attempt)
+            if deadline is not None and self._clock() + delay >= deadline:
+                raise SearchIndexError(
+                    f"OpenSearch {method} {path} failed within its {budget:g} s budget "
+                    f"({attempt} attempts): {reason}"
+                )
             if attempt == attempts:
                 raise SearchIndexError(
                     f"OpenSearch {method} {path} failed after {attempts} attempts: {reason}"
                 )
-            delay = self._backoff(attempt)
             log.warning(
                 "OpenSearch %s %s: %s; retry %d in %.2fs", method, path, reason, attempt, delay
             )

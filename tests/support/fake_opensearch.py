@@ -137,6 +137,7 @@ class FakeCluster:
         self.aliases: dict[str, set[str]] = {}
         self.pipelines: dict[str, dict[str, Any]] = {}
         self.requests: list[RecordedRequest] = []
+        self.timeouts: list[float | None] = []  # each request's client timeout, in seconds
         self._faults: list[_Fault] = []
         self._item_faults: dict[str, list[int]] = {}
         self._storm_rate = 0.0
@@ -749,6 +750,7 @@ class FakeConnection(Connection):
         ignore: Iterable[int] = (),
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, dict[str, str], str]:
+        self.cluster.timeouts.append(timeout)
         status, answer = self.cluster.handle(method, url, params, body)
         raw = json.dumps(answer)
         if not 200 <= status < 300 and status not in tuple(ignore):

@@ -22,6 +22,7 @@ import pytest
 from index_contract import reference_bm25
 from opensearchpy import RequestsHttpConnection
 
+from medsearch.constants import API_GATEWAY_TIMEOUT_S, SEARCH_REQUEST_BUDGET_S
 from medsearch.errors import ConfigError, InvalidInputError, SearchIndexError
 from medsearch.index.analysis import LEGACY_BM25_FACTOR
 from medsearch.index.base import Document, SearchIndex, SearchQuery
@@ -460,6 +461,30 @@ def test_retries_are_bounded_then_the_error_names_the_request(
     with pytest.raises(SearchIndexError, match="_count failed after 3 attempts"):
         index.count()
     assert len(clock.delays) == 2
+
+
+def test_a_request_budget_ends_retries_in_time_for_the_gateway(cluster: FakeCluster) -> None:
+    # Fake: injects 503 answers a node cannot be made to give.
+    # Given a cluster that keeps answering 503, and the search API's budget per request
+    cluster.fail_requests(503, times=100)
+    clock = Clock()
+    index = OpenSearchIndex(
+        fake_client(cluster),
+        "medsearch",
+        config=OpenSearchConfig(request_budget=SEARCH_REQUEST_BUDGET_S, max_attempts=20),
+        sleep=clock,
+        rng=lambda: 0.5,
+        clock=lambda: sum(clock.delays),
+    )
+    # When a search is sent — Then it gives up, naming the budget, before the budget is spent
+    with pytest.raises(SearchIndexError, match="within its 8 s budget"):
+        index.count()
+    assert 0 < sum(clock.delays) < SEARCH_REQUEST_BUDGET_S
+    assert 3 * SEARCH_REQUEST_BUDGET_S < API_GATEWAY_TIMEOUT_S
+    # and every attempt's own timeout was what was left of the budget
+    timeouts = cluster.timeouts
+    assert timeouts[0] == SEARCH_REQUEST_BUDGET_S
+    assert timeouts == sorted(timeouts, reverse=True) and len(timeouts) > 2
 
 
 def test_items_throttled_beyond_the_attempts_are_failed_not_dropped(

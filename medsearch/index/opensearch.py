@@ -955,9 +955,7 @@ class OpenSearchIndex:
             name: {"terms": {"field": f"{METADATA_FIELD}.{name}", "size": self.config.facet_size}}
             for name in names
         }
-        answer = self._request(
-            "POST", f"/{self.name}/_search", {"size": 0, "aggs": aggs, "track_total_hits": False}
-        )
+        answer = self._search({"size": 0, "aggs": aggs, "track_total_hits": False})
         out: dict[str, dict[str, int]] = {}
         for name in names:
             buckets = answer.get("aggregations", {}).get(name, {}).get("buckets", [])
@@ -1034,7 +1032,7 @@ class OpenSearchIndex:
         return replace(query, vector=vector)
 
     def _search(self, body: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> Any:
-        return self._request("POST", f"/{self.name}/_search", body, params)
+        return _complete(self._request("POST", f"/{self.name}/_search", body, params))
 
     def _msearch(self, bodies: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Run several searches in one round trip; a failed sub-search is an error."""
@@ -1048,6 +1046,7 @@ class OpenSearchIndex:
                 status = response.get("status")
                 reason = _describe_error(response["error"])
                 raise SearchIndexError(f"OpenSearch search failed: {status} {reason}")
+            _complete(response)
         return responses
 
     def _search_text(self, query: SearchQuery) -> SearchPage:
@@ -1151,6 +1150,34 @@ def _describe_error(error: Any) -> str:
     while isinstance(error.get("caused_by"), Mapping):
         error = error["caused_by"]
     return f"{error.get('type', '')}: {error.get('reason', '')}".strip(": ")
+
+
+def _complete(answer: Any) -> Any:
+    """Return a search answer, or raise if it covers only part of the index.
+
+    OpenSearch answers 200 when some shards failed or the search timed out, with what the rest
+    found: taken as whole, a page would silently miss documents and its total would be low.
+    """
+    if not isinstance(answer, Mapping):
+        return answer
+    shards = answer.get("_shards") or {}
+    failed = int(shards.get("failed", 0) or 0)
+    if failed or answer.get("timed_out"):
+        failures = shards.get("failures") or [{}]
+        reason = _describe_error(failures[0].get("reason", {})) if failed else "timed out"
+        log.warning(
+            "partial search answer: %d of %s shards failed, timed out %s (%s)",
+            failed,
+            shards.get("total", "?"),
+            bool(answer.get("timed_out")),
+            reason,
+        )
+        timed = ", timed out" if answer.get("timed_out") else ""
+        raise SearchIndexError(
+            f"OpenSearch answered for only part of the index ({failed} of "
+            f"{shards.get('total', '?')} shards failed{timed}: {reason}); try again"
+        )
+    return answer
 
 
 def _is_missing_index(answer: Any) -> bool:

@@ -141,6 +141,7 @@ class FakeCluster:
         self._faults: list[_Fault] = []
         self._item_faults: dict[str, list[int]] = {}
         self._storm_rate = 0.0
+        self._partial: list[tuple[int, bool]] = []
         self._rng = random.Random(seed)
         self._clock = 0
         self._crash_after: tuple[str, int] | None = None
@@ -156,6 +157,13 @@ class FakeCluster:
         """Reject these ids in bulk ``times`` times with ``status`` (400 = mapping error)."""
         for image_id in image_ids:
             self._item_faults.setdefault(image_id, []).extend([status] * times)
+
+    def partial_results(
+        self, *, failed_shards: int = 1, timed_out: bool = False, times: int = 1
+    ) -> None:
+        """Answer the next ``times`` searches with only part of the shards, or timed out (a
+        node under load, a shard relocating), as a 200 with ``_shards.failed`` / ``timed_out``."""
+        self._partial = [(failed_shards, timed_out)] * times
 
     def storm(self, rate: float) -> None:
         """From now on answer a ``rate`` share of requests and of bulk items with 429."""
@@ -504,7 +512,10 @@ class FakeCluster:
         offset, size = int(body.get("from", 0)), int(body.get("size", 10))
         if "hybrid" in query:
             pipeline_id = params.get("search_pipeline") or body.get("search_pipeline")
-            pipeline = self.pipelines.get(pipeline_id) if isinstance(pipeline_id, str) else None
+            # A stored pipeline by id, or a temporary one in the request body.
+            pipeline = pipeline_id if isinstance(pipeline_id, dict) else None
+            if isinstance(pipeline_id, str):
+                pipeline = self.pipelines.get(pipeline_id)
             if pipeline is None:
                 raise HttpError(400, "illegal_argument_exception", "hybrid needs a search pipeline")
             scored = evaluator.hybrid(query["hybrid"], pipeline, offset + size)
@@ -520,9 +531,15 @@ class FakeCluster:
             if source is not False:
                 hit["_source"] = docs[image_id]
             hits.append(hit)
+        failed, timed_out = self._partial.pop(0) if self._partial else (0, False)
+        shards: dict[str, Any] = {"total": 1 + failed, "successful": 1, "failed": failed}
+        if failed:
+            reason = {"type": "node_not_connected_exception", "reason": "injected shard failure"}
+            shards["failures"] = [{"shard": 1, "index": name, "reason": reason}] * failed
         answer: dict[str, Any] = {
             "took": 1,
-            "timed_out": False,
+            "timed_out": timed_out,
+            "_shards": shards,
             "hits": {"total": {"value": total, "relation": "eq"}, "hits": hits},
         }
         if "aggs" in body or "aggregations" in body:

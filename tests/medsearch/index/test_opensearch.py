@@ -487,6 +487,28 @@ def test_a_request_budget_ends_retries_in_time_for_the_gateway(cluster: FakeClus
     assert timeouts == sorted(timeouts, reverse=True) and len(timeouts) > 2
 
 
+@pytest.mark.parametrize("mode", ["text", "vector", "hybrid-pipeline", "hybrid-client", "facets"])
+@pytest.mark.parametrize(("failed", "timed_out"), [(1, False), (0, True)])
+def test_a_partial_answer_is_an_error_not_a_short_page(
+    cluster: FakeCluster, clock: Clock, mode: str, failed: int, timed_out: bool
+) -> None:
+    # Fake: a 200 with failed shards or timed_out comes from a node under load, not on demand.
+    index = make_index(cluster, clock, hybrid="client" if mode == "hybrid-client" else "pipeline")
+    index.create(DIM)
+    with index.loading():
+        index.upsert(DOCS)
+    cluster.partial_results(failed_shards=failed, timed_out=timed_out)
+    text = None if mode == "vector" else "lung fracture"
+    vector = None if mode == "text" else unit([1, 0, 1, 0])
+    with pytest.raises(SearchIndexError, match="only part of the index"):
+        if mode == "facets":
+            index.facets()
+        else:
+            index.search(SearchQuery(text=text, vector=vector))
+    # and the next answer, whole again, is served
+    assert index.search(SearchQuery(text="lung")).total == 1
+
+
 def test_items_throttled_beyond_the_attempts_are_failed_not_dropped(
     cluster: FakeCluster, clock: Clock
 ) -> None:

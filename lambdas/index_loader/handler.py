@@ -65,6 +65,9 @@ class IndexLoaderSettings(BaseSettings):
     hnsw_ef_construction: int = Field(128, ge=2)
     hnsw_ef_search: int = Field(128, ge=1)
     replicas: int = Field(1, ge=0)
+    awareness_zones: int = Field(
+        1, ge=1, description="3 on a Multi-AZ-with-standby domain: copies must be a multiple"
+    )
     bulk_max_docs: int = Field(500, ge=1)
     bulk_max_bytes: int = Field(5 * 1024 * 1024, ge=1024)
     retry_max_attempts: int = Field(8, ge=1, description="tries per request on 429/5xx")
@@ -79,6 +82,7 @@ class IndexLoaderSettings(BaseSettings):
             ef_construction=self.hnsw_ef_construction,
             ef_search=self.hnsw_ef_search,
             replicas=self.replicas,
+            awareness_zones=self.awareness_zones,
             keep_indexes=self.keep_indexes,
             bulk_max_docs=self.bulk_max_docs,
             bulk_max_bytes=self.bulk_max_bytes,

@@ -11,7 +11,9 @@ Layout of a deployment:
   and the embedded engine. ``faiss``/``innerproduct`` (unit vectors: inner product = cosine) is
   faster on large indexes, but its score is ``1 + cos`` only for positive cosines (``1 / (1 - cos)``
   below zero), so fused rankings can differ slightly where cosines are negative.
-- Loading runs with ``refresh_interval: -1`` and no replicas (:meth:`OpenSearchIndex.loading`);
+- Loading runs with ``refresh_interval: -1`` and no replicas (:meth:`OpenSearchIndex.loading`),
+  or with the published replicas where the domain forces zone awareness (Multi-AZ with standby:
+  every index's copies must be a multiple of its zones, so 0 replicas is refused);
   the settings are restored afterwards, then one ``_aliases`` request moves the read alias to the
   new index atomically (blue/green) and old run indexes are pruned.
 - Every request goes through one retry policy: 429 and 5xx answers and connection errors are
@@ -106,6 +108,9 @@ class OpenSearchConfig:
     ef_search: int = 128
     shards: int = 1
     replicas: int = 1
+    # Zones whose number the domain makes every index's total copies (1 + replicas) a multiple
+    # of: 3 for Multi-AZ with standby, else 1. The stack knows its layout and sets it.
+    awareness_zones: int = 1
     refresh_interval: str = "1s"
     hybrid: HybridMode = "pipeline"
     pipeline_prefix: str = "medsearch-hybrid"
@@ -133,10 +138,21 @@ class OpenSearchConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if self.replicas < 0 or self.keep_indexes < 1 or self.max_attempts < 1:
             raise ConfigError("replicas must be >= 0, keep_indexes and max_attempts >= 1")
+        if self.awareness_zones < 1 or (1 + self.replicas) % self.awareness_zones:
+            raise ConfigError(
+                f"{self.replicas} replicas make {1 + self.replicas} copies of each shard, which a "
+                f"domain with {self.awareness_zones} awareness zones refuses: give replicas so "
+                f"that 1 + replicas is a multiple of {self.awareness_zones}"
+            )
         if self.bulk_max_bytes < 1024:
             raise ConfigError("bulk_max_bytes must be at least 1024")
         if self.request_budget is not None and self.request_budget <= 0:
             raise ConfigError("request_budget must be positive seconds (or None)")
+
+    @property
+    def load_replicas(self) -> int:
+        """Replicas while bulk loading: none where the domain allows one copy, else the same."""
+        return 0 if self.awareness_zones == 1 else self.replicas
 
     @property
     def space_type(self) -> str:
@@ -230,7 +246,7 @@ def build_index_body(
             "knn": True,
             "knn.algo_param.ef_search": config.ef_search,
             "number_of_shards": config.shards,
-            "number_of_replicas": 0 if loading else config.replicas,
+            "number_of_replicas": config.load_replicas if loading else config.replicas,
             "refresh_interval": "-1" if loading else config.refresh_interval,
         },
         "analysis": OPENSEARCH_ANALYSIS,
@@ -663,8 +679,10 @@ class OpenSearchIndex:
         return bm25_scale_for_version(str(version.get("number", "")), version.get("distribution"))
 
     def begin_load(self) -> None:
-        """Turn off refresh and replicas while bulk loading (much faster indexing)."""
-        self._put_settings({"refresh_interval": "-1", "number_of_replicas": 0})
+        """Turn off refresh, and replicas where allowed, while bulk loading (faster indexing)."""
+        self._put_settings(
+            {"refresh_interval": "-1", "number_of_replicas": self.config.load_replicas}
+        )
 
     def finish_load(self) -> None:
         """Restore refresh and replicas, then refresh so every loaded document is searchable."""

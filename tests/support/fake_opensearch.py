@@ -131,8 +131,10 @@ class _Fault:
 class FakeCluster:
     """The in-memory cluster shared by every fake connection made for it."""
 
-    def __init__(self, seed: int = 0, version: str = "2.19.1") -> None:
+    def __init__(self, seed: int = 0, version: str = "2.19.1", awareness_zones: int = 1) -> None:
         self.version = version
+        # Multi-AZ with standby forces zone awareness over 3 zones (awareness_zones=3).
+        self.awareness_zones = awareness_zones
         self.indexes: dict[str, FakeIndex] = {}
         self.aliases: dict[str, set[str]] = {}
         self.pipelines: dict[str, dict[str, Any]] = {}
@@ -298,6 +300,7 @@ class FakeCluster:
                 )
             body = body or {}
             settings = dict(body.get("settings", {}).get("index", {}))
+            self._check_copies({"number_of_replicas": 1, **settings})
             mappings = body.get("mappings", {})
             vector = next(
                 (
@@ -320,11 +323,26 @@ class FakeCluster:
             return {"acknowledged": True, "index": name}
         raise HttpError(405, "method_not_allowed", f"{method} /{name}")
 
+    def _check_copies(self, settings: Mapping[str, Any]) -> None:
+        """Refuse replica counts a zone-aware domain (Multi-AZ with standby) refuses."""
+        if "number_of_replicas" not in settings or self.awareness_zones == 1:
+            return
+        copies = 1 + int(settings["number_of_replicas"])
+        if copies % self.awareness_zones:
+            raise HttpError(
+                400,
+                "validation_exception",
+                f"Validation Failed: 1: expected total copies needs to be a multiple of total "
+                f"awareness attributes [{self.awareness_zones}];",
+            )
+
     def _settings(self, method: str, name: str, body: Any) -> Any:
         indexes = self._resolve(name)
         if method == "PUT":
+            update = (body or {}).get("index", {})
+            self._check_copies(update)
             for index in indexes:
-                index.settings.update((body or {}).get("index", {}))
+                index.settings.update(update)
             return {"acknowledged": True}
         return {
             index.name: {

@@ -398,6 +398,36 @@ def test_given_thousands_of_words_when_searched_then_the_cluster_accepts_the_que
     assert index.search(SearchQuery(text="肺" * 5000 + " lung")).total == 1
 
 
+def test_given_a_multi_az_with_standby_domain_then_no_request_leaves_a_copy_count_it_refuses(
+    clock: Clock,
+) -> None:
+    # Fake: zone awareness needs three zones; the suite's node has one.
+    # Given a domain forcing awareness over 3 zones, which refuses 0 or 1 replicas
+    cluster = FakeCluster(awareness_zones=3)
+    with pytest.raises(SearchIndexError, match="multiple of total awareness attributes"):
+        make_index(cluster, clock).create(DIM)
+    # When a run is created, loaded and published with the stack's layout (2 replicas, 3 zones)
+    index = make_index(cluster, clock, name="medsearch-r2", replicas=2, awareness_zones=3)
+    index.create(DIM)
+    with index.loading():
+        assert index.upsert(DOCS).failed == []
+    index.swap_alias("medsearch")
+    # Then every request kept 3 copies (replicas stay 2 while loading too) and the run is live
+    replicas = {
+        r.body["index"]["number_of_replicas"] for r in cluster.requests_to("/_settings", "PUT")
+    }
+    assert replicas == {2}
+    assert cluster.indexes["medsearch-r2"].settings["number_of_replicas"] == 2
+    assert index.with_name("medsearch").count() == len(DOCS)
+
+
+def test_a_replica_count_the_layout_refuses_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="multiple of 3"):
+        OpenSearchConfig(replicas=1, awareness_zones=3)
+    assert OpenSearchConfig(replicas=0).load_replicas == 0
+    assert OpenSearchConfig(replicas=5, awareness_zones=3).load_replicas == 5
+
+
 def test_run_index_names_are_valid_opensearch_names() -> None:
     assert run_index_name("medsearch", "2024-06-01T12:00Z#A") == "medsearch-2024-06-01t12-00z-a"
     with pytest.raises(InvalidInputError):

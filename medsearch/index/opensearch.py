@@ -360,10 +360,21 @@ def build_match_query(
 
 
 def build_knn_query(
-    vector: np.ndarray, k: int, filters: Filters, exclude_ids: Iterable[str] = ()
+    vector: np.ndarray,
+    k: int,
+    filters: Filters,
+    exclude_ids: Iterable[str] = (),
+    *,
+    ef_search: int | None = None,
 ) -> dict[str, Any]:
-    """Return a ``knn`` query with the filters inside it (efficient filtering: k hits survive)."""
+    """Return a ``knn`` query with the filters inside it (efficient filtering: k hits survive).
+
+    ``ef_search`` goes with the query (``method_parameters``, k-NN 2.16+): the lucene engine
+    ignores the index setting ``knn.algo_param.ef_search`` and would search with ``k`` alone.
+    """
     body: dict[str, Any] = {"vector": vector_to_json(vector), "k": k}
+    if ef_search is not None:
+        body["method_parameters"] = {"ef_search": max(ef_search, k)}
     restriction = build_filter(filters, exclude_ids)
     if restriction is not None:
         body["filter"] = restriction
@@ -381,7 +392,7 @@ def build_search_body(query: Mapping[str, Any], size: int, offset: int = 0) -> d
     }
 
 
-def build_hybrid_body(query: SearchQuery) -> dict[str, Any]:
+def build_hybrid_body(query: SearchQuery, *, ef_search: int | None = None) -> dict[str, Any]:
     """Return the hybrid request: [match, knn] each with its own top N, the page cut client-side.
 
     Both sub-queries return their top ``query.candidates`` (``size`` = N from 0, knn ``k`` = N),
@@ -394,7 +405,9 @@ def build_hybrid_body(query: SearchQuery) -> dict[str, Any]:
         "hybrid": {
             "queries": [
                 build_match_query(query.text, query.filters, query.exclude_ids),
-                build_knn_query(query.vector, n, query.filters, query.exclude_ids),
+                build_knn_query(
+                    query.vector, n, query.filters, query.exclude_ids, ef_search=ef_search
+                ),
             ]
         }
     }
@@ -1087,7 +1100,13 @@ class OpenSearchIndex:
 
     def _search_vector(self, query: SearchQuery) -> SearchPage:
         assert query.vector is not None
-        knn = build_knn_query(query.vector, query.candidates, query.filters, query.exclude_ids)
+        knn = build_knn_query(
+            query.vector,
+            query.candidates,
+            query.filters,
+            query.exclude_ids,
+            ef_search=self.config.ef_search,
+        )
         page, total = self._msearch(
             [
                 build_search_body(knn, query.k, query.offset),
@@ -1112,7 +1131,14 @@ class OpenSearchIndex:
                     build_match_query(query.text, query.filters, query.exclude_ids), n
                 ),
                 build_search_body(
-                    build_knn_query(query.vector, n, query.filters, query.exclude_ids), n
+                    build_knn_query(
+                        query.vector,
+                        n,
+                        query.filters,
+                        query.exclude_ids,
+                        ef_search=self.config.ef_search,
+                    ),
+                    n,
                 ),
                 build_search_body(build_count_query(query), 0),
             ]
@@ -1129,7 +1155,8 @@ class OpenSearchIndex:
 
     def _search_hybrid_pipeline(self, query: SearchQuery) -> SearchPage:
         pipeline = self._ensure_pipeline(query.alpha)
-        answer = self._search(build_hybrid_body(query), {"search_pipeline": pipeline})
+        body = build_hybrid_body(query, ef_search=self.config.ef_search)
+        answer = self._search(body, {"search_pipeline": pipeline})
         text_list, vector_list, total = self._component_lists(query)
         text_scores, vector_scores = dict(text_list), dict(vector_list)
         fused = fusion.sort_hits(

@@ -31,6 +31,7 @@ from medsearch.index.opensearch import (
     OpenSearchIndex,
     build_alias_actions,
     build_index_body,
+    build_knn_query,
     build_pipeline_body,
     connect,
     knn_score_to_cosine,
@@ -835,3 +836,14 @@ def test_given_opensearch_serverless_when_configured_then_both_lambdas_refuse_it
         IndexLoaderSettings(
             opensearch_url="https://h", manifest_url="s3://b/m.jsonl", opensearch_service="aoss"
         )
+
+
+def test_ef_search_goes_with_each_knn_query_and_never_below_k() -> None:
+    # The lucene engine ignores the index's ef_search setting: the query carries it.
+    vector = unit([1, 0, 0, 0])
+    assert build_knn_query(vector, 10, {}, ef_search=128)["knn"]["vector"]["method_parameters"] == {
+        "ef_search": 128
+    }
+    deep = build_knn_query(vector, 300, {}, ef_search=128)["knn"]["vector"]
+    assert deep["method_parameters"] == {"ef_search": 300}
+    assert "method_parameters" not in build_knn_query(vector, 10, {})["knn"]["vector"]

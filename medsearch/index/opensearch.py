@@ -25,11 +25,12 @@ engine (:mod:`medsearch.index.analysis`): an index records at creation how much 
 cluster's raw scores are (``_meta.medsearch.bm25_scale``: 2.2 for OpenSearch before 3.0, whose
 default is ``LegacyBM25Similarity``; 1 from 3.0), and readers divide by it. kNN scores are
 converted back from OpenSearch's score to the cosine (see :func:`knn_score_to_cosine`), so hits
-carry the same numbers as the embedded engine. Hybrid queries fuse through a search pipeline
-with the ``normalization-processor`` (``min_max``, ``arithmetic_mean``, weights
-``[1 - alpha, alpha]``; one pipeline per alpha rounded to :data:`ALPHA_DECIMALS` decimals,
-created on first use), or on the client with :mod:`medsearch.fusion` for domains without the
-neural-search plugin (``hybrid="client"``).
+carry the same numbers as the embedded engine. Hybrid queries fuse through a temporary search
+pipeline sent in the request itself, with the ``normalization-processor`` (``min_max``,
+``arithmetic_mean``, weights ``[1 - alpha, alpha]``, alpha rounded to :data:`ALPHA_DECIMALS`
+decimals), so searching needs read permissions only: no ``PUT _search/pipeline`` (a cluster
+permission and a cluster-state update) from the search role; or on the client with
+:mod:`medsearch.fusion` for domains without the neural-search plugin (``hybrid="client"``).
 """
 
 from __future__ import annotations
@@ -113,7 +114,6 @@ class OpenSearchConfig:
     awareness_zones: int = 1
     refresh_interval: str = "1s"
     hybrid: HybridMode = "pipeline"
-    pipeline_prefix: str = "medsearch-hybrid"
     bulk_max_docs: int = 500
     bulk_max_bytes: int = 5 * 1024 * 1024
     max_attempts: int = 8
@@ -315,12 +315,6 @@ def build_pipeline_body(alpha: float) -> dict[str, Any]:
             }
         ],
     }
-
-
-def pipeline_name(prefix: str, alpha: float) -> str:
-    """Return the pipeline id for an alpha (rounded to ``ALPHA_DECIMALS``), e.g. ``x-a050``."""
-    hundredths = round(fusion.check_alpha(alpha) * 10**ALPHA_DECIMALS)
-    return f"{prefix}-a{hundredths:03d}"
 
 
 def build_filter(filters: Filters, exclude_ids: Iterable[str] = ()) -> dict[str, Any] | None:
@@ -567,7 +561,6 @@ class OpenSearchIndex:
         self._sleep = sleep
         self._rng = rng
         self._clock = clock
-        self._pipelines: set[str] = set()
         self._layout: _Layout | None = None
 
     @classmethod
@@ -1154,9 +1147,9 @@ class OpenSearchIndex:
         return SearchPage(hits=fused[query.offset : end], total=total)
 
     def _search_hybrid_pipeline(self, query: SearchQuery) -> SearchPage:
-        pipeline = self._ensure_pipeline(query.alpha)
         body = build_hybrid_body(query, ef_search=self.config.ef_search)
-        answer = self._search(body, {"search_pipeline": pipeline})
+        body["search_pipeline"] = build_pipeline_body(query.alpha)  # temporary: read-only role
+        answer = self._search(body)
         text_list, vector_list, total = self._component_lists(query)
         text_scores, vector_scores = dict(text_list), dict(vector_list)
         fused = fusion.sort_hits(
@@ -1169,14 +1162,6 @@ class OpenSearchIndex:
             for h in answer["hits"]["hits"]
         )
         return SearchPage(hits=fused[query.offset : query.offset + query.k], total=total)
-
-    def _ensure_pipeline(self, alpha: float) -> str:
-        """Create (once per process) the normalization pipeline for this alpha; return its id."""
-        name = pipeline_name(self.config.pipeline_prefix, alpha)
-        if name not in self._pipelines:
-            self._request("PUT", f"/_search/pipeline/{name}", build_pipeline_body(alpha))
-            self._pipelines.add(name)
-        return name
 
 
 def _total(answer: Mapping[str, Any]) -> int:

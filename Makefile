@@ -41,9 +41,11 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# bench/opensearch.py starts a local OpenSearch node (Java 17 + Maven; skipped without them).
 bench: install
 	$(BIN)/python bench/search_latency.py
 	$(BIN)/python bench/load.py
+	$(BIN)/python bench/opensearch.py
 
 # The search API Lambda's zip content in build/search_api/ (manylinux2014 wheels for the
 # python3.11 runtime, no torch), with its unzipped size checked against the 250 MB limit.

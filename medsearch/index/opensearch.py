@@ -20,10 +20,18 @@ Layout of a deployment:
   retried with exponential back-off and jitter, a bounded number of times. Bulk items rejected
   with 429 are resent; other per-item errors come back in :class:`UpsertResult.failed`.
 
+What readers need to know of a run index is in one small document in it, the index record
+(``_id`` :data:`RECORD_ID`, which no image id can be; :func:`build_index_record`): vector
+dimension, engine and space, and the BM25 scale. It is read with ``GET _doc``, and filter fields
+come from ``_field_caps``, so the search side needs read permissions only (search, ``_msearch``,
+``_mget``, ``_count``, get, field capabilities), never ``_mapping`` or cluster permissions. The
+record has no caption, vector or metadata, so no search, facet or vector count sees it, and
+:meth:`OpenSearchIndex.count` leaves it out.
+
 Scores: BM25 scores are reported as Lucene's ``BM25Similarity`` computes them, the same on every
-engine (:mod:`medsearch.index.analysis`): an index records at creation how much larger its
-cluster's raw scores are (``_meta.medsearch.bm25_scale``: 2.2 for OpenSearch before 3.0, whose
-default is ``LegacyBM25Similarity``; 1 from 3.0), and readers divide by it. kNN scores are
+engine (:mod:`medsearch.index.analysis`): the record says how much larger the creating cluster's
+raw scores are (2.2 for OpenSearch before 3.0, whose default is ``LegacyBM25Similarity``; 1 from
+3.0), and readers divide by it. kNN scores are
 converted back from OpenSearch's score to the cosine (see :func:`knn_score_to_cosine`), so hits
 carry the same numbers as the embedded engine. Hybrid queries fuse through a temporary search
 pipeline sent in the request itself, with the ``normalization-processor`` (``min_max``,
@@ -81,6 +89,9 @@ TEXT_FIELD = "caption"
 VECTOR_FIELD = "vector"
 IMAGE_FIELD = "image"
 METADATA_FIELD = "metadata"
+RECORD_FIELD = "index_record"
+# The index record's id: a colon is never in an image id ([A-Za-z0-9._-]), so none collides.
+RECORD_ID = "medsearch:index"
 
 # Hybrid pipelines are cached per alpha at this precision (weights must sum to exactly 1).
 ALPHA_DECIMALS = 2
@@ -230,14 +241,12 @@ def build_index_body(
     config: OpenSearchConfig,
     *,
     loading: bool = True,
-    bm25_scale: float = LEGACY_BM25_FACTOR,
     alias: str | None = None,
 ) -> dict[str, Any]:
     """Return the settings and mappings of a run index (no replicas, no refresh while loading).
 
-    The mapping's ``_meta`` records for readers how much larger than ``BM25Similarity`` the
-    cluster creating the index scores (``bm25_scale``, :func:`bm25_scale_for_version`) and, for
-    pruning, the alias whose run it is.
+    The mapping's ``_meta`` records, for the loader, the published settings and the alias whose
+    run this is (pruning deletes only that alias's runs).
     """
     if dim < 1:
         raise InvalidInputError(f"vector dimension must be positive, got {dim}")
@@ -262,7 +271,6 @@ def build_index_body(
             "medsearch": {
                 "replicas": config.replicas,
                 "refresh": config.refresh_interval,
-                "bm25_scale": bm25_scale,
                 **({"alias": alias} if alias is not None else {}),
             }
         },
@@ -282,6 +290,8 @@ def build_index_body(
             },
             # Any metadata key is accepted; every scalar becomes a keyword (filters and facets).
             METADATA_FIELD: {"type": "object", "dynamic": True},
+            # The index record's content: kept in _source, never indexed.
+            RECORD_FIELD: {"type": "object", "enabled": False},
         },
         "dynamic_templates": [
             {
@@ -295,6 +305,19 @@ def build_index_body(
         ],
     }
     return {"settings": settings, "mappings": mappings}
+
+
+def build_index_record(dim: int, config: OpenSearchConfig, bm25_scale: float) -> dict[str, Any]:
+    """Return the ``_source`` of the index record: what a reader needs to search this index
+    (``bm25_scale``: :func:`bm25_scale_for_version` of the cluster creating it)."""
+    return {
+        RECORD_FIELD: {
+            "dim": dim,
+            "engine": config.engine,
+            "space_type": config.space_type,
+            "bm25_scale": bm25_scale,
+        }
+    }
 
 
 def build_pipeline_body(alpha: float) -> dict[str, Any]:
@@ -522,10 +545,11 @@ def _vector_problem(vector: np.ndarray | None) -> str | None:
 
 @dataclass(frozen=True)
 class _Layout:
-    """What readers take from an index's mapping: vector dimension and BM25 scale."""
+    """What readers take from an index record: vector dimension, BM25 scale, vector space."""
 
     dim: int | None
     bm25_scale: float
+    space_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -655,8 +679,8 @@ class OpenSearchIndex:
         ``alias``: the alias this is a run of, recorded so :meth:`prune` deletes only that
         alias's runs, never another pipeline's index that merely shares the name prefix.
         """
-        scale = self._cluster_bm25_scale()
-        body = build_index_body(dim, self.config, loading=loading, bm25_scale=scale, alias=alias)
+        body = build_index_body(dim, self.config, loading=loading, alias=alias)
+        record = build_index_record(dim, self.config, self._cluster_bm25_scale())
         answer = self._request("PUT", f"/{self.name}", body, ignore=(400,))
         if isinstance(answer, Refused):
             error = json.dumps(answer.info)
@@ -668,7 +692,9 @@ class OpenSearchIndex:
                     f"index {self.name} holds {existing}-d vectors, cannot load {dim}-d ones"
                 )
             return False
-        self._layout = None  # read back from the mapping on first use
+        # Real-time get sees it at once; searches never match it (no caption, vector, metadata).
+        self._request("PUT", f"/{self.name}/_doc/{quote(RECORD_ID, safe='')}", record)
+        self._layout = None  # read back from the record on first use
         log.info("created index %s (%d-d, %s)", self.name, dim, self.config.engine)
         return True
 
@@ -930,8 +956,9 @@ class OpenSearchIndex:
         return found
 
     def count(self) -> int:
-        """Return the number of (refreshed) documents."""
-        return int(self._request("GET", f"/{self.name}/_count")["count"])
+        """Return the number of (refreshed) documents, the index record left out."""
+        body = {"query": {"bool": {"must_not": [{"ids": {"values": [RECORD_ID]}}]}}}
+        return int(self._request("POST", f"/{self.name}/_count", body)["count"])
 
     @property
     def dim(self) -> int | None:
@@ -944,31 +971,47 @@ class OpenSearchIndex:
         return self._read_layout().bm25_scale
 
     def _read_layout(self) -> _Layout:
-        """Read the vector dimension and BM25 scale from the mapping once (not while missing)."""
+        """Read the index record once (not while the index is missing): dimension, space, scale.
+
+        An index written before records existed is read from its mapping (which needs the
+        mapping permission the loader has); its scores are OpenSearch 2.x's.
+        """
         if self._layout is not None:
             return self._layout
+        path = f"/{self.name}/_doc/{quote(RECORD_ID, safe='')}"
+        answer = self._request("GET", path, ignore=(404,))
+        if isinstance(answer, Refused):
+            if _is_missing_index(answer.info):
+                return _Layout(dim=None, bm25_scale=LEGACY_BM25_FACTOR)
+            return self._read_layout_from_mapping()
+        record = (answer.get("_source") or {}).get(RECORD_FIELD) or {}
+        if not answer.get("found") or "dim" not in record:
+            return self._read_layout_from_mapping()
+        space = str(record.get("space_type", self.config.space_type))
+        if space not in SPACE_TYPES.values():
+            raise SearchIndexError(f"{self.name} uses the vector space {space!r}, not one of ours")
+        self._layout = _Layout(
+            dim=int(record["dim"]), bm25_scale=float(record["bm25_scale"]), space_type=space
+        )
+        return self._layout
+
+    def _read_layout_from_mapping(self) -> _Layout:
         answer = self._request("GET", f"/{self.name}/_mapping", ignore=(404,))
         if isinstance(answer, Refused) or not isinstance(answer, dict):
             return _Layout(dim=None, bm25_scale=LEGACY_BM25_FACTOR)
         dims: set[int] = set()
-        scales: set[float] = set()
+        spaces: set[str] = set()
         for info in answer.values():
-            mappings = info.get("mappings", {})
-            vector = mappings.get("properties", {}).get(VECTOR_FIELD, {})
+            vector = info.get("mappings", {}).get("properties", {}).get(VECTOR_FIELD, {})
             if "dimension" in vector:
                 dims.add(int(vector["dimension"]))
-            # Indexes written before the scale was recorded were all made by OpenSearch 2.x.
-            meta = mappings.get("_meta", {}).get("medsearch", {})
-            scales.add(float(meta.get("bm25_scale", LEGACY_BM25_FACTOR)))
-        if len(dims) > 1 or len(scales) > 1:
-            raise SearchIndexError(
-                f"{self.name} spans indexes with different layouts "
-                f"(dimensions {sorted(dims)}, BM25 scales {sorted(scales)})"
-            )
-        layout = _Layout(dim=dims.pop() if dims else None, bm25_scale=scales.pop())
-        if layout.dim is not None:
-            self._layout = layout
-        return layout
+                spaces.add(str(vector.get("method", {}).get("space_type", "cosinesimil")))
+        if len(dims) > 1 or len(spaces) > 1:
+            raise SearchIndexError(f"{self.name} spans indexes with different vector layouts")
+        if not dims:
+            return _Layout(dim=None, bm25_scale=LEGACY_BM25_FACTOR)
+        self._layout = _Layout(dims.pop(), LEGACY_BM25_FACTOR, spaces.pop())
+        return self._layout
 
     def facets(self, fields: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
         """Return metadata fields with their values and counts (``terms`` aggregations)."""
@@ -989,23 +1032,22 @@ class OpenSearchIndex:
         return out
 
     def _metadata_fields(self) -> list[str]:
-        """Return the keyword fields under ``metadata`` (dotted paths for nested objects)."""
-        answer = self._request("GET", f"/{self.name}/_mapping", ignore=(404,))
+        """Return the keyword fields under ``metadata`` (dotted paths for nested objects), from
+        ``_field_caps``: a read permission, unlike ``_mapping``."""
+        answer = self._request(
+            "GET",
+            f"/{self.name}/_field_caps",
+            params={"fields": f"{METADATA_FIELD}.*"},
+            ignore=(404,),
+        )
         if isinstance(answer, Refused):
             raise self._missing_index()
-        found: set[str] = set()
-
-        def walk(properties: Mapping[str, Any], prefix: str) -> None:
-            for name, spec in properties.items():
-                if "properties" in spec:
-                    walk(spec["properties"], f"{prefix}{name}.")
-                elif spec.get("type") == "keyword":
-                    found.add(prefix + name)
-
-        for info in answer.values():
-            props = info.get("mappings", {}).get("properties", {})
-            walk(props.get(METADATA_FIELD, {}).get("properties", {}), "")
-        return sorted(found)
+        prefix = f"{METADATA_FIELD}."
+        return sorted(
+            name[len(prefix) :]
+            for name, kinds in (answer.get("fields") or {}).items()
+            if name.startswith(prefix) and isinstance(kinds, Mapping) and "keyword" in kinds
+        )
 
     # -- search --
 
@@ -1089,7 +1131,9 @@ class OpenSearchIndex:
         return float(score) / self.bm25_scale
 
     def _cosine(self, score: float) -> float:
-        return knn_score_to_cosine(float(score), self.config.space_type)
+        # The space the index was built with (its record), not this reader's configuration.
+        space = self._read_layout().space_type or self.config.space_type
+        return knn_score_to_cosine(float(score), space)
 
     def _search_vector(self, query: SearchQuery) -> SearchPage:
         assert query.vector is not None

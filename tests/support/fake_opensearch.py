@@ -15,6 +15,10 @@ documented semantics, so tests of the engine, the loader and the API see real be
   ``normalization-processor``; ``terms`` aggregations; ``from``/``size``; exact totals.
 - ``refresh_interval: -1`` is honoured: search and count see only refreshed documents, while
   ``GET _doc`` and ``_mget`` (with ``_source_excludes``) are real-time, as in OpenSearch.
+- Roles: ``cluster.role = "search"`` plays the search API's read-only role of an Amazon
+  OpenSearch Service domain with fine-grained access control: only ``_search``, ``_msearch``,
+  ``_mget``, ``_count``, ``GET _doc`` and ``_field_caps`` are allowed, anything else (``_mapping``,
+  ``PUT _search/pipeline``, settings, ``GET /``, writes) is a 403 ``security_exception``.
 - Faults for resilience tests: :meth:`FakeCluster.fail_requests` (request-level 429/5xx),
   :meth:`FakeCluster.fail_items` (per-item bulk errors), :meth:`FakeCluster.storm` (random 429s on
   requests and bulk items) and :meth:`FakeCluster.crash_after` (raises :class:`SimulatedCrash`, a
@@ -133,6 +137,7 @@ class FakeCluster:
 
     def __init__(self, seed: int = 0, version: str = "2.19.1", awareness_zones: int = 1) -> None:
         self.version = version
+        self.role = "admin"  # or "search": the search API's read-only role (module docstring)
         # Multi-AZ with standby forces zone awareness over 3 zones (awareness_zones=3).
         self.awareness_zones = awareness_zones
         self.indexes: dict[str, FakeIndex] = {}
@@ -185,10 +190,14 @@ class FakeCluster:
     # -- queries for assertions --
 
     def documents(self, name: str) -> dict[str, dict[str, Any]]:
-        """Return the real-time documents of an index or alias (``_id`` -> ``_source``)."""
+        """Return the real-time documents of an index or alias (``_id`` -> ``_source``), the
+        engine's index record left out (it describes the index; it is no image)."""
+        from medsearch.index.opensearch import RECORD_ID
+
         out: dict[str, dict[str, Any]] = {}
         for index in self._resolve(name):
             out.update(index.docs)
+        out.pop(RECORD_ID, None)
         return out
 
     def requests_to(self, fragment: str, method: str | None = None) -> list[RecordedRequest]:
@@ -220,6 +229,9 @@ class FakeCluster:
                 self._crash_after = None
                 raise SimulatedCrash(f"crashed before {method} {path}")
             self._crash_after = (fragment, left - 1)
+        refusal = self._refusal(method, path)
+        if refusal is not None:
+            return 403, _error(403, "security_exception", refusal)
         for fault in self._faults:
             if fault.remaining > 0 and fault.path in path:
                 fault.remaining -= 1
@@ -232,6 +244,22 @@ class FakeCluster:
             return 200, self._route(method, path, params, parsed)
         except HttpError as exc:
             return exc.status, exc.body
+
+    def _refusal(self, method: str, path: str) -> str | None:
+        """Why the current role may not make this request, or None (see the module docstring)."""
+        if self.role != "search":
+            return None
+        parts = [p for p in path.split("/") if p]
+        action = parts[1] if len(parts) >= 2 else (parts[0] if parts else "")
+        reads = {"_search", "_msearch", "_mget", "_count", "_field_caps"}
+        if action in reads and method in ("GET", "POST") and parts[0] != "_search":
+            return None
+        if action == "_doc" and method == "GET" and len(parts) == 3:
+            return None
+        return (
+            f"no permissions for [{method} /{'/'.join(parts)}] and User "
+            "[name=medsearch-search-api, backend_roles=[search]]"
+        )
 
     def _route(self, method: str, path: str, params: dict[str, Any], body: Any) -> Any:
         parts = [p for p in path.split("/") if p]
@@ -252,6 +280,8 @@ class FakeCluster:
             return self._index_op(method, parts[0], body)
         target, action = parts[0], parts[1]
         if action == "_doc" and len(parts) == 3:
+            if method == "PUT":
+                return self._put_doc(target, unquote(parts[2]), body)
             return self._get_doc(target, unquote(parts[2]))
         handlers: dict[str, Callable[[], Any]] = {
             "_settings": lambda: self._settings(method, target, body),
@@ -262,6 +292,7 @@ class FakeCluster:
             "_search": lambda: self._search(target, body or {}, params),
             "_msearch": lambda: self._msearch(target, body),
             "_mget": lambda: self._mget(target, body, params),
+            "_field_caps": lambda: self._field_caps(target, params),
         }
         if action not in handlers:
             raise HttpError(400, "illegal_argument_exception", f"unsupported {method} {path}")
@@ -407,6 +438,34 @@ class FakeCluster:
         return indexes[0]
 
     # -- documents --
+
+    def _put_doc(self, name: str, image_id: str, source: Any) -> Any:
+        index = self._write_index(name)
+        self._check_source(index, source)
+        existed = image_id in index.docs
+        index.write(image_id, source)
+        return {
+            "_index": index.name,
+            "_id": image_id,
+            "result": "updated" if existed else "created",
+        }
+
+    def _field_caps(self, name: str, params: Mapping[str, Any]) -> Any:
+        """Field capabilities: each mapped field's type, for the ``fields`` patterns asked."""
+        patterns = str(params.get("fields", "*")).split(",")
+        fields: dict[str, Any] = {}
+        for info in self._get_mapping(name).values():
+
+            def walk(properties: Mapping[str, Any], prefix: str) -> None:
+                for field_name, spec in properties.items():
+                    path = prefix + field_name
+                    kind = spec.get("type", "object")
+                    if any(fnmatch.fnmatchcase(path, p) for p in patterns):
+                        fields[path] = {kind: {"type": kind, "searchable": kind != "object"}}
+                    walk(spec.get("properties", {}), path + ".")
+
+            walk(info["mappings"].get("properties", {}), "")
+        return {"indices": [i.name for i in self._resolve(name)], "fields": fields}
 
     def _get_doc(self, name: str, image_id: str) -> Any:
         index = self._write_index(name)

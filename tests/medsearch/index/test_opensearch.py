@@ -112,6 +112,11 @@ def last(cluster: FakeCluster, fragment: str, method: str | None = None) -> Reco
     return cluster.requests_to(fragment, method)[-1]
 
 
+def created(cluster: FakeCluster, name: str) -> RecordedRequest:
+    """The request that created index ``name`` (its settings and mappings)."""
+    return next(r for r in cluster.requests_to(f"/{name}", "PUT") if r.path == f"/{name}")
+
+
 class Target:
     """Where a lifecycle test runs: the fake cluster or the real node, under a prefix of its own
     (the node is shared by the whole suite); the node's indexes are deleted afterwards."""
@@ -158,9 +163,9 @@ def test_given_any_cluster_version_when_text_searched_then_bm25_is_bm25similarit
     cluster = FakeCluster(version=version)
     index = make_index(cluster, clock)
     index.create(DIM)
-    # Then the index records its scale for readers
-    meta = last(cluster, "/medsearch-run1", "PUT").body["mappings"]["_meta"]["medsearch"]
-    assert meta["bm25_scale"] == pytest.approx(recorded)
+    # Then the index record gives readers its scale
+    record = last(cluster, "/medsearch-run1/_doc/", "PUT").body["index_record"]
+    assert record["bm25_scale"] == pytest.approx(recorded)
     with index.loading():
         index.upsert(DOCS)
     # When a reader on an alias searches text
@@ -174,17 +179,17 @@ def test_given_any_cluster_version_when_text_searched_then_bm25_is_bm25similarit
     assert {h.image_id: h.text_score for h in page.hits} == pytest.approx(expected, rel=1e-6)
 
 
-def test_given_an_index_without_a_recorded_scale_then_it_reads_as_opensearch_2(
+def test_given_an_index_without_a_record_then_it_reads_as_opensearch_2_from_its_mapping(
     target: Target,
 ) -> None:
-    # Given a run index created before the scale was recorded (by OpenSearch 2.x)
+    # Given a run index created before index records existed (by OpenSearch 2.x)
     index = target.make("old")
     body = build_index_body(DIM, OpenSearchConfig(replicas=0), loading=False)
-    del body["mappings"]["_meta"]["medsearch"]["bm25_scale"]
     target.client.transport.perform_request("PUT", f"/{index.name}", body=body)
     index.upsert(DOCS)
     index.refresh()
-    # Then its readers divide out the legacy factor
+    # Then its readers find its dimension in the mapping and divide out the legacy factor
+    assert index.dim == DIM
     assert index.bm25_scale == LEGACY_BM25_FACTOR
     hit = index.search(SearchQuery(text="femur")).hits[0]
     captions = {d.image_id: d.caption for d in DOCS if d.caption}
@@ -200,7 +205,7 @@ def test_given_a_dimension_when_index_created_then_mapping_matches_golden(
     # Fake: compares the request sent, which only a recording server shows.
     index = make_index(cluster, clock)
     assert index.create(DIM) is True
-    request = last(cluster, "/medsearch-run1", "PUT")
+    request = created(cluster, "medsearch-run1")
     assert request.path == "/medsearch-run1"
     assert_golden("create_index", request.body)
     mapping = request.body["mappings"]["properties"]["vector"]
@@ -214,7 +219,7 @@ def test_given_faiss_config_then_mapping_uses_inner_product(
     # Fake: the node has no faiss libraries; this checks the request sent.
     index = make_index(cluster, clock, engine="faiss", m=32, ef_construction=256, ef_search=64)
     index.create(8, loading=False)
-    body = last(cluster, "/medsearch-run1", "PUT").body
+    body = created(cluster, "medsearch-run1").body
     method = body["mappings"]["properties"]["vector"]["method"]
     assert method == {
         "name": "hnsw",
@@ -628,7 +633,8 @@ def test_a_result_page_costs_one_lookup_without_vectors(
     # Fake: counts the requests sent.
     page = SearchService(loaded, None).search("fracture", mode="text", k=10)
     assert page.results and all(r.caption for r in page.results)
-    assert cluster.requests_to("/_doc/") == []
+    # (the index record is read once per process, for the vector size; no document is)
+    assert [r for r in cluster.requests_to("/_doc/") if "medsearch%3Aindex" not in r.path] == []
     (lookup,) = cluster.requests_to("/_mget")
     assert lookup.params.get("_source_excludes") == "vector"
     assert lookup.body["ids"] == [r.image_id for r in page.results]

@@ -29,7 +29,7 @@ def test_blue_green_alias_swap_and_prune_on_a_live_cluster(node_index: MakeNodeI
     runs = []
     for run in ("a", "b"):
         index = node_index(config, name=f"{alias}-{run}")
-        index.create(4)
+        index.create(4, alias=alias)
         with index.loading():
             index.upsert([Document(f"{run}1", f"run {run}", np.ones(4, dtype=np.float32))])
         runs.append(index)

@@ -17,8 +17,18 @@ Layout of a deployment:
   the settings are restored afterwards, then one ``_aliases`` request moves the read alias to the
   new index atomically (blue/green) and old run indexes are pruned.
 - Every request goes through one retry policy: 429 and 5xx answers and connection errors are
-  retried with exponential back-off and jitter, a bounded number of times. Bulk items rejected
-  with 429 are resent; other per-item errors come back in :class:`UpsertResult.failed`.
+  retried with exponential back-off and jitter, a bounded number of times (and within
+  ``request_budget`` seconds where set). Bulk items rejected with 429 are resent; other per-item
+  errors come back in :class:`UpsertResult.failed`. This is hand-written rather than
+  opensearch-py's ``helpers.streaming_bulk`` and the client's ``retry_on_status``: those retry
+  a 5xx answer to a whole bulk request not at all (streaming_bulk) or without back-off, jitter
+  or a time budget (the transport), and sleep for real, so the 429-storm and budget guarantees
+  could not be tested without waiting. Index, alias and settings calls go through the same
+  policy, so they use the raw transport rather than ``indices.*`` helpers.
+- With several shards, each hybrid sub-query of the pipeline path returns its top N from every
+  shard and the normalization processor fuses those (at most shards x N per list), while client
+  fusion normalises the global top N: the two agree on the head of the ranking and may differ in
+  its tail, where a document is in one list's top N on its shard but not overall.
 
 What readers need to know of a run index is in one small document in it, the index record
 (``_id`` :data:`RECORD_ID`, which no image id can be; :func:`build_index_record`): vector

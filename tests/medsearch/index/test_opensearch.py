@@ -848,3 +848,22 @@ def test_ef_search_goes_with_each_knn_query_and_never_below_k() -> None:
     deep = build_knn_query(vector, 300, {}, ef_search=128)["knn"]["vector"]
     assert deep["method_parameters"] == {"ef_search": 300}
     assert "method_parameters" not in build_knn_query(vector, 10, {})["knn"]["vector"]
+
+
+def test_given_a_faiss_index_when_read_with_the_default_config_then_scores_are_cosines(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    # Fake: the node has no faiss libraries.
+    # Given a run built with faiss (inner product) and a reader configured for lucene
+    run = make_index(cluster, clock, engine="faiss")
+    run.create(DIM, alias="medsearch")
+    with run.loading():
+        run.upsert(DOCS)
+    run.swap_alias("medsearch")
+    reader = OpenSearchIndex(fake_client(cluster), "medsearch")
+    assert reader.config.space_type == "cosinesimil"
+    # Then the reader converts scores in the index's own space: vector_score is the cosine
+    query = unit([1, 0.5, 0, 0])
+    hits = reader.search(SearchQuery(vector=query, k=3)).hits
+    expected = {d.image_id: float(np.dot(d.vector, query)) for d in DOCS}
+    assert {h.image_id: h.vector_score for h in hits} == pytest.approx(expected, abs=1e-5)

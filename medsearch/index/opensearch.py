@@ -32,9 +32,9 @@ Layout of a deployment:
 
 What readers need to know of a run index is in one small document in it, the index record
 (``_id`` :data:`RECORD_ID`, which no image id can be; :func:`build_index_record`): vector
-dimension, engine and space, and the BM25 scale. It is read with ``GET _doc``, and filter fields
-come from ``_field_caps``, so the search side needs read permissions only (search, ``_msearch``,
-``_mget``, ``_count``, get, field capabilities), never ``_mapping`` or cluster permissions. The
+dimension, engine and space, the BM25 scale, and (written when a load finishes) the metadata
+fields to filter on. Readers fetch it with ``_mget``, so the search side needs no more than
+search, ``_msearch``, ``_mget`` and ``_count``: never ``_mapping`` or a cluster permission. The
 record has no caption, vector or metadata, so no search, facet or vector count sees it, and
 :meth:`OpenSearchIndex.count` leaves it out.
 
@@ -553,6 +553,10 @@ def _vector_problem(vector: np.ndarray | None) -> str | None:
 # --- the engine ----------------------------------------------------------------------------------
 
 
+class _MissingIndex(SearchIndexError):
+    """The index or alias read does not exist (a 503 to the API, like any SearchIndexError)."""
+
+
 @dataclass(frozen=True)
 class _Layout:
     """What readers take from an index record: vector dimension, BM25 scale, vector space."""
@@ -710,7 +714,7 @@ class OpenSearchIndex:
 
     def _missing_index(self) -> SearchIndexError:
         """The error for a read of an index or alias that does not exist (yet, or any more)."""
-        return SearchIndexError(
+        return _MissingIndex(
             f"OpenSearch index or alias {self.name!r} does not exist: publish a run to it first"
         )
 
@@ -735,6 +739,43 @@ class OpenSearchIndex:
             }
         )
         self.refresh()
+        self._record_filter_fields()
+
+    def _record_filter_fields(self) -> None:
+        """Add the metadata fields the load created to the index record, for readers.
+
+        ``_field_caps`` is a read the loader has; readers then need only ``_mget`` for it.
+        """
+        record = self._fetch_record()
+        if record is None:
+            return  # an index from before records: readers ask _field_caps themselves
+        record["filter_fields"] = self._field_caps_metadata()
+        self._request(
+            "PUT", f"/{self.name}/_doc/{quote(RECORD_ID, safe='')}", {RECORD_FIELD: record}
+        )
+        self._request("POST", f"/{self.name}/_refresh")
+        self._layout = None
+
+    def _fetch_record(self) -> dict[str, Any] | None:
+        """Return the index record's content (``_mget``), or None if the index has none."""
+        answer = self._request(
+            "POST",
+            f"/{self.name}/_mget",
+            {"ids": [RECORD_ID]},
+            {"_source_includes": RECORD_FIELD},
+            ignore=(404,),
+        )
+        if isinstance(answer, Refused):
+            if _is_missing_index(answer.info):
+                raise self._missing_index()
+            return None
+        for item in answer.get("docs", []) if isinstance(answer, dict) else []:
+            if _is_missing_index(item):
+                raise self._missing_index()
+            record = (item.get("_source") or {}).get(RECORD_FIELD)
+            if item.get("found") and isinstance(record, dict) and "dim" in record:
+                return dict(record)
+        return None
 
     @contextmanager
     def loading(self) -> Iterator[OpenSearchIndex]:
@@ -935,14 +976,9 @@ class OpenSearchIndex:
     # -- reads --
 
     def get(self, image_id: str) -> Document | None:
-        """Return one document (with its vector) or ``None``."""
-        path = f"/{self.name}/_doc/{quote(image_id, safe='')}"
-        answer = self._request("GET", path, ignore=(404,))
-        if isinstance(answer, Refused) and _is_missing_index(answer.info):
-            raise self._missing_index()
-        if not isinstance(answer, dict) or not answer.get("found"):
-            return None
-        return document_from_source(image_id, answer.get("_source") or {})
+        """Return one document (with its vector) or ``None`` (one ``_mget``, a read the search
+        role has, like every read here)."""
+        return self.get_many([image_id]).get(image_id)
 
     def get_many(
         self, image_ids: Sequence[str], *, with_vectors: bool = True
@@ -988,14 +1024,11 @@ class OpenSearchIndex:
         """
         if self._layout is not None:
             return self._layout
-        path = f"/{self.name}/_doc/{quote(RECORD_ID, safe='')}"
-        answer = self._request("GET", path, ignore=(404,))
-        if isinstance(answer, Refused):
-            if _is_missing_index(answer.info):
-                return _Layout(dim=None, bm25_scale=LEGACY_BM25_FACTOR)
-            return self._read_layout_from_mapping()
-        record = (answer.get("_source") or {}).get(RECORD_FIELD) or {}
-        if not answer.get("found") or "dim" not in record:
+        try:
+            record = self._fetch_record()
+        except _MissingIndex:
+            return _Layout(dim=None, bm25_scale=LEGACY_BM25_FACTOR)  # nothing to cache yet
+        if record is None:
             return self._read_layout_from_mapping()
         space = str(record.get("space_type", self.config.space_type))
         if space not in SPACE_TYPES.values():
@@ -1042,8 +1075,16 @@ class OpenSearchIndex:
         return out
 
     def _metadata_fields(self) -> list[str]:
-        """Return the keyword fields under ``metadata`` (dotted paths for nested objects), from
-        ``_field_caps``: a read permission, unlike ``_mapping``."""
+        """Return the keyword fields under ``metadata`` (dotted paths for nested objects): from
+        the index record (read each time: the alias may have moved to a run with other fields),
+        or, for a record without them, from ``_field_caps``."""
+        record = self._fetch_record()
+        if record is not None and isinstance(record.get("filter_fields"), list):
+            return [str(name) for name in record["filter_fields"]]
+        return self._field_caps_metadata()
+
+    def _field_caps_metadata(self) -> list[str]:
+        """The keyword fields under ``metadata`` by ``_field_caps`` (a read, unlike _mapping)."""
         answer = self._request(
             "GET",
             f"/{self.name}/_field_caps",

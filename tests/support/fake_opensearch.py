@@ -17,7 +17,7 @@ documented semantics, so tests of the engine, the loader and the API see real be
   ``GET _doc`` and ``_mget`` (with ``_source_excludes``) are real-time, as in OpenSearch.
 - Roles: ``cluster.role = "search"`` plays the search API's read-only role of an Amazon
   OpenSearch Service domain with fine-grained access control: only ``_search``, ``_msearch``,
-  ``_mget``, ``_count``, ``GET _doc`` and ``_field_caps`` are allowed, anything else (``_mapping``,
+  ``_mget`` and ``_count`` are allowed; anything else (``_mapping``, ``_field_caps``, ``GET _doc``,
   ``PUT _search/pipeline``, settings, ``GET /``, writes) is a 403 ``security_exception``.
 - Faults for resilience tests: :meth:`FakeCluster.fail_requests` (request-level 429/5xx),
   :meth:`FakeCluster.fail_items` (per-item bulk errors), :meth:`FakeCluster.storm` (random 429s on
@@ -251,10 +251,8 @@ class FakeCluster:
             return None
         parts = [p for p in path.split("/") if p]
         action = parts[1] if len(parts) >= 2 else (parts[0] if parts else "")
-        reads = {"_search", "_msearch", "_mget", "_count", "_field_caps"}
+        reads = {"_search", "_msearch", "_mget", "_count"}
         if action in reads and method in ("GET", "POST") and parts[0] != "_search":
-            return None
-        if action == "_doc" and method == "GET" and len(parts) == 3:
             return None
         return (
             f"no permissions for [{method} /{'/'.join(parts)}] and User "
@@ -479,14 +477,24 @@ class FakeCluster:
         }
 
     def _mget(self, name: str, body: Any, params: dict[str, Any]) -> Any:
-        index = self._write_index(name)
+        ids = body.get("ids", []) if isinstance(body, dict) else []
+        try:
+            index = self._write_index(name)
+        except HttpError as exc:
+            # As OpenSearch: a 200 whose every document carries the index's error.
+            return {"docs": [{"_index": name, "_id": i, "error": exc.body["error"]} for i in ids]}
         excluded = set(str(params.get("_source_excludes") or "").split(",")) - {""}
+        included = set(str(params.get("_source_includes") or "").split(",")) - {""}
         docs = []
-        for image_id in body.get("ids", []) if isinstance(body, dict) else []:
+        for image_id in ids:
             if image_id not in index.docs:
                 docs.append({"_index": index.name, "_id": image_id, "found": False})
                 continue
-            source = {k: v for k, v in index.docs[image_id].items() if k not in excluded}
+            source = {
+                k: v
+                for k, v in index.docs[image_id].items()
+                if k not in excluded and (not included or k in included)
+            }
             docs.append({"_index": index.name, "_id": image_id, "found": True, "_source": source})
         return {"docs": docs}
 

@@ -1,8 +1,8 @@
 """The search service on OpenSearch with only the search API's read-only role.
 
 An Amazon OpenSearch Service domain with fine-grained access control gives the search Lambda a
-role limited to search, ``_msearch``, ``_mget``, ``_count``, get and field capabilities; the fake
-cluster enforces that role (the suite's node has no security plugin). Every mode, facets and
+role limited to search, ``_msearch``, ``_mget`` and ``_count``; the fake cluster enforces that
+role (the suite's node has no security plugin). Every mode, facets and
 filters must work with it: nothing on the search path may read mappings, create search
 pipelines or ask the cluster itself.
 """
@@ -66,6 +66,8 @@ def test_the_fake_refuses_what_the_read_only_role_may_not_do(read_only: FakeClus
 
     for method, path in [
         ("GET", "/medsearch/_mapping"),
+        ("GET", "/medsearch/_field_caps"),
+        ("GET", "/medsearch/_doc/x"),
         ("PUT", "/_search/pipeline/p"),
         ("GET", "/"),
         ("POST", "/medsearch/_bulk"),

@@ -19,6 +19,9 @@ documented semantics, so tests of the engine, the loader and the API see real be
   OpenSearch Service domain with fine-grained access control: only ``_search``, ``_msearch``,
   ``_mget`` and ``_count`` are allowed; anything else (``_mapping``, ``_field_caps``, ``GET _doc``,
   ``PUT _search/pipeline``, settings, ``GET /``, writes) is a 403 ``security_exception``.
+  ``cluster.role = "loader"`` plays the loader's role: everything on indexes (create, write,
+  settings, mappings, aliases) and ``GET /``, but no cluster-level change (``_cluster``,
+  ``_search/pipeline``, ``_snapshot``, ``_plugins``).
 - Faults for resilience tests: :meth:`FakeCluster.fail_requests` (request-level 429/5xx),
   :meth:`FakeCluster.fail_items` (per-item bulk errors), :meth:`FakeCluster.storm` (random 429s on
   requests and bulk items) and :meth:`FakeCluster.crash_after` (raises :class:`SimulatedCrash`, a
@@ -247,9 +250,13 @@ class FakeCluster:
 
     def _refusal(self, method: str, path: str) -> str | None:
         """Why the current role may not make this request, or None (see the module docstring)."""
-        if self.role != "search":
-            return None
         parts = [p for p in path.split("/") if p]
+        if self.role == "loader":
+            cluster_level = parts[:1] in (["_cluster"], ["_snapshot"], ["_plugins"], ["_nodes"])
+            if not (cluster_level or parts[:2] == ["_search", "pipeline"]):
+                return None
+        elif self.role != "search":
+            return None
         action = parts[1] if len(parts) >= 2 else (parts[0] if parts else "")
         reads = {"_search", "_msearch", "_mget", "_count"}
         if action in reads and method in ("GET", "POST") and parts[0] != "_search":

@@ -1,4 +1,5 @@
-"""The search service on OpenSearch with only the search API's read-only role.
+"""The search service on OpenSearch with only the search API's read-only role, over a run that
+the loader published with its own role.
 
 An Amazon OpenSearch Service domain with fine-grained access control gives the search Lambda a
 role limited to search, ``_msearch``, ``_mget`` and ``_count``; the fake cluster enforces that
@@ -22,8 +23,9 @@ from tests.support.fake_opensearch import FakeCluster, fake_client
 
 @pytest.fixture
 def read_only(corpus: list[Document]) -> FakeCluster:
-    """A run published by the loader (admin), then the cluster switched to the search role."""
+    """A run published with the loader's role, then the cluster switched to the search role."""
     cluster = FakeCluster()
+    cluster.role = "loader"
     run = OpenSearchIndex(fake_client(cluster), "medsearch-r1", config=OpenSearchConfig())
     run.create(len(next(d.vector for d in corpus if d.vector is not None)), alias="medsearch")
     with run.loading():
@@ -75,3 +77,16 @@ def test_the_fake_refuses_what_the_read_only_role_may_not_do(read_only: FakeClus
     ]:
         with pytest.raises(AuthorizationException):
             client.transport.perform_request(method, path, body={} if method != "GET" else None)
+
+
+def test_the_loader_role_may_change_indexes_but_nothing_cluster_wide(
+    read_only: FakeCluster,
+) -> None:
+    read_only.role = "loader"
+    client = fake_client(read_only)
+    from opensearchpy.exceptions import AuthorizationException
+
+    assert client.transport.perform_request("GET", "/medsearch/_mapping")
+    for path in ("/_cluster/settings", "/_search/pipeline/p"):
+        with pytest.raises(AuthorizationException):
+            client.transport.perform_request("PUT", path, body={})

@@ -118,10 +118,9 @@ def browser() -> Iterator[Any]:
         instance.close()
 
 
-@pytest.fixture
-def page(browser: Any, web_server: str) -> Iterator[Any]:
-    """A fresh tab; JavaScript errors on the page fail the test."""
-    context = browser.new_context(viewport={"width": 1360, "height": 900}, base_url=web_server)
+def open_tab(browser: Any, base_url: str) -> Iterator[Any]:
+    """Yield a fresh tab on ``base_url``; JavaScript errors on the page fail the test."""
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, base_url=base_url)
     tab = context.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -129,6 +128,12 @@ def page(browser: Any, web_server: str) -> Iterator[Any]:
     yield tab
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(browser: Any, web_server: str) -> Iterator[Any]:
+    """A fresh tab on the embedded-engine server."""
+    yield from open_tab(browser, web_server)
 
 
 @pytest.fixture(scope="session")

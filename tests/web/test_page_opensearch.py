@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import open_tab
 from playwright.sync_api import expect
 from test_page import api_get, expect_ids, expect_phase, ids_of, search_api
 
@@ -97,16 +98,7 @@ def opensearch_server(
 @pytest.fixture
 def opensearch_page(browser: Any, opensearch_server: str) -> Iterator[Any]:
     """A fresh tab on the OpenSearch-backed server; JavaScript errors on the page fail the test."""
-    context = browser.new_context(
-        viewport={"width": 1360, "height": 900}, base_url=opensearch_server
-    )
-    tab = context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    tab.set_default_timeout(15_000)
-    yield tab
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    yield from open_tab(browser, opensearch_server)
 
 
 def test_a_search_in_the_page_shows_the_clusters_hybrid_results(

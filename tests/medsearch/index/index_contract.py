@@ -183,10 +183,10 @@ HOSTILE_QUERIES = [
 ]
 
 
-def assert_ann_recall(make_index: MakeIndex) -> None:
-    """ANN recall@10 against exact search on 50k embedding-like 512-d vectors is >= 0.98."""
-    # Given 50k embedding-like 512-d vectors (never uniform random ones)
-    vectors = embedding_like_vectors(50_000, 512, seed=0)
+def assert_ann_recall(make_index: MakeIndex, n: int = 50_000) -> None:
+    """ANN recall@10 against exact search on ``n`` embedding-like 512-d vectors is >= 0.98."""
+    # Given n embedding-like 512-d vectors (never uniform random ones)
+    vectors = embedding_like_vectors(n, 512, seed=0)
     docs = [Document(f"v{i:05d}", None, v) for i, v in enumerate(vectors)]
     index = make_index(docs)
     queries = embedding_like_vectors(100, 512, seed=99)

@@ -750,11 +750,11 @@ class OpenSearchIndex:
         if record is None:
             return  # an index from before records: readers ask _field_caps themselves
         record["filter_fields"] = self._field_caps_metadata()
+        # No refresh: readers fetch the record with _mget, which is real-time, and no search
+        # can match it; the layout cache holds no filter fields, so it stays valid.
         self._request(
             "PUT", f"/{self.name}/_doc/{quote(RECORD_ID, safe='')}", {RECORD_FIELD: record}
         )
-        self._request("POST", f"/{self.name}/_refresh")
-        self._layout = None
 
     def _fetch_record(self) -> dict[str, Any] | None:
         """Return the index record's content (``_mget``), or None if the index has none."""

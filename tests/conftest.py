@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,6 +144,25 @@ def opensearch_client(opensearch_url: str) -> object:
         verify_certs=os.environ.get("MEDSEARCH_OPENSEARCH_VERIFY_CERTS", "1") != "0",
         timeout=120,
     )
+
+
+@pytest.fixture
+def node_index(opensearch_client: Any) -> Iterator[Any]:
+    """Make ``OpenSearchIndex`` objects on the node (``make(config, name=None)``, a fresh
+    ``medsearch-test-*`` name by default); every index made through it is deleted afterwards."""
+    from medsearch.index.opensearch import OpenSearchConfig, OpenSearchIndex
+    from tests.support.opensearch_node import fresh_name
+
+    made: list[OpenSearchIndex] = []
+
+    def make(config: OpenSearchConfig | None = None, *, name: str | None = None) -> OpenSearchIndex:
+        index = OpenSearchIndex(opensearch_client, name or fresh_name(), config=config)
+        made.append(index)
+        return index
+
+    yield make
+    for index in made:
+        index.drop()
 
 
 _LIVE_OUTCOMES: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0, "xfailed": 0}

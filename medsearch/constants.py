@@ -59,6 +59,22 @@ LAMBDA_RUNTIME: Final = "python3.11"
 LAMBDA_PYTHON_VERSION: Final = "3.11"
 LAMBDA_PLATFORM: Final = "manylinux2014_x86_64"
 SEARCH_API_PACKAGE_DIR: Final = "build/search_api"
+INDEX_LOADER_PACKAGE_DIR: Final = "build/index_loader"
+
+# --- Lambda observability (Powertools reads these names from its environment) ---------------------
+
+SEARCH_API_SERVICE: Final = f"{PROJECT}-search-api"
+INDEX_LOADER_SERVICE: Final = f"{PROJECT}-index-loader"
+METRICS_NAMESPACE: Final = PROJECT
+
+# --- Deployed API -------------------------------------------------------------------------------
+
+# The REST API's stage. The editors' site serves the API under the same path on its own origin
+# (CloudFront forwards ``/api/*`` to the stage), so links the API builds from its stage prefix
+# resolve the same way on both hosts.
+API_STAGE: Final = "api"
+# The header API Gateway reads a client's API key from.
+API_KEY_HEADER: Final = "x-api-key"
 
 # --- Training metrics: one stable line format and the regexes that parse it ----------------------
 

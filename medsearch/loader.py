@@ -9,15 +9,19 @@ rewrites the same documents: no duplicates, no gaps.
 Nothing here is fatal per record: malformed lines and ids the manifest does not know are reported
 (and logged with their ids); a known image whose line has no usable vector (the transform could
 not embed it, or the vector is malformed) is indexed by its caption alone and reported, so every
-manifest record ends up in the index. Documents the index rejected make the object's message
-fail, so SQS delivers it again. After each object a small report is
-written beside it (``<object>.loaded.json``); when the reports account for every manifest record,
-the loader publishes the run: restores the index settings, checks the document count and moves
-the read alias to the new index in one atomic request (blue/green), pruning old runs.
+manifest record ends up in the index. Documents the index rejected leave the object incomplete
+(:attr:`LoadResult.ok` is false), so the handler has its notification delivered again. After each
+object a small report is written beside it (``<object>.loaded.json``); when the reports account
+for every manifest record, the loader publishes the run: restores the index settings, checks the
+document count and moves the read alias to the new index in one atomic request (blue/green),
+pruning old runs.
 
-S3 goes through :mod:`medsearch.storage`, the index through the small :class:`RunIndex` protocol
-(implemented by :class:`medsearch.index.opensearch.OpenSearchIndex`), so this module imports no
-AWS SDK and no OpenSearch client; the Lambda handler wires them.
+The loader works on object URLs (:meth:`IndexLoader.load_objects`, then
+:meth:`IndexLoader.publish_completed`); which objects an S3, SQS or SNS event names is the Lambda
+handler's business, not this module's. S3 goes through :mod:`medsearch.storage`, the index through
+the small :class:`RunIndex` protocol (implemented by
+:class:`medsearch.index.opensearch.OpenSearchIndex`), so this module imports no AWS SDK, no
+Powertools and no OpenSearch client; the Lambda handler wires them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote_plus
 
 import numpy as np
 
@@ -150,111 +153,26 @@ class ObjectReport:
 
 
 @dataclass
-class MessageResult:
-    """The objects of one event record (one SQS message, or one S3 notification record)."""
+class LoadResult:
+    """The outcome of loading a group of output objects (those one notification names)."""
 
-    message_id: str | None
     urls: list[str]
     reports: list[ObjectReport] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """Whether every object loaded completely (else the message is retried)."""
+        """Whether every object loaded completely (else the notification must be retried)."""
         return not self.errors and all(r.complete for r in self.reports)
 
-
-@dataclass
-class EventResult:
-    """The outcome of one Lambda event: per-message results and the runs published."""
-
-    messages: list[MessageResult] = field(default_factory=list)
-    published: list[str] = field(default_factory=list)
-
     @property
-    def reports(self) -> list[ObjectReport]:
-        """Every object report of the event."""
-        return [r for m in self.messages for r in m.reports]
-
-    def batch_item_failures(self) -> list[dict[str, str]]:
-        """Return SQS ``batchItemFailures``: the message ids that must be delivered again."""
-        return [
-            {"itemIdentifier": m.message_id}
-            for m in self.messages
-            if not m.ok and m.message_id is not None
-        ]
-
-    @property
-    def failed(self) -> bool:
-        """Whether anything must be retried."""
-        return any(not m.ok for m in self.messages)
+    def failed_ids(self) -> list[str]:
+        """The ids of the documents the index rejected (for the logs: ids, never captions)."""
+        return [bad.image_id for r in self.reports for bad in r.failed]
 
 
-# --- events -----------------------------------------------------------------------------------
-
-
-def _s3_records(payload: Mapping[str, Any]) -> list[str]:
-    """Return ``s3://`` URLs of an S3 notification (or EventBridge "Object Created") payload."""
-    urls: list[str] = []
-    for record in payload.get("Records", []):
-        s3 = record.get("s3") if isinstance(record, Mapping) else None
-        if not isinstance(s3, Mapping):
-            continue
-        bucket = s3.get("bucket", {}).get("name")
-        key = s3.get("object", {}).get("key")
-        if bucket and key:
-            # Keys in S3 notifications are URL-encoded (spaces as '+').
-            urls.append(f"s3://{bucket}/{unquote_plus(key)}")
-    detail = payload.get("detail")
-    if payload.get("source") == "aws.s3" and isinstance(detail, Mapping):
-        bucket = detail.get("bucket", {}).get("name")
-        key = detail.get("object", {}).get("key")
-        if bucket and key:
-            urls.append(f"s3://{bucket}/{key}")
-    return urls
-
-
-def is_sqs_event(event: Mapping[str, Any]) -> bool:
-    """Tell an SQS batch (answered with ``batchItemFailures``) from a direct S3 event."""
-    records = event.get("Records")
-    return (
-        isinstance(records, list)
-        and bool(records)
-        and isinstance(records[0], Mapping)
-        and records[0].get("eventSource") == "aws:sqs"
-    )
-
-
-def parse_event(event: Mapping[str, Any]) -> list[MessageResult]:
-    """Split a Lambda event into messages: SQS records (each wrapping an S3 event) or S3 records.
-
-    Only ``*.out`` objects are kept (reports and anything else in the prefix are ignored); an SQS
-    body that is not JSON becomes a message with an error, so it is reported, not lost.
-    """
-    messages: list[MessageResult] = []
-    if is_sqs_event(event):
-        for record in event["Records"]:
-            message = MessageResult(message_id=record.get("messageId"), urls=[])
-            try:
-                body = json.loads(record.get("body") or "{}")
-                # SNS fan-out wraps the S3 event once more.
-                if isinstance(body, Mapping) and body.get("Type") == "Notification":
-                    body = json.loads(body.get("Message") or "{}")
-            except json.JSONDecodeError:
-                message.errors.append("message body is not JSON")
-                messages.append(message)
-                continue
-            if isinstance(body, Mapping):
-                message.urls = [u for u in _s3_records(body) if _is_output(u)]
-            messages.append(message)
-        return messages
-    urls = [u for u in _s3_records(event) if _is_output(u)]
-    if urls:
-        messages.append(MessageResult(message_id=None, urls=urls))
-    return messages
-
-
-def _is_output(url: str) -> bool:
+def is_output_object(url: str) -> bool:
+    """Whether a URL names a batch-transform output object (not a report or anything else)."""
     return url.endswith(TRANSFORM_OUTPUT_SUFFIX)
 
 
@@ -439,29 +357,38 @@ class IndexLoader:
         if report.unknown:
             log.warning("ids not in the manifest: %s", ", ".join(report.unknown))
 
-    def handle(self, event: Mapping[str, Any]) -> EventResult:
-        """Load every output object of an S3 or SQS event; publish runs that became complete."""
-        result = EventResult(messages=parse_event(event))
-        touched: dict[str, str] = {}
-        for message in result.messages:
-            for url in message.urls:
-                try:
-                    report = self.load_object(url)
-                except MedsearchError as exc:
-                    log.error("cannot load %s: %s", url, exc)
-                    message.errors.append(f"{url}: {exc}")
-                    continue
-                message.reports.append(report)
-                touched[report.run_id] = url.rsplit("/", 1)[0]
-        if self.config.auto_publish:
-            for run_id, prefix in touched.items():
-                try:
-                    if self.publish(run_id, prefix):
-                        result.published.append(self._name(self.config.alias, run_id))
-                except MedsearchError as exc:
-                    # The objects are loaded; a later object (or a manual publish) retries this.
-                    log.error("cannot publish run %s: %s", run_id, exc)
+    def load_objects(self, urls: Iterable[str]) -> LoadResult:
+        """Load output objects one by one; one that cannot be read is an error of the result.
+
+        Publishing is a separate step (:meth:`publish_completed`), so a caller that loads several
+        groups (an SQS batch) publishes each run once, after all of them.
+        """
+        result = LoadResult(urls=list(urls))
+        for url in result.urls:
+            try:
+                result.reports.append(self.load_object(url))
+            except MedsearchError as exc:
+                log.error("cannot load %s: %s", url, exc)
+                result.errors.append(f"{url}: {exc}")
         return result
+
+    def publish_completed(self, reports: Iterable[ObjectReport]) -> list[str]:
+        """Publish the runs of these objects that are complete now (with ``auto_publish``).
+
+        Returns the physical index names published. A run that cannot be published is logged,
+        not raised: its objects are loaded, and a later object (or a manual publish) retries.
+        """
+        if not self.config.auto_publish:
+            return []
+        prefixes = {r.run_id: r.url.rsplit("/", 1)[0] for r in reports}
+        published: list[str] = []
+        for run_id, prefix in prefixes.items():
+            try:
+                if self.publish(run_id, prefix):
+                    published.append(self._name(self.config.alias, run_id))
+            except MedsearchError as exc:
+                log.error("cannot publish run %s: %s", run_id, exc)
+        return published
 
     def run_status(self, run_id: str, prefix: str) -> RunStatus:
         """Read the reports of a run's output prefix and tell whether the run is complete."""
@@ -574,13 +501,17 @@ def _outputs_and_reports(prefix: str) -> tuple[list[str], set[str]]:
         folder = Path(prefix)
         names = (str(p) for p in folder.iterdir() if p.is_file()) if folder.is_dir() else ()
     listed = sorted(names)
-    outputs = [n for n in listed if _is_output(n)]
+    outputs = [n for n in listed if is_output_object(n)]
     reports = {n for n in listed if n.endswith(TRANSFORM_OUTPUT_SUFFIX + REPORT_SUFFIX)}
     return outputs, reports
 
 
 def publish_event(event: Mapping[str, Any]) -> tuple[str, bool] | None:
-    """Return (output prefix, force) of a direct ``{"action": "publish", ...}`` event, else None."""
+    """Return (output prefix, force) of a ``{"action": "publish", ...}`` request, else None.
+
+    The request is this project's own payload (an operator invoking the loader by hand), not an
+    AWS event format.
+    """
     if event.get("action") != "publish":
         return None
     prefix = event.get("output_prefix")

@@ -1,42 +1,75 @@
-"""Index loader Lambda: S3 or SQS-wrapped S3 events for ``*.out`` objects → the run's index.
+"""Index loader Lambda: S3 notifications of ``*.out`` objects (through SQS) → the run's index.
 
 A few lines over :class:`medsearch.loader.IndexLoader`: settings are parsed once per container
 into :class:`IndexLoaderSettings`, the OpenSearch client (SigV4 from the function's role) and the
-loader are built once, and each event is handed to the core. SQS events answer with
-``batchItemFailures`` (only the messages whose objects did not load completely come back); direct
-S3 events raise on failure, so Lambda's asynchronous retries apply. A direct
-``{"action": "publish", "output_prefix": "s3://...", "force": false}`` event publishes a run by
-hand. Powertools gives structured logs (the core's loggers included), metrics and traces.
+loader are built once, and each event's object URLs are handed to the core. The events are read
+here, with Powertools' data classes, so the core stays free of AWS formats:
+
+* an SQS batch (``ReportBatchItemFailures`` on) goes through Powertools' ``BatchProcessor``: each
+  message's body is an S3 notification (or one that SNS wrapped, raw delivery off); the message
+  comes back in ``batchItemFailures`` exactly when one of its objects did not load completely or
+  its body is not an S3 notification (after ``maxReceiveCount`` tries the queue's DLQ keeps it).
+  The ``s3:TestEvent`` S3 sends when the notification is configured is acknowledged;
+* a direct S3 notification (or an EventBridge "Object Created" event) raises when an object did
+  not load completely, so Lambda's asynchronous retries apply;
+* ``{"action": "publish", "output_prefix": "s3://...", "force": false}`` publishes a run by hand.
+
+Runs that became complete are published once per invocation, after every object is loaded.
+Powertools gives structured logs (the core's loggers included; ids and counts, never captions),
+metrics and traces, under :data:`~medsearch.constants.INDEX_LOADER_SERVICE` and
+:data:`~medsearch.constants.METRICS_NAMESPACE`: those are passed to the constructors, and an
+explicit argument wins over ``POWERTOOLS_SERVICE_NAME`` / ``POWERTOOLS_METRICS_NAMESPACE``, so the
+names cannot drift from the constants the stack sets those variables from. The log level is left
+to ``POWERTOOLS_LOG_LEVEL`` (INFO when unset).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
+from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes import (
+    S3Event,
+    S3EventBridgeNotificationEvent,
+    SQSRecord,
+)
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lambdas import opensearch_client
-from medsearch.constants import PROJECT
+from medsearch.constants import INDEX_LOADER_SERVICE, METRICS_NAMESPACE
 from medsearch.index.opensearch import OpenSearchConfig, OpenSearchIndex, run_index_name
 from medsearch.loader import (
     DEFAULT_RUN_PATTERN,
-    EventResult,
     IndexLoader,
     LoaderConfig,
-    is_sqs_event,
+    LoadResult,
+    is_output_object,
+    publish_event,
 )
-from medsearch.loader import publish_event as parse_publish_event
 from medsearch.settings import check_opensearch_service
 
-logger = Logger(service=f"{PROJECT}-index-loader")
-metrics = Metrics(namespace=PROJECT, service="index-loader")
-tracer = Tracer(service=f"{PROJECT}-index-loader")
+logger = Logger(service=INDEX_LOADER_SERVICE)
+metrics = Metrics(namespace=METRICS_NAMESPACE, service=INDEX_LOADER_SERVICE)
+tracer = Tracer(service=INDEX_LOADER_SERVICE)
+# One per container, as Powertools advises; it clears its state at the start of every batch. With
+# every message failed it still answers batchItemFailures (raising would retry the same messages
+# and lose the per-message answer).
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+S3_TEST_EVENT = "s3:TestEvent"
 
 
 class IndexLoaderSettings(BaseSettings):
@@ -131,9 +164,106 @@ def get_loader() -> IndexLoader:
     return build_loader(settings, make_client(settings))
 
 
-def _record(result: EventResult) -> None:
-    """Emit metrics and log every message that did not load completely."""
-    reports = result.reports
+class NotificationError(ValueError):
+    """A message body or event that is not an S3 notification (a poison message: not retried
+    into success, so SQS moves it to the DLQ after its tries)."""
+
+
+class MessageNotLoaded(Exception):
+    """Raised for an SQS message whose objects did not all load: the batch processor reports it."""
+
+
+def object_urls(notification: dict[str, Any]) -> list[str]:
+    """Return the ``s3://`` URLs of the ``*.out`` objects an S3 notification says were created.
+
+    ``notification`` is an S3 event notification (``{"Records": [...]}``), an EventBridge "Object
+    Created" event, or the ``s3:TestEvent`` message (no objects). Other objects under the prefix
+    (the loader's own reports) and other event types are skipped; anything else raises
+    :class:`NotificationError`.
+    """
+    if notification.get("Event") == S3_TEST_EVENT:
+        logger.info("S3 test event acknowledged", extra={"bucket": notification.get("Bucket")})
+        return []
+    urls: list[str] = []
+    try:
+        if notification.get("source") == "aws.s3" and "detail" in notification:
+            bridged = S3EventBridgeNotificationEvent(notification)
+            if bridged.detail_type == "Object Created":
+                detail = bridged.detail  # its object key is decoded by the data class
+                urls.append(f"s3://{detail.bucket.name}/{detail.object.key}")
+        elif isinstance(notification.get("Records"), list):
+            for record in S3Event(notification).records:
+                if not record.event_name.startswith("ObjectCreated:"):
+                    continue
+                # Keys in S3 notifications are URL-encoded ('+' for a space). S3Object.key is the
+                # raw value (only S3Event.object_key, the first record's, is decoded): decode once.
+                key = unquote_plus(record.s3.get_object.key)
+                urls.append(f"s3://{record.s3.bucket.name}/{key}")
+        else:
+            raise NotificationError("not an S3 notification")
+    except (KeyError, TypeError, AttributeError):
+        raise NotificationError("malformed S3 notification") from None
+    return [url for url in urls if is_output_object(url)]
+
+
+def message_notification(record: SQSRecord) -> dict[str, Any]:
+    """Return the S3 notification an SQS message carries, unwrapping an SNS envelope."""
+    try:
+        body = record.json_body
+        if isinstance(body, dict) and body.get("Type") == "Notification":
+            body = json.loads(record.decoded_nested_sns_event.message)
+    except json.JSONDecodeError:
+        raise NotificationError("message body is not JSON") from None
+    except (KeyError, TypeError):
+        raise NotificationError("SNS envelope without a message") from None
+    if not isinstance(body, dict):
+        raise NotificationError("message body is not a JSON object")
+    return body
+
+
+@dataclass
+class _Batch:
+    """One SQS batch: the record handler the processor calls, and what it loaded."""
+
+    loader: IndexLoader
+    results: list[LoadResult] = field(default_factory=list)
+    failed: int = 0
+
+    def load_message(self, record: SQSRecord) -> None:
+        """Load one message's objects; raise (so it is reported) unless all loaded completely."""
+        try:
+            result = self.loader.load_objects(object_urls(message_notification(record)))
+        except NotificationError as exc:
+            self.failed += 1
+            logger.error(
+                "message is not an S3 notification",
+                extra={"message_id": record.message_id, "errors": [str(exc)]},
+            )
+            raise
+        except Exception:
+            # Not one of the core's errors (those are per object, in the result): the processor
+            # reports the message; say why here, as an uncaught exception would have.
+            self.failed += 1
+            logger.exception("message failed", extra={"message_id": record.message_id})
+            raise
+        self.results.append(result)
+        if not result.ok:
+            self.failed += 1
+            _log_incomplete(record.message_id, result)
+            raise MessageNotLoaded(record.message_id)
+
+
+def _log_incomplete(message_id: str | None, result: LoadResult) -> None:
+    # Each object's own report is logged, with its ids, by the core loader (IndexLoader._log).
+    logger.error(
+        "message not loaded completely",
+        extra={"message_id": message_id, "errors": result.errors, "failed_ids": result.failed_ids},
+    )
+
+
+def _record(results: list[LoadResult], published: list[str], *, failed: int) -> None:
+    """Emit the invocation's metrics."""
+    reports = [r for result in results for r in result.reports]
     metrics.add_metric("ObjectsLoaded", MetricUnit.Count, len(reports))
     metrics.add_metric("DocumentsWritten", MetricUnit.Count, sum(r.written for r in reports))
     metrics.add_metric("DocumentsFailed", MetricUnit.Count, sum(len(r.failed) for r in reports))
@@ -142,18 +272,15 @@ def _record(result: EventResult) -> None:
     )
     metrics.add_metric("MalformedLines", MetricUnit.Count, sum(len(r.malformed) for r in reports))
     metrics.add_metric("UnknownIds", MetricUnit.Count, sum(len(r.unknown) for r in reports))
-    metrics.add_metric("RunsPublished", MetricUnit.Count, len(result.published))
-    # Each object's own report is logged, with its ids, by the core loader (IndexLoader._log).
-    for message in result.messages:
-        if not message.ok:
-            logger.error(
-                "message not loaded completely",
-                extra={
-                    "message_id": message.message_id,
-                    "errors": message.errors,
-                    "failed_ids": [b.image_id for r in message.reports for b in r.failed],
-                },
-            )
+    metrics.add_metric("MessagesFailed", MetricUnit.Count, failed)
+    metrics.add_metric("RunsPublished", MetricUnit.Count, len(published))
+
+
+def _is_sqs_batch(event: dict[str, Any]) -> bool:
+    """Tell an SQS batch (answered with ``batchItemFailures``) from a direct S3 event."""
+    records = event.get("Records")
+    first = records[0] if isinstance(records, list) and records else None
+    return isinstance(first, dict) and first.get("eventSource") == "aws:sqs"
 
 
 @logger.inject_lambda_context
@@ -162,18 +289,25 @@ def _record(result: EventResult) -> None:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Load the event's output objects; answer SQS with ``batchItemFailures``."""
     loader = get_loader()
-    publish = parse_publish_event(event)
+    publish = publish_event(event)
     if publish is not None:
         prefix, force = publish
-        published = loader.publish(loader.config.run_id(prefix + "/"), prefix, force=force)
-        metrics.add_metric("RunsPublished", MetricUnit.Count, int(published))
-        return {"published": published}
-    result = loader.handle(event)
-    _record(result)
-    if is_sqs_event(event):
-        return {"batchItemFailures": result.batch_item_failures()}
-    if result.failed:
-        raise RuntimeError(
-            f"{sum(not m.ok for m in result.messages)} S3 record(s) did not load completely"
+        done = loader.publish(loader.config.run_id(prefix + "/"), prefix, force=force)
+        metrics.add_metric("RunsPublished", MetricUnit.Count, int(done))
+        return {"published": done}
+    if _is_sqs_batch(event):
+        batch = _Batch(loader)
+        answer = process_partial_response(
+            event=event, record_handler=batch.load_message, processor=processor, context=context
         )
-    return {"objects": len(result.reports), "published": result.published}
+        reports = [r for result in batch.results for r in result.reports]
+        published = loader.publish_completed(reports)
+        _record(batch.results, published, failed=batch.failed)
+        return dict(answer)
+    result = loader.load_objects(object_urls(event))
+    published = loader.publish_completed(result.reports)
+    _record([result], published, failed=int(not result.ok))
+    if not result.ok:
+        _log_incomplete(None, result)
+        raise RuntimeError("the S3 event's objects did not load completely")
+    return {"objects": len(result.reports), "published": published}

@@ -20,13 +20,12 @@ from medsearch.loader import (
     REPORT_SUFFIX,
     IndexLoader,
     LoaderConfig,
+    LoadResult,
     VectorLine,
-    is_sqs_event,
-    parse_event,
+    is_output_object,
     parse_line,
     publish_event,
 )
-from tests.support.aws_events import load_event, s3_event, sqs_event
 from tests.support.fake_opensearch import FakeCluster, SimulatedCrash, fake_client
 
 DIM = 8
@@ -79,12 +78,26 @@ class Clock:
         self.delays.append(seconds)
 
 
-def make_loader(cluster: FakeCluster, clock: Clock | None = None, **engine: object) -> IndexLoader:
+def make_loader(
+    cluster: FakeCluster, clock: Clock | None = None, *, auto_publish: bool = True, **engine: object
+) -> IndexLoader:
     """A loader as one Lambda container builds it (fresh caches), over the fake cluster."""
     config = OpenSearchConfig(bulk_max_docs=2, **engine)  # type: ignore[arg-type]
     base = OpenSearchIndex(fake_client(cluster), "medsearch", config=config, sleep=clock or Clock())
-    loader_config = LoaderConfig(manifest_url=MANIFEST, alias="medsearch", batch_docs=3)
+    loader_config = LoaderConfig(
+        manifest_url=MANIFEST, alias="medsearch", batch_docs=3, auto_publish=auto_publish
+    )
     return IndexLoader(loader_config, base.with_name, run_index_name)
+
+
+def urls(bucket: str, keys: list[str]) -> list[str]:
+    return [f"s3://{bucket}/{key}" for key in keys]
+
+
+def load(loader: IndexLoader, bucket: str, keys: list[str]) -> tuple[LoadResult, list[str]]:
+    """Load objects as the handler does for one notification, then publish what is complete."""
+    result = loader.load_objects(urls(bucket, keys))
+    return result, loader.publish_completed(result.reports)
 
 
 def manifest_ids() -> set[str]:
@@ -126,39 +139,10 @@ def test_given_a_vector_line_when_parsed_then_id_vector_and_model_come_back() ->
     assert parsed == VectorLine("a", [1, 2.5], "m")
 
 
-def test_given_s3_and_sqs_events_when_parsed_then_only_output_objects_are_kept() -> None:
-    # Given an S3 notification with an encoded key (space as '+') and a report object
-    event = s3_event(
-        "corpus", ["vectors/run 1/part-0.jsonl.out", "vectors/run 1/x.out.loaded.json"]
-    )
-    (message,) = parse_event(event)
-    assert message.message_id is None
-    assert message.urls == ["s3://corpus/vectors/run 1/part-0.jsonl.out"]
-    # Given the SQS fixture: an S3 event message and an s3:TestEvent message
-    first, test_event = parse_event(load_event("sqs_s3_batch"))
-    assert first.urls == ["s3://corpus/vectors/run-1/part-0.jsonl.out"]
-    assert test_event.urls == [] and test_event.ok
-    # Given an SNS-wrapped message and a body that is not JSON
-    sns = sqs_event("corpus", [["vectors/r/a.out"]])
-    sns["Records"][0]["body"] = json.dumps(
-        {"Type": "Notification", "Message": sns["Records"][0]["body"]}
-    )
-    assert parse_event(sns)[0].urls == ["s3://corpus/vectors/r/a.out"]
-    broken = sqs_event("corpus", [["vectors/r/a.out"]])
-    broken["Records"][0]["body"] = "not json"
-    assert parse_event(broken)[0].errors == ["message body is not JSON"]
-    # And an SNS notification whose message is not JSON fails only its own message
-    sns["Records"][0]["body"] = json.dumps({"Type": "Notification", "Message": "not json"})
-    assert parse_event(sns)[0].errors == ["message body is not JSON"]
-
-
-def test_only_an_sqs_batch_is_told_apart_as_one() -> None:
-    assert is_sqs_event(sqs_event("corpus", [["vectors/r/a.out"]]))
-    assert is_sqs_event(load_event("sqs_s3_batch"))
-    assert not is_sqs_event(s3_event("corpus", ["vectors/r/a.out"]))
-    assert not is_sqs_event({"Records": []})
-    assert not is_sqs_event({"Records": ["not a record"]})
-    assert not is_sqs_event({"action": "publish", "output_prefix": "s3://corpus/vectors/r"})
+def test_only_transform_output_objects_are_outputs() -> None:
+    assert is_output_object("s3://corpus/vectors/run-1/part-0.jsonl.out")
+    assert not is_output_object("s3://corpus/vectors/run-1/part-0.jsonl.out.loaded.json")
+    assert not is_output_object("s3://corpus/vectors/run-1/part-0.jsonl")
 
 
 def test_run_id_comes_from_the_key_and_fills_the_manifest_template() -> None:
@@ -190,13 +174,13 @@ def test_given_a_run_when_every_object_loads_then_the_alias_serves_the_joined_do
     keys = write_run(s3_bucket)
     loader = make_loader(cluster)
     # When the first objects arrive, the run is not published yet
-    first = loader.handle(s3_event(s3_bucket, keys[:2]))
-    assert not first.failed and first.published == []
+    first, published = load(loader, s3_bucket, keys[:2])
+    assert first.ok and published == []
     assert "medsearch" not in cluster.aliases
     # When the last one arrives
-    last = loader.handle(sqs_event(s3_bucket, [keys[2:]]))
-    assert last.batch_item_failures() == []
-    assert last.published == ["medsearch-run-1"]
+    last, published = load(loader, s3_bucket, keys[2:])
+    assert last.ok and last.errors == []
+    assert published == ["medsearch-run-1"]
     # Then the alias points at the run index, which holds the manifest joined with the vectors
     assert cluster.aliases == {"medsearch": {"medsearch-run-1"}}
     settings = cluster.indexes["medsearch-run-1"].settings
@@ -219,24 +203,23 @@ def test_acceptance_run_killed_midway_and_rerun_gives_exactly_the_manifest(
     s3_bucket: str, cluster: FakeCluster
 ) -> None:
     keys = write_run(s3_bucket)
-    events = [s3_event(s3_bucket, [key]) for key in keys]
     # Given a run killed after three bulk requests (mid-object, nothing published)
     cluster.crash_after(3, path="_bulk")
     with pytest.raises(SimulatedCrash):
         crashed = make_loader(cluster)
-        for event in events:
-            crashed.handle(event)
+        for key in keys:
+            load(crashed, s3_bucket, [key])
     partial = set(cluster.documents("medsearch-run-1"))
     assert 0 < len(partial) < N
     assert "medsearch" not in cluster.aliases
     # When the whole run is delivered again to a fresh container
     rerun = make_loader(cluster)
-    results = [rerun.handle(event) for event in events]
+    results = [load(rerun, s3_bucket, [key]) for key in keys]
     # Then the index holds exactly the manifest's documents: no duplicates, no gaps
-    assert not any(r.failed for r in results)
+    assert all(result.ok for result, _ in results)
     assert set(cluster.documents("medsearch")) == manifest_ids()
     assert OpenSearchIndex(fake_client(cluster), "medsearch").count() == N
-    assert results[-1].published == ["medsearch-run-1"]
+    assert [published for _, published in results] == [[], [], ["medsearch-run-1"]]
 
 
 def test_acceptance_429_storm_ends_with_every_document_indexed(
@@ -247,14 +230,14 @@ def test_acceptance_429_storm_ends_with_every_document_indexed(
     loader = make_loader(cluster, clock, max_attempts=12)
     # Given 40% of requests and bulk items answered with 429
     cluster.storm(0.4)
-    result = loader.handle(sqs_event(s3_bucket, [[key] for key in keys]))
+    result, published = load(loader, s3_bucket, keys)
     cluster.calm()
     # Then every document is indexed, after retries with back-off
-    assert result.batch_item_failures() == []
+    assert result.ok
     assert cluster.injected["request 429"] > 0 and cluster.injected["item 429"] > 0
     assert clock.delays and max(clock.delays) <= 20.0
     assert set(cluster.documents("medsearch-run-1")) == manifest_ids()
-    assert result.published == ["medsearch-run-1"]
+    assert published == ["medsearch-run-1"]
 
 
 def test_acceptance_malformed_lines_and_unknown_ids_are_reported_not_fatal(
@@ -270,9 +253,9 @@ def test_acceptance_malformed_lines_and_unknown_ids_are_reported_not_fatal(
         ]
     }
     keys = write_run(s3_bucket, extra=extra)
-    result = make_loader(cluster).handle(sqs_event(s3_bucket, [[key] for key in keys]))
-    # Then the messages succeed, the problems are reported by id, and the run is published
-    assert result.batch_item_failures() == []
+    result, published = load(make_loader(cluster), s3_bucket, keys)
+    # Then the objects load completely, the problems are reported by id, and the run is published
+    assert result.ok
     report = next(r for r in result.reports if r.url.endswith("part-1.jsonl.out"))
     assert report.unknown == ["stranger"]
     reasons = [(bad.image_id, bad.reason) for bad in report.malformed]
@@ -281,7 +264,7 @@ def test_acceptance_malformed_lines_and_unknown_ids_are_reported_not_fatal(
     assert ("img-001", "2-d vector, expected 8") in reasons
     assert set(cluster.documents("medsearch")) == manifest_ids()
     assert "stranger" not in cluster.documents("medsearch")
-    assert result.published == ["medsearch-run-1"]
+    assert published == ["medsearch-run-1"]
 
 
 def test_vectorize_errors_index_the_caption_without_a_vector(
@@ -293,7 +276,7 @@ def test_vectorize_errors_index_the_caption_without_a_vector(
     lines = storage.read_text(f"s3://{s3_bucket}/{key}").splitlines()
     lines[0] = json.dumps({"image_id": "img-002", "error": "truncated image"})
     storage.write_text(f"s3://{s3_bucket}/{key}", "\n".join(lines) + "\n")
-    result = make_loader(cluster).handle(s3_event(s3_bucket, keys))
+    result, published = load(make_loader(cluster), s3_bucket, keys)
     # Then it is reported and still found by text, with no vector
     errors = [bad for r in result.reports for bad in r.vector_errors]
     assert [(b.image_id, b.reason) for b in errors] == [
@@ -301,41 +284,53 @@ def test_vectorize_errors_index_the_caption_without_a_vector(
     ]
     doc = OpenSearchIndex(fake_client(cluster), "medsearch").get("img-002")
     assert doc is not None and doc.vector is None and doc.caption is not None
-    assert result.published == ["medsearch-run-1"]
+    assert result.ok and published == ["medsearch-run-1"]
 
 
-def test_rejected_documents_fail_the_message_and_a_redelivery_completes_the_run(
+def test_rejected_documents_leave_their_object_incomplete_and_a_reload_completes_the_run(
     s3_bucket: str, cluster: FakeCluster
 ) -> None:
     keys = write_run(s3_bucket)
-    event = sqs_event(s3_bucket, [[key] for key in keys])
     # Given one document rejected by the index (a mapping error, not retryable in place)
     cluster.fail_items(["img-004"], status=400)
     loader = make_loader(cluster)
-    result = loader.handle(event)
-    # Then only its message comes back, the ids are in the report, and nothing is published
-    failed_message = next(m for m in result.messages if not m.ok)
-    assert result.batch_item_failures() == [{"itemIdentifier": failed_message.message_id}]
-    assert [b.image_id for r in failed_message.reports for b in r.failed] == ["img-004"]
-    assert "medsearch" not in cluster.aliases
-    # When SQS delivers that message again
-    retry = loader.handle(
-        {"Records": [r for r in event["Records"] if r["messageId"] == failed_message.message_id]}
-    )
+    # When each object is loaded as its own notification
+    results = [loader.load_objects([url]) for url in urls(s3_bucket, keys)]
+    published = loader.publish_completed(r for result in results for r in result.reports)
+    # Then only its object is incomplete, the ids are in the result, and nothing is published
+    (failed,) = [result for result in results if not result.ok]
+    assert failed.urls == urls(s3_bucket, keys[1:2]) and failed.errors == []
+    assert failed.failed_ids == ["img-004"]
+    assert published == [] and "medsearch" not in cluster.aliases
+    # When that object is delivered again
+    retry = loader.load_objects(failed.urls)
     # Then the run is complete and published
-    assert retry.batch_item_failures() == []
-    assert retry.published == ["medsearch-run-1"]
+    assert retry.ok and retry.failed_ids == []
+    assert loader.publish_completed(retry.reports) == ["medsearch-run-1"]
     assert set(cluster.documents("medsearch")) == manifest_ids()
 
 
-def test_an_unreadable_object_is_an_error_of_its_message_only(
+def test_an_unreadable_object_is_an_error_of_its_result_not_an_exception(
     s3_bucket: str, cluster: FakeCluster
 ) -> None:
     keys = write_run(s3_bucket)
-    event = sqs_event(s3_bucket, [[keys[0]], ["vectors/run-1/missing.jsonl.out"]])
-    result = make_loader(cluster).handle(event)
-    assert result.batch_item_failures() == [{"itemIdentifier": event["Records"][1]["messageId"]}]
-    assert result.messages[0].ok
+    missing = f"s3://{s3_bucket}/vectors/run-1/missing.jsonl.out"
+    result = make_loader(cluster).load_objects([*urls(s3_bucket, keys[:1]), missing])
+    assert not result.ok
+    assert [e.split(": ", 1)[0] for e in result.errors] == [missing]
+    assert [r.url for r in result.reports] == urls(s3_bucket, keys[:1])
+    assert result.reports[0].complete
+
+
+def test_without_auto_publish_complete_runs_wait_for_a_manual_publish(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    keys = write_run(s3_bucket)
+    loader = make_loader(cluster, auto_publish=False)
+    result, published = load(loader, s3_bucket, keys)
+    assert result.ok and published == [] and "medsearch" not in cluster.aliases
+    assert loader.publish("run-1", f"s3://{s3_bucket}/vectors/run-1")
+    assert cluster.aliases == {"medsearch": {"medsearch-run-1"}}
 
 
 def test_a_new_run_swaps_the_alias_and_prunes_old_runs(
@@ -343,8 +338,8 @@ def test_a_new_run_swaps_the_alias_and_prunes_old_runs(
 ) -> None:
     for run in ("run-1", "run-2", "run-3"):
         keys = write_run(s3_bucket, run_id=run)
-        result = make_loader(cluster).handle(s3_event(s3_bucket, keys))
-        assert result.published == [f"medsearch-{run}"]
+        _, published = load(make_loader(cluster), s3_bucket, keys)
+        assert published == [f"medsearch-{run}"]
     assert cluster.aliases == {"medsearch": {"medsearch-run-3"}}
     assert sorted(cluster.indexes) == ["medsearch-run-2", "medsearch-run-3"]  # keep 2
 
@@ -355,7 +350,7 @@ def test_given_engine_keeping_one_index_when_runs_published_then_only_the_live_o
     # The engine's keep_indexes (the handler's MEDSEARCH_KEEP_INDEXES) decides the pruning.
     for run in ("run-1", "run-2"):
         keys = write_run(s3_bucket, run_id=run)
-        make_loader(cluster, keep_indexes=1).handle(s3_event(s3_bucket, keys))
+        load(make_loader(cluster, keep_indexes=1), s3_bucket, keys)
     assert sorted(cluster.indexes) == ["medsearch-run-2"]
 
 
@@ -364,7 +359,7 @@ def test_manual_publish_with_force_covers_a_partial_transform(
 ) -> None:
     keys = write_run(s3_bucket)
     loader = make_loader(cluster)
-    loader.handle(s3_event(s3_bucket, keys[:1]))
+    load(loader, s3_bucket, keys[:1])
     # The other parts never arrive: only part 0 is under the prefix.
     for key in keys[1:]:
         _delete(s3_bucket, key)
@@ -385,13 +380,13 @@ def test_a_late_redelivery_of_an_old_run_never_replaces_a_newer_live_run(
 ) -> None:
     # Given run 1 and then run 2 published
     old_keys = write_run(s3_bucket, run_id="run-1")
-    make_loader(cluster).handle(s3_event(s3_bucket, old_keys))
+    load(make_loader(cluster), s3_bucket, old_keys)
     new_keys = write_run(s3_bucket, run_id="run-2")
-    make_loader(cluster).handle(s3_event(s3_bucket, new_keys))
+    load(make_loader(cluster), s3_bucket, new_keys)
     # When an object of run 1 is delivered again
-    late = make_loader(cluster).handle(s3_event(s3_bucket, old_keys[:1]))
+    late, published = load(make_loader(cluster), s3_bucket, old_keys[:1])
     # Then it loads, but the alias stays on run 2
-    assert not late.failed and late.published == []
+    assert late.ok and published == []
     assert cluster.aliases == {"medsearch": {"medsearch-run-2"}}
     # And a forced publish rolls back on purpose
     assert make_loader(cluster).publish("run-1", f"s3://{s3_bucket}/vectors/run-1", force=True)

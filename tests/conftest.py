@@ -103,6 +103,22 @@ def python_without() -> Callable[[set[str], str], subprocess.CompletedProcess[st
 
 
 @pytest.fixture(scope="session")
+def small_stack() -> Any:
+    """The CDK app's stack in its default (small) layout and its template (synthesized once)."""
+    from tests.support.cdk_app import synth
+
+    return synth({})
+
+
+@pytest.fixture(scope="session")
+def large_stack() -> Any:
+    """The CDK app's stack in the large layout (Multi-AZ with standby) and its template."""
+    from tests.support.cdk_app import LARGE, synth
+
+    return synth(LARGE)
+
+
+@pytest.fixture(scope="session")
 def opensearch_url() -> Iterator[str]:
     """URL of a real OpenSearch for the live tests: ``MEDSEARCH_OPENSEARCH_URL`` if set, else a
     node started here for the session (stopped at the end). Without Java or Maven the live tests

@@ -22,6 +22,8 @@ documented semantics, so tests of the engine, the loader and the API see real be
   ``cluster.role = "loader"`` plays the loader's role: everything on indexes (create, write,
   settings, mappings, aliases) and ``GET /``, but no cluster-level change (``_cluster``,
   ``_search/pipeline``, ``_snapshot``, ``_plugins``).
+  ``cluster.access = DomainAccess(...)`` (:mod:`tests.support.domain_access`) enforces an IAM
+  access policy instead, such as the one the CDK app gives the domain.
 - Faults for resilience tests: :meth:`FakeCluster.fail_requests` (request-level 429/5xx),
   :meth:`FakeCluster.fail_items` (per-item bulk errors), :meth:`FakeCluster.storm` (random 429s on
   requests and bulk items) and :meth:`FakeCluster.crash_after` (raises :class:`SimulatedCrash`, a
@@ -141,6 +143,9 @@ class FakeCluster:
     def __init__(self, seed: int = 0, version: str = "2.19.1", awareness_zones: int = 1) -> None:
         self.version = version
         self.role = "admin"  # or "search": the search API's read-only role (module docstring)
+        # An IAM access policy to enforce instead of a role: anything with a ``refusal(method,
+        # path)`` (tests.support.domain_access.DomainAccess, from the CDK app's template).
+        self.access: Any = None
         # Multi-AZ with standby forces zone awareness over 3 zones (awareness_zones=3).
         self.awareness_zones = awareness_zones
         self.indexes: dict[str, FakeIndex] = {}
@@ -250,6 +255,8 @@ class FakeCluster:
 
     def _refusal(self, method: str, path: str) -> str | None:
         """Why the current role may not make this request, or None (see the module docstring)."""
+        if self.access is not None:
+            return self.access.refusal(method, path)
         parts = [p for p in path.split("/") if p]
         if self.role == "loader":
             cluster_level = parts[:1] in (["_cluster"], ["_snapshot"], ["_plugins"], ["_nodes"])

@@ -1,0 +1,243 @@
+"""The public search API: API Gateway (REST) → the search Lambda (FastAPI via Mangum).
+
+- Every method needs an API key. Keys identify and meter clients; they are not authorization
+  (the API serves public search). Customers' keys (context ``apiClients``, or keys ops add later)
+  share the customers' usage plan (rate, burst, daily quota); the editors' site has a key of its
+  own whose value is generated into Secrets Manager, and which CloudFront adds to the requests it
+  forwards, so no key is ever in the page.
+- The stage throttles all traffic (rate and burst), writes JSON access logs (no query strings: a
+  query is medical text), execution logs at ERROR without request data, metrics and traces.
+- The function runs the ONNX encoder on the runtime's CPUs, the model read from the artifacts
+  bucket (read-only, the model prefix only), images from the data bucket (read-only). Its timeout
+  is the gateway's (29 s): a request the gateway has given up on must not keep running. SnapStart
+  (context ``snapStart``) snapshots the initialised function (imports, model, ONNX sessions), so
+  a cold start restores it instead; the gateway calls the ``live`` alias of the published version.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Aws, Duration, RemovalPolicy
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from infra.config import DeployConfig
+from infra.functions import python_function
+from infra.nag import logical_id, suppress
+from medsearch.constants import (
+    API_GATEWAY_TIMEOUT_S,
+    API_STAGE,
+    DATA_PREFIX,
+    SEARCH_API_HANDLER,
+    SEARCH_API_PACKAGE_DIR,
+    SEARCH_API_SERVICE,
+)
+
+LIVE_ALIAS = "live"
+# A generated key is long and URL-safe (API Gateway needs at least 20 characters).
+SITE_KEY_LENGTH = 40
+
+
+class SearchApi(Construct):
+    """The search function, its REST API and stage, the usage plans and the keys."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: DeployConfig,
+        role: iam.Role,
+        data: s3.IBucket,
+        artifacts: s3.IBucket,
+        opensearch_url: str,
+    ) -> None:
+        super().__init__(scope, id)
+        self.environment = {
+            "MEDSEARCH_OPENSEARCH_URL": opensearch_url,
+            "MEDSEARCH_OPENSEARCH_INDEX": config.alias,
+            "MEDSEARCH_AWS_REGION": Aws.REGION,
+            "MEDSEARCH_ONNX_INT8": "true" if config.onnx_int8 else "false",
+            "POWERTOOLS_SERVICE_NAME": SEARCH_API_SERVICE,
+            "POWERTOOLS_LOG_LEVEL": "INFO",
+        }
+        if config.model_prefix:
+            prefix = config.model_prefix.strip("/")
+            self.environment["MEDSEARCH_MODEL"] = artifacts.s3_url_for_object(prefix)
+            artifacts.grant_read(role, f"{prefix}/*")
+        # Result images are served by the API from the corpus in the data bucket.
+        data.grant_read(role, f"{DATA_PREFIX}*")
+        snap_start = lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS if config.snap_start else None
+        self.function = python_function(
+            self,
+            "Function",
+            config=config,
+            role=role,
+            package=SEARCH_API_PACKAGE_DIR,
+            handler=SEARCH_API_HANDLER,
+            memory_mib=config.search_memory_mib,
+            timeout=Duration.seconds(API_GATEWAY_TIMEOUT_S),
+            environment=self.environment,
+            description="medsearch search API (FastAPI, ONNX encoder, OpenSearch)",
+            snap_start=snap_start,
+        )
+        self.live = lambda_.Alias(
+            self, "Live", alias_name=LIVE_ALIAS, version=self.function.current_version
+        )
+        suppress(
+            role,
+            "AwsSolutions-IAM5",
+            "Read-only and scoped to prefixes: the corpus (data/*) for result images and the "
+            "model's ONNX folder; s3:GetObject*/List* are what grant_read gives.",
+            applies_to=[
+                "Action::s3:GetBucket*",
+                "Action::s3:GetObject*",
+                "Action::s3:List*",
+                f"Resource::<{logical_id(data)}.Arn>/{DATA_PREFIX}*",
+                *(
+                    [f"Resource::<{logical_id(artifacts)}.Arn>/{config.model_prefix.strip('/')}/*"]
+                    if config.model_prefix
+                    else []
+                ),
+            ],
+        )
+
+        access_logs = logs.LogGroup(
+            self,
+            "AccessLogs",
+            retention=logs.RetentionDays.THREE_MONTHS,
+            removal_policy=RemovalPolicy.RETAIN
+            if config.removal == "retain"
+            else RemovalPolicy.DESTROY,
+        )
+        self.api = apigw.LambdaRestApi(
+            self,
+            "Api",
+            handler=self.live,
+            proxy=True,
+            description="medsearch public search API",
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            # Uploads come as multipart bodies and images go back as bytes: base64 both ways.
+            binary_media_types=["*/*"],
+            cloud_watch_role=True,
+            cloud_watch_role_removal_policy=RemovalPolicy.RETAIN,
+            default_method_options=apigw.MethodOptions(api_key_required=True),
+            deploy_options=apigw.StageOptions(
+                stage_name=API_STAGE,
+                throttling_rate_limit=config.api_rate_limit,
+                throttling_burst_limit=config.api_burst_limit,
+                access_log_destination=apigw.LogGroupLogDestination(access_logs),
+                access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
+                    caller=False,
+                    http_method=True,
+                    ip=True,
+                    protocol=True,
+                    request_time=True,
+                    resource_path=True,
+                    response_length=True,
+                    status=True,
+                    user=False,
+                ),
+                logging_level=apigw.MethodLoggingLevel.ERROR,
+                data_trace_enabled=False,
+                metrics_enabled=True,
+                tracing_enabled=True,
+            ),
+        )
+        self.stage = self.api.deployment_stage
+        self.customers = self.api.add_usage_plan(
+            "Customers",
+            description="Customers' API keys: throttled and with a daily quota each",
+            throttle=apigw.ThrottleSettings(
+                rate_limit=config.customer_rate_limit, burst_limit=config.customer_burst_limit
+            ),
+            quota=apigw.QuotaSettings(limit=config.customer_quota_per_day, period=apigw.Period.DAY),
+            api_stages=[apigw.UsagePlanPerApiStage(api=self.api, stage=self.stage)],
+        )
+        self.client_keys = {}
+        for name in config.api_clients:
+            key = apigw.ApiKey(
+                self, f"Client{name}", api_key_name=f"{Aws.STACK_NAME}-{name}", enabled=True
+            )
+            self.customers.add_api_key(key)
+            self.client_keys[name] = key
+
+        self.site_key_secret = secretsmanager.Secret(
+            self,
+            "SiteKey",
+            description="API key CloudFront adds to the editors' site's API requests",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=SITE_KEY_LENGTH, exclude_punctuation=True
+            ),
+        )
+        suppress(
+            self.site_key_secret,
+            "AwsSolutions-SMG4",
+            "The value is an API Gateway key that CloudFront sends; a rotation must update the "
+            "key and the distribution together, which a redeploy does.",
+        )
+        # A dynamic reference: CloudFormation resolves it at deploy time, so the value is in
+        # neither the template nor the page.
+        self.site_key_value = self.site_key_secret.secret_value.unsafe_unwrap()
+        site_key = apigw.ApiKey(
+            self,
+            "SiteApiKey",
+            api_key_name=f"{Aws.STACK_NAME}-site",
+            value=self.site_key_value,
+            enabled=True,
+        )
+        self.site_plan = self.api.add_usage_plan(
+            "Site",
+            description="The editors' site (through CloudFront): throttled, no daily quota",
+            throttle=apigw.ThrottleSettings(
+                rate_limit=config.site_rate_limit, burst_limit=config.site_burst_limit
+            ),
+            api_stages=[apigw.UsagePlanPerApiStage(api=self.api, stage=self.stage)],
+        )
+        self.site_plan.add_api_key(site_key)
+        self._suppress()
+
+    @property
+    def execute_api_domain(self) -> str:
+        """The API's own host name (built from its id, so the CDN can use it without a cycle)."""
+        return f"{self.api.rest_api_id}.execute-api.{Aws.REGION}.{Aws.URL_SUFFIX}"
+
+    def _suppress(self) -> None:
+        """The API's cdk-nag suppressions, each with its reason."""
+        suppress(
+            self.api,
+            "AwsSolutions-APIG2",
+            "Requests are validated by the application (FastAPI models): every bad input is a "
+            "4xx with a message; a gateway validator would duplicate the OpenAPI schema.",
+        )
+        suppress(
+            self.api,
+            "AwsSolutions-APIG4",
+            "Public search by design: API keys identify and meter clients through usage plans; "
+            "there is nothing private to authorize.",
+        )
+        suppress(
+            self.api,
+            "AwsSolutions-COG4",
+            "Public search by design (see APIG4): no Cognito users.",
+        )
+        suppress(
+            self.api,
+            "AwsSolutions-APIG3",
+            "Throttling on the stage and per-key usage plans bound the traffic; a WAF web ACL "
+            "costs more than the small deployment's API and can be attached later.",
+        )
+        suppress(
+            self.api,
+            "AwsSolutions-IAM4",
+            "API Gateway's account-level CloudWatch role uses AWS's managed push-to-logs "
+            "policy (AmazonAPIGatewayPushToCloudWatchLogs), the documented way to enable logs.",
+            applies_to=[
+                "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                "AmazonAPIGatewayPushToCloudWatchLogs"
+            ],
+        )

@@ -23,10 +23,27 @@ from infra.training import MissingSourcesError
 from medsearch.constants import PROJECT
 
 
+# Context keys the app reads besides the deployment's options.
+APP_KEYS = ("nag", "stackName")
+
+
 def context_of(app: cdk.App) -> dict[str, object]:
-    """The context values the deployment reads."""
-    keys = [field.alias for field in DeployConfig.model_fields.values() if field.alias]
-    return {key: value for key in keys if (value := app.node.try_get_context(key)) is not None}
+    """The context values the deployment reads; a key it does not know is refused (a typo in
+    ``-c domainInstanceTyp=...`` must not deploy the default)."""
+    keys = {field.alias for field in DeployConfig.model_fields.values() if field.alias}
+    given = app.node.get_all_context()
+    # CDK's own keys: feature flags (@aws-cdk/...), lookups and settings (aws:..., cdk-...).
+    unknown = sorted(
+        key
+        for key in given
+        if key not in keys and key not in APP_KEYS and not key.startswith(("@", "aws:", "cdk"))
+        and ":" not in key
+    )
+    if unknown:
+        raise ConfigError(
+            f"unknown context {', '.join(unknown)} (known: {', '.join(sorted(keys))})"
+        )
+    return {key: given[key] for key in keys if given.get(key) is not None}
 
 
 def build(app: cdk.App) -> MedsearchStack:

@@ -167,6 +167,6 @@ def load_config(context: dict[str, Any]) -> DeployConfig:
         return DeployConfig(**values)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "context"
+        where = " " + ".".join(str(p) for p in error["loc"]) if error["loc"] else ""
         message = str(error["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"invalid context {where}: {message}") from None
+        raise ConfigError(f"invalid context{where}: {message}") from None

@@ -22,7 +22,8 @@ def suppress(
     applies_to: Sequence[str] = (),
 ) -> None:
     """Acknowledge ``rule`` (or its findings ``applies_to``) on ``construct`` with the reason."""
-    ids = [f"{rule}[{finding}]" for finding in applies_to] or [rule]
+    pack = rule.split("-", 1)[0]  # AwsSolutions-S1 → the AwsSolutions plugin's findings
+    ids = [f"{pack}::{rule}[{finding}]" for finding in applies_to] or [f"{pack}::{rule}"]
     Validations.of(construct).acknowledge(*(Acknowledgment(id=i, reason=reason) for i in ids))
 
 

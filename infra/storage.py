@@ -46,12 +46,6 @@ class Storage(Construct):
         )
         suppress(
             self.logs,
-            "W3045",
-            "CloudFront's standard logs are delivered with the log-delivery ACL; S3's own "
-            "access logs use the bucket policy.",
-        )
-        suppress(
-            self.logs,
             "AwsSolutions-S1",
             "This is the access-log target of the other buckets and the CDN; logging its own "
             "access would write a log object for every log object.",

@@ -12,7 +12,7 @@ from typing import Any
 
 # jsii warns on every start that the machine's Node.js is past its end of life; the CLI pins
 # the Node it supports, and the warning would drown the tests' output.
-os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 import aws_cdk as cdk
 from aws_cdk.assertions import Template

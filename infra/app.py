@@ -22,7 +22,6 @@ from infra.stack import MedsearchStack
 from infra.training import MissingSourcesError
 from medsearch.constants import PROJECT
 
-
 # Context keys the app reads besides the deployment's options.
 APP_KEYS = ("nag", "stackName")
 
@@ -36,7 +35,9 @@ def context_of(app: cdk.App) -> dict[str, object]:
     unknown = sorted(
         key
         for key in given
-        if key not in keys and key not in APP_KEYS and not key.startswith(("@", "aws:", "cdk"))
+        if key not in keys
+        and key not in APP_KEYS
+        and not key.startswith(("@", "aws:", "cdk"))
         and ":" not in key
     )
     if unknown:

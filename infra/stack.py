@@ -71,8 +71,15 @@ class MedsearchStack(Stack):
             api_domain=self.api.execute_api_domain,
             api_key=self.api.site_key_value,
         )
-        self.api.function.add_environment("MEDSEARCH_CORS_ORIGINS", self.site.url)
-        self.api.environment["MEDSEARCH_CORS_ORIGINS"] = self.site.url
+        # Links in answers come from settings, never from a request's Host header: result
+        # images are served through the site's origin (which adds the site's key), so they load
+        # in the page under its CSP and in customers' clients without a key.
+        for name, value in {
+            "MEDSEARCH_CORS_ORIGINS": self.site.url,
+            "MEDSEARCH_IMAGE_BASE_URL": f"{self.site.api_url}/images/{{image_id}}/file",
+        }.items():
+            self.api.function.add_environment(name, value)
+            self.api.environment[name] = value
         self.training = Training(
             self, "Training", data=self.storage.data, artifacts=self.storage.artifacts
         )

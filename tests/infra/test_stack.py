@@ -400,6 +400,21 @@ def test_cors_allows_only_the_site_origin(small: Cfn) -> None:
     ]
 
 
+def test_result_image_links_point_at_the_site_origin_not_the_request_host(small: Cfn) -> None:
+    from medsearch.api import image_url_for
+    from medsearch.index.base import Document
+
+    env = resolved_env(small, SEARCH_API_HANDLER)
+    distribution = small.logical_id_of("AWS::CloudFront::Distribution", "Distribution")
+    settings = ServiceSettings(image_base_url=env["MEDSEARCH_IMAGE_BASE_URL"])
+    link = image_url_for(settings)
+    assert link is not None
+    document = Document("MPX1_synpic2", "c", None, image="data/images/x.jpg")
+    assert link(document) == (
+        f"https://{distribution}.DomainName/{API_STAGE}/images/MPX1_synpic2/file"
+    )
+
+
 # --- site -------------------------------------------------------------------------------------
 
 

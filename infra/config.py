@@ -23,6 +23,8 @@ DOMAIN_NAME = re.compile(r"^[a-z][a-z0-9-]{2,27}$")
 ALIAS_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 # T2/T3 instances support neither Multi-AZ with standby nor dedicated-master layouts at scale.
 BURSTABLE = re.compile(r"^t[23]\.")
+# /tmp for a float32 ViT-B/32 model's ONNX towers (about 600 MB) with room to spare.
+SEARCH_TMP_FP32_MIB = 2048
 
 
 class ConfigError(ValueError):
@@ -118,6 +120,12 @@ class DeployConfig(BaseModel):
                 f"indexReplicas {replicas}: Multi-AZ with standby needs a multiple of 3 copies "
                 "(indexReplicas 2 or 5)"
             )
+        if self.model_prefix and self.snap_start and not self.onnx_int8:
+            raise ValueError(
+                "snapStart with a float32 model: SnapStart allows at most 512 MB of /tmp and "
+                "the ViT-B/32 float32 towers take about 600 MB; set onnxInt8=true (about 150 "
+                "MB) or snapStart=false"
+            )
         if self.model_prefix is not None and (
             self.model_prefix.startswith(("/", "s3:")) or ".." in self.model_prefix
         ):
@@ -137,6 +145,12 @@ class DeployConfig(BaseModel):
         if self.domain_standby:
             return 2
         return min(self.domain_zones, self.domain_instance_count) - 1
+
+    @property
+    def search_tmp_mib(self) -> int:
+        """The search function's /tmp: 512 MB (all SnapStart allows) unless a float32 model
+        without SnapStart needs room for its towers."""
+        return SEARCH_TMP_FP32_MIB if self.model_prefix and not self.snap_start else 512
 
     @property
     def dedicated_masters(self) -> int:

@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Aws, Duration, RemovalPolicy
+from aws_cdk import Aws, Duration, RemovalPolicy, Size
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -84,6 +84,7 @@ class SearchApi(Construct):
             environment=self.environment,
             description="medsearch search API (FastAPI, ONNX encoder, OpenSearch)",
             snap_start=snap_start,
+            ephemeral_storage_size=Size.mebibytes(config.search_tmp_mib),
         )
         self.live = lambda_.Alias(
             self, "Live", alias_name=LIVE_ALIAS, version=self.function.current_version

@@ -24,6 +24,13 @@ def test_cli_strings_become_typed_options() -> None:
     assert (config.index_replicas, config.awareness_zones, config.dedicated_masters) == (2, 3, 3)
 
 
+def test_tmp_holds_a_float32_model_only_without_snapstart() -> None:
+    assert load_config({}).search_tmp_mib == 512
+    assert load_config({"modelPrefix": "m/onnx", "onnxInt8": "true"}).search_tmp_mib == 512
+    fp32 = load_config({"modelPrefix": "m/onnx", "snapStart": "false"})
+    assert fp32.search_tmp_mib == 2048
+
+
 def test_replicas_follow_zone_awareness_without_standby() -> None:
     config = load_config({"domainInstanceCount": "4", "domainZones": "2"})
     assert config.index_replicas == 1 and config.awareness_zones == 1
@@ -37,9 +44,10 @@ def test_replicas_follow_zone_awareness_without_standby() -> None:
         ({**LARGE, "domainInstanceType": "t3.medium.search"}, "does not support T2/T3"),
         ({**LARGE, "domainMasterCount": "4"}, "domainMasterCount must be 3 or 5"),
         ({"domainName": "Medsearch"}, "domainName 'Medsearch'"),
-        ({"modelPrefix": "s3://bucket/models"}, "key prefix in the artifacts bucket"),
+        ({"modelPrefix": "s3://b/m", "onnxInt8": "true"}, "key prefix in the artifacts bucket"),
         ({"loaderConcurrency": "1"}, "loaderConcurrency"),
         ({"domainZones": "4"}, "domainZones"),
+        ({"modelPrefix": "models/r/onnx"}, "SnapStart allows at most 512 MB of /tmp"),
     ],
 )
 def test_layouts_the_service_would_refuse_are_refused_at_synth(
@@ -49,3 +57,18 @@ def test_layouts_the_service_would_refuse_are_refused_at_synth(
         load_config(context)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_the_readme_documents_every_context_key() -> None:
+    from pathlib import Path
+
+    from infra.config import DeployConfig
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Deploy to AWS") :]
+    missing = [
+        field.alias
+        for field in DeployConfig.model_fields.values()
+        if field.alias and f"`{field.alias}`" not in section
+    ]
+    assert missing == []

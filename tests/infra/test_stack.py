@@ -343,6 +343,8 @@ def test_functions_run_on_the_current_runtime_with_json_logs_and_timeouts(small:
     assert search["Timeout"] == int(API_GATEWAY_TIMEOUT_S)
     assert search["SnapStart"] == {"ApplyOn": "PublishedVersions"}
     assert search["MemorySize"] == 2048
+    # SnapStart allows no more than 512 MB of /tmp.
+    assert search["EphemeralStorage"] == {"Size": 512}
 
 
 # --- search API -------------------------------------------------------------------------------

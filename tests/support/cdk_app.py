@@ -32,6 +32,7 @@ LARGE = {
     "apiClients": "acme,globex",
     "alarmTopicArn": "arn:aws:sns:eu-west-1:123456789012:on-call",
     "modelPrefix": "models/run-7/onnx",
+    "onnxInt8": "true",
     "domainAdminRoleArns": "arn:aws:iam::123456789012:role/ops",
 }
 

@@ -103,6 +103,26 @@ class Site(Construct):
             custom_headers={API_KEY_HEADER: api_key},
             read_timeout=Duration.seconds(30),
         )
+        api_behaviour = {
+            "origin": api_origin,
+            "viewer_protocol_policy": cloudfront.ViewerProtocolPolicy.HTTPS_ONLY,
+            # API Gateway routes by its own Host header: forward everything else.
+            "origin_request_policy": cloudfront.OriginRequestPolicy.ALL_VIEWER_EXCEPT_HOST_HEADER,
+            "response_headers_policy": api_headers,
+        }
+        # Image files say how long they keep (Cache-Control: public, max-age=3600); anything
+        # else under /images/ (similar-image searches) says nothing and is not kept.
+        images = cloudfront.CachePolicy(
+            self,
+            "ImageFiles",
+            comment="medsearch result images: as long as the API's Cache-Control says",
+            default_ttl=Duration.seconds(0),
+            min_ttl=Duration.seconds(0),
+            max_ttl=Duration.days(1),
+            query_string_behavior=cloudfront.CacheQueryStringBehavior.all(),
+            enable_accept_encoding_gzip=True,
+            enable_accept_encoding_brotli=True,
+        )
         self.distribution = cloudfront.Distribution(
             self,
             "Distribution",
@@ -116,17 +136,17 @@ class Site(Construct):
                 compress=True,
             ),
             additional_behaviors={
+                # Thumbnails are most of a results page's requests: served from the edge.
+                f"/{API_STAGE}/images/*": cloudfront.BehaviorOptions(
+                    **api_behaviour,  # type: ignore[arg-type]
+                    allowed_methods=cloudfront.AllowedMethods.ALLOW_GET_HEAD_OPTIONS,
+                    cache_policy=images,
+                ),
                 f"/{API_STAGE}/*": cloudfront.BehaviorOptions(
-                    origin=api_origin,
-                    viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.HTTPS_ONLY,
+                    **api_behaviour,  # type: ignore[arg-type]
                     allowed_methods=cloudfront.AllowedMethods.ALLOW_ALL,
                     cache_policy=cloudfront.CachePolicy.CACHING_DISABLED,
-                    # API Gateway routes by its own Host header: forward everything else.
-                    origin_request_policy=(
-                        cloudfront.OriginRequestPolicy.ALL_VIEWER_EXCEPT_HOST_HEADER
-                    ),
-                    response_headers_policy=api_headers,
-                )
+                ),
             },
             minimum_protocol_version=cloudfront.SecurityPolicyProtocol.TLS_V1_2_2021,
             http_version=cloudfront.HttpVersion.HTTP2_AND_3,

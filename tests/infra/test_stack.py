@@ -447,8 +447,18 @@ def test_cloudfront_reads_the_site_bucket_through_origin_access_control(small: C
 
 def test_the_api_behind_the_site_gets_the_site_key_and_is_never_cached(small: Cfn) -> None:
     config = distribution_config(small)
-    (behaviour,) = config["CacheBehaviors"]
+    images, behaviour = config["CacheBehaviors"]  # in this order: the first match wins
     assert behaviour["PathPattern"] == f"/{API_STAGE}/*"
+    assert images["PathPattern"] == f"/{API_STAGE}/images/*"
+    assert images["TargetOriginId"] == behaviour["TargetOriginId"]
+    assert images["AllowedMethods"] == ["GET", "HEAD", "OPTIONS"]
+    # Image files are kept as long as their Cache-Control says; anything silent is not kept.
+    image_policy = small.props(small.resolve(images["CachePolicyId"]))["CachePolicyConfig"]
+    assert (image_policy["DefaultTTL"], image_policy["MinTTL"]) == (0, 0)
+    assert image_policy["MaxTTL"] == 24 * 3600
+    assert image_policy["ParametersInCacheKeyAndForwardedToOrigin"]["QueryStringsConfig"] == {
+        "QueryStringBehavior": "all"
+    }
     assert behaviour["ViewerProtocolPolicy"] == "https-only"
     assert "POST" in behaviour["AllowedMethods"]
     # AWS's managed CachingDisabled policy.

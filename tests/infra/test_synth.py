@@ -21,6 +21,7 @@ from cdk_nag import AwsSolutionsChecks
 
 from infra.config import load_config
 from infra.stack import MedsearchStack
+from tests.support.cdk_app import app_context
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "infra" / "app.py"
@@ -41,8 +42,8 @@ def run_app(outdir: Path, context: dict[str, Any] | None = None) -> subprocess.C
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         AWS_CONFIG_FILE=os.devnull,
     )
-    if context is not None:
-        env["CDK_CONTEXT_JSON"] = json.dumps(context)
+    # As the CLI does: cdk.json's context, then the -c values.
+    env["CDK_CONTEXT_JSON"] = json.dumps({**app_context(), **(context or {})})
     return subprocess.run(
         [sys.executable, str(APP)],
         cwd=APP.parent,
@@ -90,7 +91,7 @@ def test_cfn_lint_reports_no_errors(assembly: Path) -> None:
 
 
 def test_cdk_nag_stops_a_synth_on_a_finding_nobody_acknowledged(tmp_path: Path) -> None:
-    app = cdk.App(outdir=str(tmp_path))
+    app = cdk.App(outdir=str(tmp_path), context=app_context())
     stack = MedsearchStack(app, "medsearch", config=load_config({}))
     # A bucket without encryption policy, logging or TLS-only access: nag must refuse it.
     s3.Bucket(stack, "Careless")

@@ -7,7 +7,9 @@ first). The stack is environment-agnostic, as ``cdk deploy`` synthesizes it.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 # jsii warns on every start that the machine's Node.js is past its end of life; the CLI pins
@@ -37,8 +39,16 @@ LARGE = {
 }
 
 
+CDK_JSON = Path(__file__).resolve().parents[2] / "infra" / "cdk.json"
+
+
+def app_context() -> dict[str, Any]:
+    """The context ``cdk.json`` gives the app (feature flags): tests synthesize what deploys."""
+    return dict(json.loads(CDK_JSON.read_text())["context"])
+
+
 def synth(context: dict[str, Any]) -> tuple[MedsearchStack, Template]:
     """The stack for ``context`` and its synthesized template."""
-    app = cdk.App()
+    app = cdk.App(context=app_context())
     stack = MedsearchStack(app, "medsearch", config=load_config(context))
     return stack, Template.from_stack(stack)

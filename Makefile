@@ -47,10 +47,11 @@ bench: install
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/opensearch.py
 
-# The search API Lambda's zip content in build/search_api/ (manylinux2014 wheels for the
-# python3.11 runtime, no torch), with its unzipped size checked against the 250 MB limit.
+# Both Lambdas' zip content, build/search_api/ and build/index_loader/ (wheels for the python3.12
+# runtime, manylinux_2_28 or older; no torch), each checked: unzipped size within the 250 MB
+# limit, no forbidden module, every wheel and shared library loadable there.
 lambda-package: install
-	$(BIN)/python -m lambdas.search_api.package build/search_api
+	$(BIN)/python -m lambdas.package search_api index_loader
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache

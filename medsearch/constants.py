@@ -54,10 +54,11 @@ API_GATEWAY_TIMEOUT_S: Final = 29.0
 SEARCH_REQUEST_BUDGET_S: Final = 8.0
 # The API Lambda's zip package must stay under Lambda's unzipped limit.
 LAMBDA_UNZIPPED_LIMIT_BYTES: Final = 250 * 1024 * 1024
-# The Lambda runtime the packages are built for: Amazon Linux 2, so manylinux2014 wheels.
-LAMBDA_RUNTIME: Final = "python3.11"
-LAMBDA_PYTHON_VERSION: Final = "3.11"
-LAMBDA_PLATFORM: Final = "manylinux2014_x86_64"
+# The Lambda runtime the packages are built for: python3.12 runs on Amazon Linux 2023 (glibc 2.34),
+# so wheels up to manylinux_2_28 (the packager also accepts the older manylinux tags).
+LAMBDA_RUNTIME: Final = "python3.12"
+LAMBDA_PYTHON_VERSION: Final = "3.12"
+LAMBDA_PLATFORM: Final = "manylinux_2_28_x86_64"
 SEARCH_API_PACKAGE_DIR: Final = "build/search_api"
 INDEX_LOADER_PACKAGE_DIR: Final = "build/index_loader"
 

@@ -10,10 +10,18 @@ request that reads the index is a 503 that names it.
 Behind a named API Gateway stage the stage becomes the app's root path, so links and ``/docs``
 carry it; ``MEDSEARCH_ROOT_PATH`` overrides that. Logs are Powertools JSON with the request's
 correlation id, which is also returned as ``x-request-id``.
+
+With SnapStart (python3.12+), the runtime's ``snapshot_restore_py`` runs two hooks registered
+here: :func:`before_snapshot` builds the service while the version is published (model download,
+ONNX sessions), so restored copies skip that work; :func:`after_restore` renews in every restored
+copy what copies must not share: the OpenSearch client (its pooled sockets and the SigV4
+credentials resolved before the snapshot, which may have expired by the time a copy is restored),
+the S3 client, and the seed of the retry jitter.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +34,23 @@ from starlette.types import Scope
 
 from lambdas import opensearch_client
 from medsearch import storage
-from medsearch.api import StagePath, build_service, create_app
+from medsearch.api import LazyService, StagePath, build_service, create_app
 from medsearch.constants import LAMBDA_MODEL_DIR, PROJECT, SEARCH_REQUEST_BUDGET_S
-from medsearch.errors import ConfigError
+from medsearch.errors import ConfigError, SearchIndexError
 from medsearch.index.opensearch import OpenSearchConfig, OpenSearchIndex
 from medsearch.model.onnx_encoder import download_export
 from medsearch.search import SearchService
 from medsearch.settings import ServiceSettings, load_settings
 
+try:  # only inside the Lambda Python runtime (3.12+), which runs the hooks under SnapStart
+    import snapshot_restore_py
+except ImportError:
+    snapshot_restore_py = None
+
 logger = Logger(service=f"{PROJECT}-search-api")
 MODEL_CACHE = Path(LAMBDA_MODEL_DIR)
+# The engines of built services, whose clients a restored copy renews (see after_restore).
+ENGINES: list[OpenSearchIndex] = []
 
 
 def read_settings() -> tuple[ServiceSettings, str | None]:
@@ -79,7 +94,56 @@ def build() -> SearchService:
     # Every request, retries included, ends in time for the API's answer to beat the gateway.
     config = OpenSearchConfig(request_budget=SEARCH_REQUEST_BUDGET_S)
     index = OpenSearchIndex(make_client(settings), settings.opensearch_index, config=config)
-    return build_service(settings, index=index)
+    service = build_service(settings, index=index)
+    ENGINES.append(index)
+    return service
+
+
+def before_snapshot() -> None:
+    """SnapStart hook: build the service now, so copies restored from the snapshot answer their
+    first request without downloading the model or loading the ONNX sessions.
+
+    A failure is logged, not raised: raising would fail the version's publication, and the first
+    request retries the build in each restored copy (see :func:`after_restore`).
+    """
+    try:
+        app.state.service_provider()
+    except SearchIndexError:
+        logger.warning("search service not built before the snapshot; requests will build it")
+
+
+def after_restore() -> None:
+    """SnapStart hook: renew what restored copies must not share or what holds network state.
+
+    New OpenSearch clients (a fresh connection pool, and credentials resolved again from the
+    restored environment for SigV4); the S3 client is made again on first use; the jitter of the
+    retry back-off is reseeded, so copies restored from one snapshot do not retry in lockstep. A
+    service that could not be built before the snapshot is built on the first request, at once
+    (the failure seen then is not held against the restored copy).
+    """
+    random.seed()
+    storage.set_object_store(None)
+    try:
+        clients = [make_client(SETTINGS) for _ in ENGINES]
+    except Exception:
+        # A hook that raises fails the restore; a service built afresh on the first request
+        # answers 503 with the reason instead, and retries.
+        logger.exception("no new OpenSearch client after the restore; rebuilding on first use")
+        ENGINES.clear()
+    if not ENGINES:
+        app.state.service_provider = LazyService(build)
+        return
+    for engine, client in zip(ENGINES, clients, strict=True):
+        engine.reconnect(client)
+
+
+def register_snapstart_hooks() -> bool:
+    """Register the SnapStart hooks with the runtime; False outside the Lambda runtime."""
+    if snapshot_restore_py is None:
+        return False
+    snapshot_restore_py.register_before_snapshot(before_snapshot)
+    snapshot_restore_py.register_after_restore(after_restore)
+    return True
 
 
 def stage_root_path(event: dict[str, Any]) -> str:
@@ -102,6 +166,7 @@ def event_root_path(scope: Scope) -> str:
 SETTINGS, PROBLEM = read_settings()
 app = create_app(SETTINGS, service_factory=build)
 asgi_handler = Mangum(StagePath(app, event_root_path), lifespan="off")
+register_snapstart_hooks()
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

@@ -60,7 +60,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
@@ -612,6 +612,14 @@ class OpenSearchIndex:
     ) -> OpenSearchIndex:
         """Open ``name`` on the domain at ``url`` (auth arguments as for :func:`connect`)."""
         return cls(connect(url, **connect_kwargs), name, config=config)
+
+    def reconnect(self, client: OpenSearch) -> None:
+        """Send further requests through ``client`` and close the old one's pooled connections
+        (a process restored from a memory snapshot must not reuse the snapshot's sockets or
+        credentials); what was read of the index is kept."""
+        previous, self._client = self._client, client
+        with suppress(Exception):  # a dead pool may fail to close; it is dropped
+            previous.transport.close()
 
     def with_name(self, name: str) -> OpenSearchIndex:
         """Return the same engine (client, config, retry policy) on another index or alias."""

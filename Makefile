@@ -42,10 +42,13 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # bench/opensearch.py starts a local OpenSearch node (Java 17 + Maven; skipped without them).
-bench: install
+# bench/cold_start.py exports a ViT-B/32-sized CLIP once (build/bench/) and times the search API's
+# cold start in fresh processes, also on the built package where python3.12 is installed.
+bench: install lambda-package
 	$(BIN)/python bench/search_latency.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/opensearch.py
+	$(BIN)/python bench/cold_start.py
 
 # Both Lambdas' zip content, build/search_api/ and build/index_loader/ (wheels for the python3.12
 # runtime, manylinux_2_28 or older; no torch), each checked: unzipped size within the 250 MB

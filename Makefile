@@ -6,8 +6,15 @@ STAMP := $(VENV)/.installed
 EXTRAS := train,serve,onnx,aws,infra,dev
 CHROMIUM := /usr/bin/chromium
 PORT ?= 8000
+INFRA := infra
+CDK_CLI := $(INFRA)/node_modules/.installed
+# The CDK app runs on jsii, which prints a banner on every start when Node.js is past its end of
+# life; the CLI pinned in infra/package.json is what is supported. No usage data leaves the CLI.
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export CDK_DISABLE_CLI_TELEMETRY := true
 
-.PHONY: install demo test test-fast lint format browser bench clean lambda-package
+.PHONY: install demo test test-fast lint format browser bench clean lambda-package \
+	sagemaker-sources synth
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,10 +33,10 @@ browser:
 demo: install
 	$(BIN)/medsearch demo --port $(PORT)
 
-test: install browser lambda-package
+test: install browser synth
 	$(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: install lambda-package sagemaker-sources
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
@@ -56,5 +63,23 @@ bench: install lambda-package
 lambda-package: install
 	$(BIN)/python -m lambdas.package search_api index_loader
 
+# The SageMaker source archives (build/sagemaker/*.tar.gz) the CDK app uploads as assets.
+sagemaker-sources: install
+	$(BIN)/python -m infra.sources
+
+# The CDK CLI pinned in infra/package.json (npm ci: exactly the lock file's versions).
+$(CDK_CLI): $(INFRA)/package.json $(INFRA)/package-lock.json
+	cd $(INFRA) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The CloudFormation template (infra/cdk.out/), with no AWS account: the app runs cdk-nag's
+# AwsSolutions checks on every synth, then cfn-lint checks the template (errors fail the build;
+# W3005 is CDK's own DependsOn written beside a GetAtt, harmless and not ours to change).
+synth: lambda-package sagemaker-sources $(CDK_CLI)
+	cd $(INFRA) && npx cdk synth --quiet --no-notices
+	$(BIN)/cfn-lint --non-zero-exit-code error --ignore-checks W3005 \
+		$(INFRA)/cdk.out/medsearch.template.json
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache \
+		$(INFRA)/node_modules $(INFRA)/cdk.out

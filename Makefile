@@ -77,8 +77,8 @@ $(CDK_CLI): $(INFRA)/package.json $(INFRA)/package-lock.json
 # W3005 is CDK's own DependsOn written beside a GetAtt, harmless and not ours to change).
 synth: lambda-package sagemaker-sources $(CDK_CLI)
 	cd $(INFRA) && npx cdk synth --quiet --no-notices
-	$(BIN)/cfn-lint --non-zero-exit-code error --ignore-checks W3005 \
-		$(INFRA)/cdk.out/medsearch.template.json
+	$(BIN)/cfn-lint $(INFRA)/cdk.out/medsearch.template.json \
+		--non-zero-exit-code error --ignore-checks W3005
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache \

@@ -21,6 +21,7 @@ the S3 client, and the seed of the retry jitter.
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from lambdas import opensearch_client
 from medsearch import storage
 from medsearch.api import LazyService, StagePath, build_service, create_app
 from medsearch.constants import LAMBDA_MODEL_DIR, PROJECT, SEARCH_REQUEST_BUDGET_S
-from medsearch.errors import ConfigError, SearchIndexError
+from medsearch.errors import ConfigError, MedsearchError, SearchIndexError
 from medsearch.index.opensearch import OpenSearchConfig, OpenSearchIndex
 from medsearch.model.onnx_encoder import download_export
 from medsearch.search import SearchService
@@ -51,6 +52,8 @@ logger = Logger(service=f"{PROJECT}-search-api")
 MODEL_CACHE = Path(LAMBDA_MODEL_DIR)
 # The engines of built services, whose clients a restored copy renews (see after_restore).
 ENGINES: list[OpenSearchIndex] = []
+# The model the built service loaded, resolved from MEDSEARCH_MODEL (a pointer or the model).
+LOADED_MODEL: list[str | None] = []
 
 
 def read_settings() -> tuple[ServiceSettings, str | None]:
@@ -76,6 +79,35 @@ def make_client(settings: ServiceSettings) -> Any:
     )
 
 
+def live_model(pointer: str) -> str | None:
+    """The ONNX folder a live-model pointer (``models/live.json``, written by the pipeline when
+    it publishes a run) names, or None while no run has been published."""
+    if storage.is_s3(pointer):
+        bucket, key = storage.split_s3(pointer)
+        present = key in storage.object_store().list(bucket, key)
+    else:
+        present = Path(pointer).is_file()
+    if not present:
+        return None
+    try:
+        record = json.loads(storage.read_text(pointer))
+    except (ValueError, MedsearchError) as exc:
+        raise ConfigError(f"live model pointer {pointer} is unreadable: {exc}") from None
+    model = record.get("model") if isinstance(record, dict) else None
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"live model pointer {pointer} names no model")
+    return model
+
+
+def resolve_model(settings: ServiceSettings) -> ServiceSettings:
+    """Settings naming the model itself: a ``.json`` pointer is read (no model yet: text search
+    only); anything else is the model."""
+    model = settings.model
+    if not model or not model.endswith(".json"):
+        return settings
+    return settings.model_copy(update={"model": live_model(model)})
+
+
 def local_model(settings: ServiceSettings, cache: Path) -> ServiceSettings:
     """Fetch an ``s3://`` model's ONNX files (the configured precision only) once per container;
     return settings naming the local copy."""
@@ -90,7 +122,9 @@ def build() -> SearchService:
     copy_config_to_registered_loggers(source_logger=logger, include={"medsearch"})
     if PROBLEM is not None:
         raise ConfigError(PROBLEM)
-    settings = local_model(SETTINGS, MODEL_CACHE)
+    resolved = resolve_model(SETTINGS)
+    LOADED_MODEL[:] = [resolved.model]
+    settings = local_model(resolved, MODEL_CACHE)
     # Every request, retries included, ends in time for the API's answer to beat the gateway.
     config = OpenSearchConfig(request_budget=SEARCH_REQUEST_BUDGET_S)
     index = OpenSearchIndex(make_client(settings), settings.opensearch_index, config=config)
@@ -123,6 +157,11 @@ def after_restore() -> None:
     """
     random.seed()
     storage.set_object_store(None)
+    if LOADED_MODEL and model_changed():
+        # The pipeline published a run with another model after this snapshot was taken (a
+        # deploy can point the alias back at an older version): load the live one.
+        logger.info("live model changed since the snapshot; rebuilding on first use")
+        ENGINES.clear()
     try:
         clients = [make_client(SETTINGS) for _ in ENGINES]
     except Exception:
@@ -135,6 +174,17 @@ def after_restore() -> None:
         return
     for engine, client in zip(ENGINES, clients, strict=True):
         engine.reconnect(client)
+
+
+def model_changed() -> bool:
+    """Whether the live-model pointer now names another model than the one loaded."""
+    if not SETTINGS.model or not SETTINGS.model.endswith(".json"):
+        return False
+    try:
+        return live_model(SETTINGS.model) != LOADED_MODEL[0]
+    except Exception:
+        logger.exception("live model pointer unreadable after the restore; keeping the model")
+        return False
 
 
 def register_snapstart_hooks() -> bool:

@@ -55,9 +55,17 @@ def test_after_restore_rebuilds_when_the_live_model_changed(
     storage.write_text(pointer, json.dumps({"model": "s3://b/models/run-2/onnx"}))
     monkeypatch.setattr(handler, "SETTINGS", ServiceSettings(model=pointer))
     monkeypatch.setattr(handler, "LOADED_MODEL", ["s3://b/models/run-1/onnx"])
-    monkeypatch.setattr(handler, "ENGINES", [object()])
+    reconnected: list[object] = []
+
+    class Engine:
+        def reconnect(self, client: object) -> None:
+            reconnected.append(client)
+
+    monkeypatch.setattr(handler, "ENGINES", [Engine()])
+    monkeypatch.setattr(handler, "make_client", lambda settings: "new client")
     built = object()
     monkeypatch.setattr(handler.app.state, "service_provider", lambda: built)
     handler.after_restore()
-    assert handler.ENGINES == []
+    # The old model's service is dropped, not reconnected: the first request builds the new one.
+    assert handler.ENGINES == [] and reconnected == []
     assert isinstance(handler.app.state.service_provider, LazyService)

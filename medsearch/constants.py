@@ -39,6 +39,9 @@ JSONLINES: Final = "application/jsonlines"
 
 DATA_PREFIX: Final = "data/"
 MODEL_PREFIX: Final = "models/"
+# The live model: {"run", "model" (its ONNX folder), "evaluation"}, written when a run is
+# published; the search API serves the model it names.
+LIVE_MODEL_KEY: Final = f"{MODEL_PREFIX}live.json"
 VECTORS_PREFIX: Final = "vectors/"
 # Batch transform writes ``<input name>.out`` next to each input; the loader reacts to these.
 TRANSFORM_OUTPUT_SUFFIX: Final = ".out"

@@ -9,6 +9,8 @@ Errors the user can fix end as one line on stderr and exit status 2, never a tra
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -20,6 +22,7 @@ from medsearch.errors import MedsearchError
 
 if TYPE_CHECKING:
     from medsearch.index.opensearch import OpenSearchIndex
+    from medsearch.pipeline_runs import Execution, PipelineClient
     from medsearch.settings import ServiceSettings
 
 log = logging.getLogger("medsearch")
@@ -654,6 +657,289 @@ def _run_demo(args: argparse.Namespace) -> int:
     return main(serve_argv(layout, args.host, args.port))
 
 
+# --- aws: start and watch the retrain-and-reindex pipeline (Step Functions) ---------------------
+
+
+def _add_aws(sub: argparse._SubParsersAction) -> None:
+    from medsearch.pipeline_runs import DEFAULT_STACK, PIPELINE_ARN_ENV, PIPELINE_OUTPUT
+
+    p = sub.add_parser(
+        "aws",
+        help="start and watch the retrain-and-reindex pipeline on AWS",
+        description=(
+            f"The state machine is --state-machine ARN, else {PIPELINE_ARN_ENV}, else the output "
+            f"{PIPELINE_OUTPUT} of the stack --stack (default {DEFAULT_STACK}); an explicit "
+            f"--stack goes before {PIPELINE_ARN_ENV}. Credentials and region come from the usual "
+            "AWS configuration."
+        ),
+    )
+    aws = p.add_subparsers(dest="aws_command", required=True, metavar="COMMAND")
+    _add_aws_start_pipeline(aws)
+    _add_aws_status(aws)
+    _add_aws_runs(aws)
+
+
+def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """Add where the state machine is found (``--stack`` | ``--state-machine``) and the region."""
+    from medsearch.pipeline_runs import DEFAULT_STACK, PIPELINE_ARN_ENV, PIPELINE_OUTPUT
+
+    group = p.add_argument_group(
+        "pipeline",
+        f"the state machine: --state-machine, else {PIPELINE_ARN_ENV}, else the stack's "
+        f"{PIPELINE_OUTPUT} output",
+    )
+    where = group.add_mutually_exclusive_group()
+    where.add_argument(
+        "--stack",
+        default=None,
+        help=f"CloudFormation stack whose {PIPELINE_OUTPUT} output names it (default: "
+        f"{DEFAULT_STACK})",
+    )
+    where.add_argument("--state-machine", default=None, metavar="ARN", help="its ARN")
+    group.add_argument("--region", default=None, help="AWS region (default: the AWS config's)")
+
+
+def _pipeline_client(args: argparse.Namespace) -> PipelineClient:
+    """Return the boto3 adapter (imported here: boto3 only once an aws command runs)."""
+    from medsearch.errors import ConfigError
+
+    try:
+        from medsearch._pipeline_aws import Boto3PipelineClient
+    except ImportError as exc:
+        raise ConfigError(f"the aws commands need boto3 ({exc}): install medsearch[aws]") from exc
+    if not args.verbose:
+        # botocore says at INFO where it found the credentials, on every run.
+        logging.getLogger("botocore").setLevel(logging.WARNING)
+    return Boto3PipelineClient(region=args.region)
+
+
+def _state_machine(args: argparse.Namespace, client: PipelineClient) -> str:
+    """The state machine's ARN: --state-machine, else --stack's output, else the variable,
+    else the default stack's output."""
+    import os
+
+    from medsearch.pipeline_runs import DEFAULT_STACK, PIPELINE_ARN_ENV, resolve_state_machine
+
+    env = os.environ.get(PIPELINE_ARN_ENV) if args.stack is None else None
+    return resolve_state_machine(
+        client, flag=args.state_machine, env=env, stack=args.stack or DEFAULT_STACK
+    )
+
+
+def _utc(moment: dt.datetime | None, missing: str = "-") -> str:
+    """A time for the tables: ``2025-01-01 12:00:00`` in UTC."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if moment else missing
+
+
+def _add_aws_start_pipeline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "start-pipeline",
+        help="start a retrain-and-reindex run and print its execution ARN",
+        description=(
+            "Starts an execution whose input holds only the options given (the state machine "
+            "fills in the rest). --wait follows it: exit 0 when it succeeds, 1 when it fails, "
+            "times out or is aborted."
+        ),
+    )
+    p.add_argument(
+        "--manifest", default=None, metavar="S3_URI", help="the corpus manifest, s3://bucket/key"
+    )
+    p.add_argument(
+        "--base", default=None, metavar="MODEL", help="model to fine-tune: HF id, s3:// or tiny"
+    )
+    p.add_argument(
+        "--hyperparameter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="training option, sent as text; repeat for several",
+    )
+    p.add_argument(
+        "--min-recall-at-10",
+        type=float,
+        default=None,
+        metavar="X",
+        help="the gate: publish only a model whose text→image R@10 reaches X (0-1)",
+    )
+    p.add_argument("--train-instance-type", default=None, metavar="TYPE", help="e.g. ml.g5.xlarge")
+    p.add_argument(
+        "--spot",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="managed spot training (default: the state machine's)",
+    )
+    p.add_argument(
+        "--name", default=None, help="execution name (default: run-<UTC yyyymmdd-HHMMSS>)"
+    )
+    p.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    _add_pipeline_options(p)
+    p.set_defaults(func=_run_aws_start_pipeline)
+
+
+def _run_aws_start_pipeline(args: argparse.Namespace) -> int:
+    import json
+
+    from medsearch import storage
+    from medsearch.errors import InvalidInputError
+    from medsearch.pipeline_runs import (
+        PipelineRunConfig,
+        check_execution_name,
+        default_execution_name,
+        parse_hyperparameters,
+    )
+
+    # Everything is checked before the first AWS call, so a typo starts nothing.
+    if args.manifest is not None and not storage.is_s3(args.manifest):
+        raise InvalidInputError(f"--manifest {args.manifest!r}: the pipeline reads s3:// URIs")
+    recall = args.min_recall_at_10
+    if recall is not None and not 0.0 <= recall <= 1.0:
+        raise InvalidInputError(f"--min-recall-at-10 {recall:g}: give a recall from 0 to 1")
+    instance = args.train_instance_type
+    if instance is not None and not instance.startswith("ml."):
+        raise InvalidInputError(f"--train-instance-type {instance!r}: SageMaker types start ml.")
+    if args.name is not None:
+        name = check_execution_name(args.name)
+    else:
+        name = default_execution_name(dt.datetime.now(dt.UTC))
+    config = PipelineRunConfig(
+        manifest=args.manifest,
+        base=args.base,
+        hyperparameters=parse_hyperparameters(args.hyperparameter),
+        min_recall_at_10=recall,
+        train_instance_type=instance,
+        spot=args.spot,
+    )
+    client = _pipeline_client(args)
+    machine = _state_machine(args, client)
+    arn = client.start_execution(machine, name, json.dumps(config.execution_input()))
+    print(arn, flush=True)
+    return _follow_execution(client, arn) if args.wait else 0
+
+
+def _follow_execution(client: PipelineClient, arn: str) -> int:
+    """Print each status or step change until the run ends; 0 if it succeeded, else 1."""
+    from medsearch import pipeline_runs
+
+    def show(execution: Execution, step: str | None) -> None:
+        print(f"{_utc(dt.datetime.now(dt.UTC))}  {execution.status:<9}  {step or '-'}", flush=True)
+
+    done = pipeline_runs.watch_execution(
+        client, arn, on_change=show, poll_seconds=pipeline_runs.POLL_SECONDS
+    )
+    if done.status == "SUCCEEDED":
+        for key, value in pipeline_runs.output_figures(done.output).items():
+            print(f"{_FIGURE_LABELS.get(key, key)}: {_figure(value)}")
+        return 0
+    reason = ": ".join(" ".join(text.split()) for text in (done.error, done.cause) if text)
+    print(
+        f"medsearch aws: execution {done.name} {done.status}: {reason or 'no error given'}",
+        file=sys.stderr,
+    )
+    return 1
+
+
+_FIGURE_LABELS = {"recallAt10": "recall@10"}
+
+
+def _figure(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _add_aws_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "status",
+        help="a pipeline run: status, times, step, SageMaker jobs, gate figures",
+        description="Without an execution: the latest one of the state machine.",
+    )
+    p.add_argument(
+        "execution", nargs="?", default=None, metavar="EXECUTION_ARN_OR_NAME", help="the run"
+    )
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    _add_pipeline_options(p)
+    p.set_defaults(func=_run_aws_status)
+
+
+def _run_aws_status(args: argparse.Namespace) -> int:
+    from medsearch.errors import NotFoundError
+    from medsearch.pipeline_runs import describe_run, execution_arn_for, latest_execution
+
+    client = _pipeline_client(args)
+    if args.execution is None:
+        execution = latest_execution(client, _state_machine(args, client))
+    else:
+        if args.execution.startswith("arn:"):
+            arn = args.execution
+        else:
+            arn = execution_arn_for(_state_machine(args, client), args.execution)
+        try:
+            execution = client.describe_execution(arn)
+        except NotFoundError as exc:
+            raise NotFoundError(f"no execution {arn}") from exc
+    status = describe_run(client, execution)
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2))
+        return 0
+    rows = [
+        ("execution", execution.name),
+        ("arn", execution.arn),
+        ("status", execution.status),
+        ("started", _utc(execution.start) + " UTC"),
+        ("stopped", _utc(execution.stop, "-") + (" UTC" if execution.stop else "")),
+        ("step", status.step or "-"),
+    ]
+    rows += [(f"{job.kind} job", f"{job.name}: {job.status or job.note}") for job in status.jobs]
+    rows += [(_FIGURE_LABELS.get(k, k), _figure(v)) for k, v in status.figures.items()]
+    for label, text in (("error", execution.error), ("cause", execution.cause)):
+        if text:
+            rows.append((label, " ".join(text.split())))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
+def _add_aws_runs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="the recent pipeline runs, newest first")
+    p.add_argument("--limit", type=int, default=10, help="runs to list (1-1000, default 10)")
+    p.add_argument("--json", action="store_true", help="print the runs as JSON")
+    _add_pipeline_options(p)
+    p.set_defaults(func=_run_aws_runs)
+
+
+def _run_aws_runs(args: argparse.Namespace) -> int:
+    from medsearch.errors import InvalidInputError
+    from medsearch.pipeline_runs import iso_time
+
+    if not 1 <= args.limit <= 1000:
+        raise InvalidInputError(f"--limit {args.limit}: give 1 to 1000")
+    client = _pipeline_client(args)
+    machine = _state_machine(args, client)
+    runs = client.list_executions(machine, args.limit)
+    if args.json:
+        items = [
+            {
+                "name": run.name,
+                "executionArn": run.arn,
+                "status": run.status,
+                "startDate": iso_time(run.start),
+                "stopDate": iso_time(run.stop),
+            }
+            for run in runs
+        ]
+        print(json.dumps(items, indent=2))
+        return 0
+    if not runs:
+        print(f"no runs yet of {machine}")
+        return 0
+    table = [("name", "status", "started (UTC)", "stopped (UTC)")]
+    table += [(run.name, run.status, _utc(run.start), _utc(run.stop)) for run in runs]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        cells = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
+        print("  ".join([*cells, row[3]]))
+    return 0
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 _COMMANDS = (
@@ -669,6 +955,7 @@ _COMMANDS = (
     _add_evaluate_search,
     _add_serve,
     _add_demo,
+    _add_aws,
 )
 
 

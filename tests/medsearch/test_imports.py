@@ -13,6 +13,7 @@ TORCH_FREE = [
     "medsearch.vectors",
     "medsearch.data.manifest",
     "medsearch.cli",
+    "medsearch.pipeline_runs",
     "medsearch.settings",
     "medsearch.search",
     "medsearch.search_eval",

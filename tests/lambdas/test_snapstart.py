@@ -171,6 +171,10 @@ def made(cluster: FakeCluster) -> Clients:
 
 def init(monkeypatch: pytest.MonkeyPatch, cache: Path) -> ModuleType:
     """Import the handler module once, afresh, as the runtime does in its init phase."""
+    # The fresh import also rebinds the package's `handler` attribute: put both back afterwards,
+    # or later `import lambdas.search_api.handler` finds a module sys.modules does not know.
+    package = importlib.import_module(HANDLER.rsplit(".", 1)[0])
+    monkeypatch.setattr(package, "handler", getattr(package, "handler", None), raising=False)
     monkeypatch.delitem(sys.modules, HANDLER, raising=False)
     handler = importlib.import_module(HANDLER)
     monkeypatch.setattr(handler, "MODEL_CACHE", cache)

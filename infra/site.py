@@ -148,7 +148,6 @@ class Site(Construct):
                     cache_policy=cloudfront.CachePolicy.CACHING_DISABLED,
                 ),
             },
-            minimum_protocol_version=cloudfront.SecurityPolicyProtocol.TLS_V1_2_2021,
             http_version=cloudfront.HttpVersion.HTTP2_AND_3,
             price_class=cloudfront.PriceClass.PRICE_CLASS_100,
             enable_logging=True,

@@ -57,11 +57,11 @@ bench: install lambda-package
 	$(BIN)/python bench/opensearch.py
 	$(BIN)/python bench/cold_start.py
 
-# Both Lambdas' zip content, build/search_api/ and build/index_loader/ (wheels for the python3.12
-# runtime, manylinux_2_28 or older; no torch), each checked: unzipped size within the 250 MB
+# The Lambdas' zip content, build/search_api/, build/index_loader/ and build/pipeline/ (wheels for
+# the python3.12 runtime, manylinux_2_28 or older; no torch), each checked: unzipped size within the 250 MB
 # limit, no forbidden module, every wheel and shared library loadable there.
 lambda-package: install
-	$(BIN)/python -m lambdas.package search_api index_loader
+	$(BIN)/python -m lambdas.package search_api index_loader pipeline
 
 # The SageMaker source archives (build/sagemaker/*.tar.gz) the CDK app uploads as assets.
 sagemaker-sources: install

@@ -1,15 +1,17 @@
 """Build and check the Lambda functions' zip content (``make lambda-package``).
 
-``python -m lambdas.package [search_api] [index_loader]`` (both by default) pip-installs, for each
-function, the project's base dependencies (the ``medsearch`` code it carries needs them) and the
-function's own ``requirements.txt`` into its folder (``SEARCH_API_PACKAGE_DIR``,
-``INDEX_LOADER_PACKAGE_DIR``) as wheels for the runtime's Python and platform
+``python -m lambdas.package [search_api] [index_loader] [pipeline]`` (all by default) pip-installs,
+for each function, the project's base dependencies (the ``medsearch`` code it carries needs them)
+and the function's own ``requirements.txt`` into its folder (``SEARCH_API_PACKAGE_DIR``,
+``INDEX_LOADER_PACKAGE_DIR``, ``PIPELINE_PACKAGE_DIR``) as wheels for the runtime's Python and
+platform
 (:data:`~medsearch.constants.LAMBDA_PLATFORM` and every older manylinux tag); removes what the
 function never imports at run time (build tools, optional transports) and what the runtime
 provides (boto3, botocore); copies the ``medsearch`` package and the function's part of
 ``lambdas`` beside them; and checks the result: unzipped size within Lambda's 250 MB, no
 forbidden module (torch, transformers, tantivy, faiss, onnx; for the loader onnxruntime and
-tokenizers too), and every wheel built for the runtime's CPython and glibc.
+tokenizers too; for the pipeline steps the OpenSearch client as well), and every wheel built for
+the runtime's CPython and glibc.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from medsearch.constants import (
     LAMBDA_PLATFORM,
     LAMBDA_PYTHON_VERSION,
     LAMBDA_UNZIPPED_LIMIT_BYTES,
+    PIPELINE_PACKAGE_DIR,
     SEARCH_API_PACKAGE_DIR,
 )
 
@@ -39,6 +42,8 @@ LAMBDAS = Path(__file__).resolve().parent
 FORBIDDEN = ("torch", "transformers", "tantivy", "faiss", "onnx", "onnxscript")
 # The loader neither encodes nor tokenizes.
 LOADER_FORBIDDEN = (*FORBIDDEN, "onnxruntime", "tokenizers")
+# The pipeline steps (plan, gate, unpack) only read and write S3.
+PIPELINE_FORBIDDEN = (*LOADER_FORBIDDEN, "opensearchpy")
 # Dependencies no function imports: onnxruntime's build/quantisation tools (sympy, mpmath,
 # coloredlogs, humanfriendly, flatbuffers, protobuf), tokenizers' hub download (huggingface_hub,
 # hf_xet, fsspec, filelock, tqdm, pyyaml, httpx2...), opensearch-py's optional gRPC transport.
@@ -106,6 +111,12 @@ FUNCTIONS: dict[str, PackageConfig] = {
         LAMBDAS / "index_loader" / "requirements.txt",
         REPO / INDEX_LOADER_PACKAGE_DIR,
         forbidden=LOADER_FORBIDDEN,
+    ),
+    "pipeline": PackageConfig(
+        "pipeline",
+        LAMBDAS / "pipeline" / "requirements.txt",
+        REPO / PIPELINE_PACKAGE_DIR,
+        forbidden=PIPELINE_FORBIDDEN,
     ),
 }
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from medsearch.errors import StorageError
 
@@ -32,6 +33,28 @@ class Boto3Store:
         except Exception as exc:
             raise StorageError(f"cannot write s3://{bucket}/{key}: {exc}") from exc
 
+    def open(self, bucket: str, key: str) -> BinaryIO:
+        """Return a stream of an object's bytes, read from S3 as it is consumed."""
+        url = f"s3://{bucket}/{key}"
+        try:
+            body = self._client.get_object(Bucket=bucket, Key=key)["Body"]
+        except Exception as exc:
+            raise StorageError(f"cannot read {url}: {exc}") from exc
+        return io.BufferedReader(_BodyReader(body, url), buffer_size=1 << 20)
+
+    def put_stream(self, bucket: str, key: str, stream: BinaryIO) -> None:
+        """Write an object from a stream, in parts (a multipart upload when it is large)."""
+        from boto3.s3.transfer import TransferConfig
+
+        try:
+            # One thread: the parts are read from the stream in order, and a streamed archive
+            # can only be read in order.
+            self._client.upload_fileobj(
+                stream, bucket, key, Config=TransferConfig(use_threads=False)
+            )
+        except Exception as exc:
+            raise StorageError(f"cannot write s3://{bucket}/{key}: {exc}") from exc
+
     def list(self, bucket: str, prefix: str) -> Iterator[str]:
         """Yield every key under a prefix (all pages)."""
         paginator = self._client.get_paginator("list_objects_v2")
@@ -41,3 +64,27 @@ class Boto3Store:
                     yield item["Key"]
         except Exception as exc:
             raise StorageError(f"cannot list s3://{bucket}/{prefix}: {exc}") from exc
+
+
+class _BodyReader(io.RawIOBase):
+    """An S3 response body as a raw stream whose read errors are ``StorageError``."""
+
+    def __init__(self, body: Any, url: str) -> None:
+        self._body = body
+        self._url = url
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        try:
+            data = self._body.read(len(buffer))
+        except Exception as exc:
+            raise StorageError(f"cannot read {self._url}: {exc}") from exc
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()

@@ -21,6 +21,7 @@ BATCH_SOURCE_DIR: Final = "batch_vectorize"
 BATCH_ENTRY_POINT: Final = "inference.py"
 SEARCH_API_HANDLER: Final = "lambdas.search_api.handler.handler"
 INDEX_LOADER_HANDLER: Final = "lambdas.index_loader.handler.handler"
+PIPELINE_HANDLER: Final = "lambdas.pipeline.handler.handler"
 
 # --- SageMaker container layout -----------------------------------------------------------------
 
@@ -64,6 +65,7 @@ LAMBDA_PYTHON_VERSION: Final = "3.12"
 LAMBDA_PLATFORM: Final = "manylinux_2_28_x86_64"
 SEARCH_API_PACKAGE_DIR: Final = "build/search_api"
 INDEX_LOADER_PACKAGE_DIR: Final = "build/index_loader"
+PIPELINE_PACKAGE_DIR: Final = "build/pipeline"
 
 # --- Lambda observability (Powertools reads these names from its environment) ---------------------
 

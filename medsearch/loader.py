@@ -13,8 +13,10 @@ manifest record ends up in the index. Documents the index rejected leave the obj
 (:attr:`LoadResult.ok` is false), so the handler has its notification delivered again. After each
 object a small report is written beside it (``<object>.loaded.json``); when the reports account
 for every manifest record, the loader publishes the run: restores the index settings, checks the
-document count and moves the read alias to the new index in one atomic request (blue/green),
-pruning old runs.
+document count, asks the run index one text query and one kNN query with a stored vector (a run
+index that cannot answer never goes live) and moves the read alias to the new index in one atomic
+request (blue/green), pruning old runs. :meth:`IndexLoader.run_status` tells a caller that waits
+for a run (the pipeline) how far its loading is.
 
 The loader works on object URLs (:meth:`IndexLoader.load_objects`, then
 :meth:`IndexLoader.publish_completed`); which objects an S3, SQS or SNS event names is the Lambda
@@ -41,13 +43,19 @@ from medsearch import storage
 from medsearch.constants import TRANSFORM_OUTPUT_SUFFIX, VECTORS_PREFIX
 from medsearch.data.manifest import BadRecord, Record, read_manifest
 from medsearch.errors import InvalidInputError, MedsearchError, SearchIndexError
-from medsearch.index.base import Document, SearchIndex, UpsertResult
+from medsearch.index.base import Document, SearchIndex, SearchQuery, UpsertResult
 from medsearch.vectors import normalize
 
 log = logging.getLogger(__name__)
 
 REPORT_SUFFIX = ".loaded.json"
 VECTORIZE_ERROR = "vectorize error"
+# The publish check's text query: a fixed text, so no caption (medical text) reaches a query, an
+# error message or a log line.
+SMOKE_TEXT = "medsearch publish check"
+# How many of the run's ids the publish check looks through for a stored vector, and per lookup.
+SMOKE_VECTOR_IDS = 1000
+SMOKE_LOOKUP = 50
 # Runs are told apart by the folder after the vectors prefix: ``vectors/<run id>/part-0.jsonl.out``.
 DEFAULT_RUN_PATTERN = rf"(?:^|/){re.escape(VECTORS_PREFIX)}(?P<run_id>[A-Za-z0-9._-]+)/"
 
@@ -412,7 +420,8 @@ class IndexLoader:
         the manifest check (a transform over part of the manifest) and allows publishing an
         older run over a newer one (a rollback); without it, a late redelivery of an old run
         never replaces a newer live run. Raises if the index holds a different number of
-        documents than the reports wrote.
+        documents than the reports wrote, or does not answer :meth:`check_answers`; the alias
+        stays where it was.
         """
         status = self.run_status(run_id, prefix)
         if not status.ready(force=force):
@@ -436,6 +445,7 @@ class IndexLoader:
                 f"run {run_id}: index {index.name} has {count} documents, reports wrote "
                 f"{status.written}; not publishing"
             )
+        self.check_answers(run_id, index)
         pruned = index.swap_alias(alias)  # the index's own config says how many runs to keep
         log.info(
             "published run %s: alias %s -> %s (%d documents); pruned %s",
@@ -446,6 +456,31 @@ class IndexLoader:
             ", ".join(pruned) or "nothing",
         )
         return True
+
+    def check_answers(self, run_id: str, index: RunIndex) -> None:
+        """Raise unless the run index answers a text query and, when the run has vectors, a kNN
+        query with one of its stored vectors (finding at least that document's neighbours)."""
+        try:
+            index.search(SearchQuery(text=SMOKE_TEXT, k=1))
+            vector = self._stored_vector(run_id, index)
+            if vector is not None and not index.search(SearchQuery(vector=vector, k=1)).hits:
+                raise SearchIndexError("a kNN query with a stored vector found nothing")
+        except MedsearchError as exc:
+            raise SearchIndexError(
+                f"run {run_id}: index {index.name} does not answer queries ({exc}); not publishing"
+            ) from exc
+        kinds = "text and kNN" if vector is not None else "text"
+        log.info("run %s: index %s answers %s queries", run_id, index.name, kinds)
+
+    def _stored_vector(self, run_id: str, index: RunIndex) -> np.ndarray | None:
+        """Return a vector the run index holds (from its first documents that have one)."""
+        ids = list(self.manifest(run_id))[:SMOKE_VECTOR_IDS]
+        for start in range(0, len(ids), SMOKE_LOOKUP):
+            found = index.get_many(ids[start : start + SMOKE_LOOKUP], with_vectors=True)
+            for document in found.values():
+                if document.vector is not None:
+                    return document.vector
+        return None
 
 
 @dataclass
@@ -472,6 +507,50 @@ class RunStatus:
             f"{len(self.incomplete)} with failures, {self.written} of {self.manifest} "
             "manifest records written"
         )
+
+    def summary(self, records: int | None = None) -> dict[str, Any]:
+        """Return ``{"complete", "failed", "objects", "loaded", "documents", "reason"}`` for a
+        caller waiting on the run after its transform ended (``records``: the run's record count,
+        default the manifest's).
+
+        Complete: every output object has a report, none with rejected documents, and the reports
+        wrote every record. Failed: a report has rejected documents, or every output object is
+        loaded and records are still missing (nothing more will come). Otherwise loading goes on.
+        """
+        expected = self.manifest if records is None else records
+        loaded = self.objects - len(self.missing)
+        failed, complete = False, False
+        if self.incomplete:
+            failed = True
+            names = ", ".join(url.rsplit("/", 1)[-1] for url in self.incomplete[:3])
+            reason = (
+                f"{len(self.incomplete)} of {self.objects} output objects have documents the "
+                f"index rejected ({names})"
+            )
+        elif self.objects == 0:
+            reason = "no output objects yet"
+        elif self.missing:
+            reason = (
+                f"{loaded} of {self.objects} output objects loaded, {self.written} of "
+                f"{expected} records written"
+            )
+        elif self.written < expected:
+            failed = True
+            reason = (
+                f"all {self.objects} output objects are loaded but only {self.written} of "
+                f"{expected} records were written"
+            )
+        else:
+            complete = True
+            reason = f"{self.written} of {expected} records loaded from {self.objects} objects"
+        return {
+            "complete": complete,
+            "failed": failed,
+            "objects": self.objects,
+            "loaded": loaded,
+            "documents": self.written,
+            "reason": reason,
+        }
 
 
 def _document(record: Record, line: VectorLine | None) -> Document:
@@ -518,3 +597,22 @@ def publish_event(event: Mapping[str, Any]) -> tuple[str, bool] | None:
     if not isinstance(prefix, str) or not prefix:
         raise InvalidInputError("a publish event needs 'output_prefix'")
     return prefix.rstrip("/"), bool(event.get("force", False))
+
+
+def status_event(event: Mapping[str, Any]) -> tuple[str, int | None] | None:
+    """Return (output prefix, record count) of a ``{"action": "status", ...}`` request, else None.
+
+    Like the publish request, this project's own payload: the pipeline asks how far a run's
+    loading is (``records`` is the run's record count; default: the run manifest's).
+    """
+    if event.get("action") != "status":
+        return None
+    prefix = event.get("output_prefix")
+    if not isinstance(prefix, str) or not prefix:
+        raise InvalidInputError("a status event needs 'output_prefix'")
+    records = event.get("records")
+    if records is not None and (
+        isinstance(records, bool) or not isinstance(records, int) or records < 0
+    ):
+        raise InvalidInputError("'records' of a status event must be a count (>= 0)")
+    return prefix.rstrip("/"), records

@@ -2,18 +2,22 @@
 
 Readers and writers take URLs, so the same pipeline code runs on a laptop and in SageMaker or
 Lambda. S3 goes through the :class:`ObjectStore` protocol; the boto3 adapter is imported lazily,
-only when an ``s3://`` URL is actually used, so the core imports no AWS SDK.
+only when an ``s3://`` URL is actually used, so the core imports no AWS SDK. :func:`open_read` and
+:func:`write_stream` move large files (model archives) as streams, never whole in memory, where the
+store offers ``open`` and ``put_stream`` (the boto3 adapter does); other stores fall back to
+``get`` and ``put``.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import IO, BinaryIO, Protocol
 
 from medsearch.errors import StorageError
 
@@ -118,6 +122,72 @@ def write_bytes(url: str | os.PathLike[str], data: bytes) -> None:
 def write_text(url: str | os.PathLike[str], text: str) -> None:
     """Write a UTF-8 text file or object."""
     write_bytes(url, text.encode("utf-8"))
+
+
+def open_read(url: str | os.PathLike[str]) -> BinaryIO:
+    """Open a file or object as a binary stream read from the start (close it, or use ``with``).
+
+    An object is streamed where the store can (``open(bucket, key)``), so reading a large archive
+    member by member never holds the whole object in memory.
+    """
+    if is_s3(url):
+        bucket, key = split_s3(str(url))
+        store = object_store()
+        opener = getattr(store, "open", None)
+        if opener is None:
+            return io.BytesIO(store.get(bucket, key))
+        stream: BinaryIO = opener(bucket, key)
+        return stream
+    try:
+        return open(url, "rb")  # the caller closes it
+    except OSError as exc:
+        raise StorageError(f"cannot read {url}: {exc.strerror or exc}") from exc
+
+
+class _ForwardOnly(io.RawIOBase):
+    """A read-only, non-seekable view of a stream: an upload must not try to seek in it (a
+    member of a streamed tar archive claims to be seekable and is not)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def write_stream(url: str | os.PathLike[str], stream: IO[bytes]) -> None:
+    """Write a file (atomically) or object from a binary stream read to its end.
+
+    An object is uploaded in parts where the store can (``put_stream(bucket, key, stream)``), so
+    only a part at a time is in memory.
+    """
+    if is_s3(url):
+        bucket, key = split_s3(str(url))
+        store = object_store()
+        putter = getattr(store, "put_stream", None)
+        if putter is None:
+            store.put(bucket, key, stream.read())
+        else:
+            putter(bucket, key, _ForwardOnly(stream))
+        return
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            shutil.copyfileobj(stream, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def download_prefix(url: str, dest: Path, *, names: Collection[str] | None = None) -> Path:

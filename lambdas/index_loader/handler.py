@@ -12,7 +12,11 @@ here, with Powertools' data classes, so the core stays free of AWS formats:
   The ``s3:TestEvent`` S3 sends when the notification is configured is acknowledged;
 * a direct S3 notification (or an EventBridge "Object Created" event) raises when an object did
   not load completely, so Lambda's asynchronous retries apply;
-* ``{"action": "publish", "output_prefix": "s3://...", "force": false}`` publishes a run by hand.
+* ``{"action": "publish", "output_prefix": "s3://...", "force": false}`` publishes a run by hand
+  (``{"published": bool}``; a run index that fails the publish check raises, the alias stays);
+* ``{"action": "status", "output_prefix": "s3://.../vectors/<run>", "records": N}`` tells the
+  pipeline how far a run's loading is: ``{"complete", "failed", "objects", "loaded",
+  "documents", "reason"}`` (:meth:`medsearch.loader.RunStatus.summary`).
 
 Runs that became complete are published once per invocation, after every object is loaded.
 Powertools gives structured logs (the core's loggers included; ids and counts, never captions),
@@ -58,6 +62,7 @@ from medsearch.loader import (
     LoadResult,
     is_output_object,
     publish_event,
+    status_event,
 )
 from medsearch.settings import check_opensearch_service
 
@@ -289,6 +294,12 @@ def _is_sqs_batch(event: dict[str, Any]) -> bool:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Load the event's output objects; answer SQS with ``batchItemFailures``."""
     loader = get_loader()
+    status = status_event(event)
+    if status is not None:
+        prefix, records = status
+        summary = loader.run_status(loader.config.run_id(prefix + "/"), prefix).summary(records)
+        logger.info("run status", extra={"output_prefix": prefix, **summary})
+        return summary
     publish = publish_event(event)
     if publish is not None:
         prefix, force = publish

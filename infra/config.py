@@ -64,7 +64,7 @@ class DeployConfig(BaseModel):
     # The ONNX folder's key prefix in the artifacts bucket (e.g. models/<run>/onnx); none =
     # text search only until a model is trained.
     model_prefix: str | None = Field(None, alias="modelPrefix")
-    onnx_int8: bool = Field(False, alias="onnxInt8")
+    onnx_int8: bool = Field(True, alias="onnxInt8")
     search_memory_mib: int = Field(2048, ge=512, le=10240, alias="searchMemoryMiB")
     snap_start: bool = Field(True, alias="snapStart")
 
@@ -75,6 +75,32 @@ class DeployConfig(BaseModel):
     loader_timeout_min: int = Field(10, ge=1, le=15, alias="loaderTimeoutMinutes")
     loader_batch_size: int = Field(5, ge=1, le=10, alias="loaderBatchSize")
     loader_max_receives: int = Field(5, ge=1, le=1000, alias="loaderMaxReceives")
+
+    # --- training pipeline -------------------------------------------------------------------
+    # SageMaker's PyTorch deep learning containers (AWS's registry account for most regions;
+    # `{region}` and `{suffix}` are filled in). Override with an image of your own.
+    training_image: str = Field(
+        "763104351884.dkr.ecr.{region}.{suffix}/pytorch-training:"
+        "2.6.0-gpu-py312-cu126-ubuntu22.04-sagemaker",
+        alias="trainingImage",
+    )
+    inference_image: str = Field(
+        "763104351884.dkr.ecr.{region}.{suffix}/pytorch-inference:"
+        "2.6.0-gpu-py312-cu124-ubuntu22.04-sagemaker",
+        alias="inferenceImage",
+    )
+    base_model: str = Field("openai/clip-vit-base-patch32", alias="baseModel")
+    train_instance_type: str = Field("ml.g5.xlarge", alias="trainInstanceType")
+    train_volume_gib: int = Field(50, ge=5, le=16384, alias="trainVolumeGiB")
+    train_max_hours: int = Field(24, ge=1, le=672, alias="trainMaxHours")
+    train_spot: bool = Field(True, alias="trainSpot")
+    transform_instance_type: str = Field("ml.g4dn.xlarge", alias="transformInstanceType")
+    transform_instance_count: int = Field(1, ge=1, le=100, alias="transformInstanceCount")
+    min_recall_at_10: float = Field(0.0, ge=0, le=1, alias="minRecallAt10")
+    load_timeout_hours: int = Field(12, ge=1, le=72, alias="loadTimeoutHours")
+    # Start a run during `cdk deploy`: once per trainingDataVersion (or on every deploy without).
+    start_pipeline: bool = Field(False, alias="startPipeline")
+    training_data_version: str | None = Field(None, alias="trainingDataVersion")
 
     # --- storage, alarms ---------------------------------------------------------------------
     vectors_retention_days: int = Field(180, ge=1, alias="vectorsRetentionDays")
@@ -120,7 +146,7 @@ class DeployConfig(BaseModel):
                 f"indexReplicas {replicas}: Multi-AZ with standby needs a multiple of 3 copies "
                 "(indexReplicas 2 or 5)"
             )
-        if self.model_prefix and self.snap_start and not self.onnx_int8:
+        if self.snap_start and not self.onnx_int8:
             raise ValueError(
                 "snapStart with a float32 model: SnapStart allows at most 512 MB of /tmp and "
                 "the ViT-B/32 float32 towers take about 600 MB; set onnxInt8=true (about 150 "
@@ -148,9 +174,9 @@ class DeployConfig(BaseModel):
 
     @property
     def search_tmp_mib(self) -> int:
-        """The search function's /tmp: 512 MB (all SnapStart allows) unless a float32 model
-        without SnapStart needs room for its towers."""
-        return SEARCH_TMP_FP32_MIB if self.model_prefix and not self.snap_start else 512
+        """The search function's /tmp: 512 MB (all SnapStart allows) for int8 towers (about
+        230 MB), more for float32 ones (about 580 MB), which only run without SnapStart."""
+        return 512 if self.onnx_int8 else SEARCH_TMP_FP32_MIB
 
     @property
     def dedicated_masters(self) -> int:

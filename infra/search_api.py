@@ -32,6 +32,8 @@ from medsearch.constants import (
     API_GATEWAY_TIMEOUT_S,
     API_STAGE,
     DATA_PREFIX,
+    LIVE_MODEL_KEY,
+    MODEL_PREFIX,
     SEARCH_API_HANDLER,
     SEARCH_API_PACKAGE_DIR,
     SEARCH_API_SERVICE,
@@ -65,10 +67,15 @@ class SearchApi(Construct):
             "POWERTOOLS_SERVICE_NAME": SEARCH_API_SERVICE,
             "POWERTOOLS_LOG_LEVEL": "INFO",
         }
+        # A model fixed by context, or the live model the pipeline publishes (models/live.json
+        # names its ONNX folder; until the first run, text search only).
         if config.model_prefix:
             prefix = config.model_prefix.strip("/")
             self.environment["MEDSEARCH_MODEL"] = artifacts.s3_url_for_object(prefix)
-            artifacts.grant_read(role, f"{prefix}/*")
+        else:
+            prefix = MODEL_PREFIX.rstrip("/")
+            self.environment["MEDSEARCH_MODEL"] = artifacts.s3_url_for_object(LIVE_MODEL_KEY)
+        artifacts.grant_read(role, f"{prefix}/*")
         # Result images are served by the API from the corpus in the data bucket.
         data.grant_read(role, f"{DATA_PREFIX}*")
         snap_start = lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS if config.snap_start else None
@@ -99,11 +106,7 @@ class SearchApi(Construct):
                 "Action::s3:GetObject*",
                 "Action::s3:List*",
                 f"Resource::<{logical_id(data)}.Arn>/{DATA_PREFIX}*",
-                *(
-                    [f"Resource::<{logical_id(artifacts)}.Arn>/{config.model_prefix.strip('/')}/*"]
-                    if config.model_prefix
-                    else []
-                ),
+                f"Resource::<{logical_id(artifacts)}.Arn>/{prefix}/*",
             ],
         )
 

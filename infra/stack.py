@@ -19,6 +19,7 @@ from infra.config import DeployConfig
 from infra.functions import lambda_role
 from infra.index_loader import IndexLoader
 from infra.nag import logical_id, suppress
+from infra.pipeline import Pipeline, pipeline_function
 from infra.search_api import SearchApi
 from infra.search_domain import SearchDomain
 from infra.site import Site
@@ -83,6 +84,25 @@ class MedsearchStack(Stack):
         self.training = Training(
             self, "Training", data=self.storage.data, artifacts=self.storage.artifacts
         )
+        self.pipeline_function = pipeline_function(
+            self,
+            config=config,
+            data=self.storage.data,
+            artifacts=self.storage.artifacts,
+            sagemaker=self.training,
+        )
+        self.pipeline = Pipeline(
+            self,
+            "Pipeline",
+            config=config,
+            pipeline_function=self.pipeline_function,
+            loader_function=self.loader.function,
+            search_function=self.api.function,
+            search_alias=self.api.live,
+            sagemaker_role=self.training.role,
+            data=self.storage.data,
+            artifacts=self.storage.artifacts,
+        )
         self.alarms = Alarms(
             self,
             "Alarms",
@@ -109,6 +129,11 @@ class MedsearchStack(Stack):
             "CustomersUsagePlan": (self.api.customers.usage_plan_id, "Add customers' keys"),
             "AlarmTopic": (self.alarms.topic.topic_arn, "Subscribe to the alarms"),
             "SageMakerRole": (self.training.role.role_arn, "Role for training/transform jobs"),
+            "PipelineArn": (
+                self.pipeline.state_machine.state_machine_arn,
+                "The training pipeline (medsearch aws start-pipeline)",
+            ),
+            "RunsTopic": (self.pipeline.topic.topic_arn, "Subscribe to pipeline runs"),
             **{
                 f"{entry.title().replace('_', '')}Source": (asset.s3_object_url, f"{entry} code")
                 for entry, asset in self.training.sources.items()

@@ -50,7 +50,8 @@ class Storage(Construct):
             "This is the access-log target of the other buckets and the CDN; logging its own "
             "access would write a log object for every log object.",
         )
-        self.data = self._bucket("Data", versioned=True, removal=removal)
+        # A new manifest starts a pipeline run through EventBridge (infra/pipeline.py).
+        self.data = self._bucket("Data", versioned=True, removal=removal, event_bridge=True)
         self.artifacts = self._bucket(
             "Artifacts",
             versioned=True,
@@ -78,6 +79,7 @@ class Storage(Construct):
         versioned: bool,
         removal: RemovalPolicy,
         rules: list[s3.LifecycleRule] | None = None,
+        event_bridge: bool = False,
     ) -> s3.Bucket:
         """A private, encrypted, TLS-only bucket that logs to the logs bucket."""
         housekeeping = s3.LifecycleRule(
@@ -97,5 +99,6 @@ class Storage(Construct):
             server_access_logs_bucket=self.logs,
             server_access_logs_prefix=f"s3/{id.lower()}/",
             lifecycle_rules=[housekeeping, *(rules or [])],
+            event_bridge_enabled=event_bridge,
             removal_policy=removal,
         )

@@ -322,6 +322,20 @@ def _merged_limits(defaults: PipelineDefaults, given: _RunInput) -> _Limits:
 # --- naming -------------------------------------------------------------------------------------
 
 
+def check_run_input(request: Any) -> _RunInput:
+    """Validate an execution input (what ``medsearch aws start-pipeline`` sends, or an
+    EventBridge rule's): unknown keys, types and ranges; a bad one raises
+    :class:`InvalidInputError` with one line."""
+    if request is None:
+        request = {}
+    if not isinstance(request, Mapping):
+        raise InvalidInputError("input: must be a JSON object")
+    try:
+        return _RunInput.model_validate(dict(request))
+    except ValidationError as exc:
+        raise InvalidInputError(_one_line(exc, "input")) from None
+
+
 def run_id_for(execution_name: str) -> str:
     """Return the run id of an execution: its name in ``[a-z0-9-]``, at most 40 characters.
 
@@ -371,14 +385,7 @@ def plan_run(
     time limit (its wait with spot) plus the load timeout, which has to cover the transform and
     the loading. A bad input raises :class:`InvalidInputError` with one line.
     """
-    if request is None:
-        request = {}
-    if not isinstance(request, Mapping):
-        raise InvalidInputError("input: must be a JSON object")
-    try:
-        given = _RunInput.model_validate(dict(request))
-    except ValidationError as exc:
-        raise InvalidInputError(_one_line(exc, "input")) from None
+    given = check_run_input(request)
     run = run_id_for(execution_name)
     manifest = given.manifest or defaults.default_manifest
     _check_manifest_url(manifest, defaults.data_bucket, InvalidInputError, "input.manifest")

@@ -55,20 +55,24 @@ class PipelineRunConfig:
     spot: bool | None = None
 
     def execution_input(self) -> dict[str, Any]:
-        """Return the execution input: only the keys given, camelCase, hyperparameters as text."""
+        """Return the execution input: only the keys given, in the shape the pipeline's Plan
+        step reads (:func:`medsearch.pipeline.check_run_input`), hyperparameters as text."""
         payload: dict[str, Any] = {}
+        training: dict[str, Any] = {}
         if self.manifest is not None:
             payload["manifest"] = self.manifest
         if self.base is not None:
-            payload["base"] = self.base
+            payload["baseModel"] = self.base
         if self.hyperparameters:
             payload["hyperparameters"] = {k: str(v) for k, v in self.hyperparameters.items()}
         if self.min_recall_at_10 is not None:
-            payload["minRecallAt10"] = self.min_recall_at_10
+            payload["gate"] = {"minRecallAt10": self.min_recall_at_10}
         if self.train_instance_type is not None:
-            payload["trainInstanceType"] = self.train_instance_type
+            training["instanceType"] = self.train_instance_type
         if self.spot is not None:
-            payload["spot"] = self.spot
+            training["spot"] = self.spot
+        if training:
+            payload["training"] = training
         return payload
 
 

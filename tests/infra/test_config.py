@@ -27,7 +27,7 @@ def test_cli_strings_become_typed_options() -> None:
 def test_tmp_holds_a_float32_model_only_without_snapstart() -> None:
     assert load_config({}).search_tmp_mib == 512
     assert load_config({"modelPrefix": "m/onnx", "onnxInt8": "true"}).search_tmp_mib == 512
-    fp32 = load_config({"modelPrefix": "m/onnx", "snapStart": "false"})
+    fp32 = load_config({"modelPrefix": "m/onnx", "snapStart": "false", "onnxInt8": "false"})
     assert fp32.search_tmp_mib == 2048
 
 
@@ -47,7 +47,7 @@ def test_replicas_follow_zone_awareness_without_standby() -> None:
         ({"modelPrefix": "s3://b/m", "onnxInt8": "true"}, "key prefix in the artifacts bucket"),
         ({"loaderConcurrency": "1"}, "loaderConcurrency"),
         ({"domainZones": "4"}, "domainZones"),
-        ({"modelPrefix": "models/r/onnx"}, "SnapStart allows at most 512 MB of /tmp"),
+        ({"onnxInt8": "false"}, "SnapStart allows at most 512 MB of /tmp"),
     ],
 )
 def test_layouts_the_service_would_refuse_are_refused_at_synth(

@@ -185,14 +185,19 @@ def test_given_every_option_when_start_pipeline_then_input_is_camel_case_with_te
     out = capsys.readouterr().out
     assert code == 0
     assert out.strip() == f"arn:aws:states:{REGION}:123456789012:execution:pipeline:retrain-42"
-    assert sent_input(machine) == {
+    sent = sent_input(machine)
+    assert sent == {
         "manifest": "s3://data/data/manifest.jsonl",
-        "base": "openai/clip-vit-base-patch32",
+        "baseModel": "openai/clip-vit-base-patch32",
         "hyperparameters": {"epochs": "10", "lr": "5e-5", "freeze_vision_model": "true"},
-        "minRecallAt10": 0.6,
-        "trainInstanceType": "ml.g5.xlarge",
-        "spot": False,
+        "gate": {"minRecallAt10": 0.6},
+        "training": {"instanceType": "ml.g5.xlarge", "spot": False},
     }
+    # What the CLI sends is what the pipeline's Plan step accepts.
+    from medsearch.pipeline import check_run_input
+
+    accepted = check_run_input(sent)
+    assert accepted.training.spot is False and accepted.gate.min_recall_at_10 == 0.6
 
 
 def test_given_few_options_when_start_pipeline_then_input_holds_only_those_keys(
@@ -202,7 +207,7 @@ def test_given_few_options_when_start_pipeline_then_input_holds_only_those_keys(
 
     assert main(["aws", "start-pipeline", "--state-machine", machine, "--spot"]) == 0
 
-    assert sent_input(machine) == {"spot": True}
+    assert sent_input(machine) == {"training": {"spot": True}}
     capsys.readouterr()
     other = make_machine("bare")
     assert main(["aws", "start-pipeline", "--state-machine", other]) == 0

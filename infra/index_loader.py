@@ -30,6 +30,7 @@ from medsearch.constants import (
     VECTORS_PREFIX,
 )
 from medsearch.loader import REPORT_SUFFIX
+from medsearch.pipeline import RUN_MANIFEST
 
 # SQS redelivers a message whose visibility lapses; six times the function's timeout is what
 # Lambda's docs ask of a queue that feeds a function (batching window and retries included).
@@ -46,7 +47,6 @@ class IndexLoader(Construct):
         *,
         config: DeployConfig,
         role: iam.Role,
-        data: s3.IBucket,
         artifacts: s3.IBucket,
         opensearch_url: str,
     ) -> None:
@@ -78,7 +78,12 @@ class IndexLoader(Construct):
         self.environment = {
             "MEDSEARCH_OPENSEARCH_URL": opensearch_url,
             "MEDSEARCH_OPENSEARCH_INDEX": config.alias,
-            "MEDSEARCH_MANIFEST_URL": data.s3_url_for_object(config.manifest_key),
+            # Each run's manifest sits beside its vectors (the pipeline's Plan step writes it
+            # there); the pipeline publishes a run once it has checked it.
+            "MEDSEARCH_MANIFEST_URL": artifacts.s3_url_for_object(
+                f"{VECTORS_PREFIX}{{run_id}}/{RUN_MANIFEST}"
+            ),
+            "MEDSEARCH_AUTO_PUBLISH": "false",
             "MEDSEARCH_REPLICAS": str(config.index_replicas),
             "MEDSEARCH_AWARENESS_ZONES": str(config.awareness_zones),
             "POWERTOOLS_SERVICE_NAME": INDEX_LOADER_SERVICE,
@@ -111,11 +116,10 @@ class IndexLoader(Construct):
             notifications.SqsDestination(self.queue),
             s3.NotificationKeyFilter(prefix=VECTORS_PREFIX, suffix=TRANSFORM_OUTPUT_SUFFIX),
         )
-        # Reads the outputs and writes a report beside each (<object>.loaded.json); reads the
-        # manifest (and nothing else) from the data bucket.
+        # Reads the run's manifest and outputs and writes a report beside each output
+        # (<object>.loaded.json); nothing in the data bucket.
         artifacts.grant_read(role, f"{VECTORS_PREFIX}*")
         artifacts.grant_put(role, f"{VECTORS_PREFIX}*{REPORT_SUFFIX}")
-        data.grant_read(role, config.manifest_key)
         self.role = role
         suppress(
             role,

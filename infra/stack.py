@@ -51,7 +51,6 @@ class MedsearchStack(Stack):
             "IndexLoader",
             config=config,
             role=loader_role,
-            data=self.storage.data,
             artifacts=self.storage.artifacts,
             opensearch_url=url,
         )

@@ -303,8 +303,13 @@ def test_the_loader_gets_replicas_and_zones_from_the_layout(small: Cfn, large: C
     # Multi-AZ with standby: three copies, one per zone.
     assert (large_env["MEDSEARCH_REPLICAS"], large_env["MEDSEARCH_AWARENESS_ZONES"]) == ("2", "3")
     assert large_env["POWERTOOLS_METRICS_NAMESPACE"] == METRICS_NAMESPACE
-    data = bucket_named(small, "Data")[0]
-    assert small_env["MEDSEARCH_MANIFEST_URL"] == f"s3://{data}/data/manifest.jsonl"
+    # Each run's manifest beside its vectors, where the pipeline's Plan step writes it; the
+    # pipeline publishes a run after checking it, not the loader by itself.
+    artifacts = bucket_named(small, "Artifacts")[0]
+    assert (
+        small_env["MEDSEARCH_MANIFEST_URL"] == f"s3://{artifacts}/vectors/{{run_id}}/manifest.jsonl"
+    )
+    assert small_env["MEDSEARCH_AUTO_PUBLISH"] == "false"
 
 
 def test_the_search_function_reads_its_model_from_the_artifacts_bucket_prefix(

@@ -111,7 +111,8 @@ def published(
     grants: Grants,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Recording:
-    """Three runs loaded and published by the loader Lambda with the loader role's grant."""
+    """Three runs loaded by the loader Lambda from SQS, then published by its publish action,
+    as the pipeline does, with the loader role's grant."""
     for name, value in grants.loader_env.items():
         if name not in LOCAL:
             monkeypatch.setenv(name, value)
@@ -123,6 +124,12 @@ def published(
             sqs_event(loader_env, [[key] for key in keys]), LambdaContextStub()
         )
         assert answer == {"batchItemFailures": []}
+        # The stack's loader does not publish by itself: the pipeline asks it to, once loaded.
+        published = loader_handler.handler(
+            {"action": "publish", "output_prefix": f"s3://{loader_env}/vectors/{run}"},
+            LambdaContextStub(),
+        )
+        assert published == {"published": True}
     return role
 
 

@@ -155,7 +155,9 @@ def model_state() -> dict[str, Any]:
                 "Environment.$": "$.plan.model.environment",
             },
         },
-        "ResultPath": None,
+        # Keep the run's state: a CustomState's JSON cannot say null, so the ARN goes aside.
+        "ResultSelector": {"arn.$": "$.ModelArn"},
+        "ResultPath": "$.sagemakerModel",
         "Retry": [SAGEMAKER_RETRY],
     }
 

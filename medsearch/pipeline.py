@@ -141,8 +141,10 @@ class PipelineDefaults:
                 raise ConfigError(f"{name} = {value!r} is not a container image URI")
         for name in ("training_source", "batch_source"):
             value = getattr(self, name)
-            if not storage.is_s3(value) or not value.endswith(".tar.gz"):
-                raise ConfigError(f"{name} = {value!r} must be an s3:// URI of a .tar.gz archive")
+            # CDK uploads the archive as <hash>.gz (an asset keeps its last suffix); SageMaker
+            # unpacks the object as a gzipped tar whatever its name.
+            if not storage.is_s3(value) or not value.endswith((".tar.gz", ".gz")):
+                raise ConfigError(f"{name} = {value!r} must be an s3:// URI of a gzipped tar")
         if self.manifest_url is not None:
             _check_manifest_url(self.manifest_url, self.data_bucket, ConfigError, "manifest_url")
         try:

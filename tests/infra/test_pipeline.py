@@ -81,6 +81,10 @@ def test_the_transform_is_a_sync_multi_record_json_lines_job(
     assert states["CreateModel"]["Parameters"]["PrimaryContainer"]["ModelDataUrl.$"] == (
         "$.training.modelArtifacts"
     )
+    # Every task adds its result beside the run's state instead of replacing it.
+    for name, state in states.items():
+        if state["Type"] == "Task":
+            assert state.get("ResultPath") not in (None, "$"), name
 
 
 def test_sagemaker_calls_retry_throttling_with_back_off(states: dict[str, dict[str, Any]]) -> None:

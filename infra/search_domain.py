@@ -176,12 +176,6 @@ class SearchDomain(Construct):
         )
         suppress(
             self.domain,
-            "AwsSolutions-OS5",
-            "Access is not anonymous: the access policy names the function roles as principals; "
-            "the rule flags any policy without fine-grained access control.",
-        )
-        suppress(
-            self.domain,
             "AwsSolutions-OS9",
             "Slow search and indexing logs record query and document text, which is medical "
             "text; only the error logs are published.",

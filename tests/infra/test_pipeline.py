@@ -81,10 +81,11 @@ def test_the_transform_is_a_sync_multi_record_json_lines_job(
     assert states["CreateModel"]["Parameters"]["PrimaryContainer"]["ModelDataUrl.$"] == (
         "$.training.modelArtifacts"
     )
-    # Every task adds its result beside the run's state instead of replacing it.
+    # Every task adds its result beside the run's state (or discards it: null), never
+    # replacing the state with it (no ResultPath, or "$").
     for name, state in states.items():
         if state["Type"] == "Task":
-            assert state.get("ResultPath") not in (None, "$"), name
+            assert "ResultPath" in state and state["ResultPath"] != "$", name
 
 
 def test_sagemaker_calls_retry_throttling_with_back_off(states: dict[str, dict[str, Any]]) -> None:
@@ -186,3 +187,29 @@ def test_a_new_manifest_under_data_starts_a_run_for_it(small: Cfn) -> None:
     # The data bucket sends its events to EventBridge.
     data = small.logical_id_of("Custom::S3BucketNotifications", "StorageData")
     assert small.props(data)["NotificationConfiguration"] == {"EventBridgeConfiguration": {}}
+
+
+def test_a_deploy_starts_one_run_per_training_data_version(small: Cfn) -> None:
+    from datetime import UTC, datetime
+
+    from infra.pipeline import deploy_execution_name
+    from tests.support.cdk_app import synth
+
+    assert deploy_execution_name("2026-12 (MedPix)") == "deploy-2026-12--MedPix-"
+    now = datetime(2026, 12, 2, 3, 4, 5, tzinfo=UTC)
+    assert deploy_execution_name(None, now) == "deploy-20261202-030405"
+    _, template = synth({"startPipeline": "true", "trainingDataVersion": "2026-12"})
+    cfn = Cfn(template.to_json())
+    (start,) = [
+        r["Properties"] for k, r in cfn.of_type("Custom::AWS").items() if "StartOnDeploy" in k
+    ]
+    call = json.loads(cfn.resolve(start["Create"]))
+    assert call["service"] == "SFN" and call["action"] == "startExecution"
+    machine = cfn.logical_id_of("AWS::StepFunctions::StateMachine", "Pipeline")
+    assert call["parameters"]["stateMachineArn"] == machine
+    # A fixed name: StartExecution with a name already used starts nothing new on a redeploy.
+    assert call["parameters"]["name"] == "deploy-2026-12"
+    assert call["physicalResourceId"] == {"id": "deploy-2026-12"}
+    assert json.loads(cfn.resolve(start["Update"])) == call
+    # Without the context, a deploy starts nothing.
+    assert not small.of_type("Custom::AWS")

@@ -13,7 +13,7 @@ service answers 403. Plugged into :class:`tests.support.fake_opensearch.FakeClus
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -64,7 +64,3 @@ class DomainAccess:
         return (
             f"User: {self.principal} is not authorized to perform: {action} on resource: {resource}"
         )
-
-    def allowed(self, requests: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-        """The (method, path) pairs of ``requests`` the policy allows."""
-        return [(m, p) for m, p in requests if self.refusal(m, p) is None]

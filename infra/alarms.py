@@ -28,6 +28,17 @@ JVM_PRESSURE_PERCENT = 80
 MIB_PER_GIB = 1024
 
 
+def encrypted_topic(scope: Construct, id: str, *, display_name: str) -> sns.Topic:
+    """An SNS topic encrypted with AWS's key for SNS that refuses publishes without TLS."""
+    return sns.Topic(
+        scope,
+        id,
+        display_name=display_name,
+        master_key=kms.Alias.from_alias_name(scope, f"{id}Key", "alias/aws/sns"),
+        enforce_ssl=True,
+    )
+
+
 class Alarms(Construct):
     """CloudWatch alarms of the deployment, all sent to one topic."""
 
@@ -47,13 +58,7 @@ class Alarms(Construct):
         if config.alarm_topic_arn:
             self.topic: sns.ITopic = sns.Topic.from_topic_arn(self, "Topic", config.alarm_topic_arn)
         else:
-            self.topic = sns.Topic(
-                self,
-                "Topic",
-                display_name="medsearch alarms",
-                master_key=kms.Alias.from_alias_name(self, "SnsKey", "alias/aws/sns"),
-                enforce_ssl=True,
-            )
+            self.topic = encrypted_topic(self, "Topic", display_name="medsearch alarms")
         five = Duration.minutes(5)
         self.alarms: dict[str, cloudwatch.Alarm] = {}
         self._alarm(

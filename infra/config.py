@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
+from aws_cdk import RemovalPolicy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medsearch.constants import PROJECT
@@ -157,6 +158,11 @@ class DeployConfig(BaseModel):
         ):
             raise ValueError("modelPrefix is a key prefix in the artifacts bucket (models/...)")
         return self
+
+    @property
+    def removal_policy(self) -> RemovalPolicy:
+        """What deleting the stack does to buckets, the domain and log groups."""
+        return RemovalPolicy.RETAIN if self.removal == "retain" else RemovalPolicy.DESTROY
 
     @property
     def awareness_zones(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -62,7 +62,7 @@ def python_function(
     **options: object,
 ) -> lambda_.Function:
     """A Python function on the project's runtime, logging JSON to its own log group."""
-    removal = RemovalPolicy.RETAIN if config.removal == "retain" else RemovalPolicy.DESTROY
+    removal = config.removal_policy
     log_group = logs.LogGroup(
         scope,
         f"{id}Logs",

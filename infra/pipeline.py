@@ -24,20 +24,19 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from aws_cdk import Aws, Duration, RemovalPolicy
+from aws_cdk import Aws, Duration
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from infra.alarms import encrypted_topic
 from infra.config import DeployConfig
 from infra.nag import logical_id, suppress
 from medsearch.constants import (
@@ -217,13 +216,7 @@ class Pipeline(Construct):
         artifacts: s3.IBucket,
     ) -> None:
         super().__init__(scope, id)
-        self.topic = sns.Topic(
-            self,
-            "Runs",
-            display_name="medsearch pipeline runs",
-            master_key=kms.Alias.from_alias_name(self, "SnsKey", "alias/aws/sns"),
-            enforce_ssl=True,
-        )
+        self.topic = encrypted_topic(self, "Runs", display_name="medsearch pipeline runs")
         failed = sfn.Fail(self, "RunFailed", cause_path="$.error.Cause", error_path="$.error.Error")
         notify_failure = tasks.SnsPublish(
             self,
@@ -244,14 +237,16 @@ class Pipeline(Construct):
         def catch(state: sfn.TaskStateBase | sfn.CustomState) -> None:
             state.add_catch(notify_failure, errors=["States.ALL"], result_path="$.error")
 
-        def pipeline_step(name: str, action: str, result_path: str) -> tasks.LambdaInvoke:
+        def invoke(
+            name: str, function: lambda_.IFunction, payload: dict[str, Any], result_path: str
+        ) -> tasks.LambdaInvoke:
+            """A Lambda task: the event is ``payload``, the function's answer goes to
+            ``result_path``; Lambda's transient errors are retried, anything else is caught."""
             step = tasks.LambdaInvoke(
                 self,
                 name,
-                lambda_function=pipeline_function,
-                payload=sfn.TaskInput.from_object(
-                    {"action": action, "plan": sfn.JsonPath.object_at("$.plan")}
-                ),
+                lambda_function=function,
+                payload=sfn.TaskInput.from_object(payload),
                 payload_response_only=True,
                 result_path=result_path,
                 retry_on_service_exceptions=True,
@@ -259,106 +254,75 @@ class Pipeline(Construct):
             catch(step)
             return step
 
-        plan = tasks.LambdaInvoke(
-            self,
+        def failure(name: str, cause: str) -> sfn.Pass:
+            """A run-ending condition found by a Choice: named, with its cause, then notified."""
+            state = sfn.Pass(
+                self,
+                name,
+                parameters={"Error": name, "Cause": cause},
+                result_path="$.error",
+            )
+            state.next(notify_failure)
+            return state
+
+        on_plan = {"plan": sfn.JsonPath.object_at("$.plan")}
+        on_run = {"output_prefix": sfn.JsonPath.string_at("$.plan.outputPrefix")}
+        plan = invoke(
             "Plan",
-            lambda_function=pipeline_function,
-            payload=sfn.TaskInput.from_object(
-                {
-                    "action": "plan",
-                    "input": sfn.JsonPath.entire_payload,
-                    "execution": sfn.JsonPath.string_at("$$.Execution.Name"),
-                }
-            ),
-            payload_response_only=True,
-            result_selector=None,
-            result_path="$.plan",
-            retry_on_service_exceptions=True,
+            pipeline_function,
+            {
+                "action": "plan",
+                "input": sfn.JsonPath.entire_payload,
+                "execution": sfn.JsonPath.string_at("$$.Execution.Name"),
+            },
+            "$.plan",
         )
-        catch(plan)
         spot_training = sfn.CustomState(self, "TrainOnSpot", state_json=training_state())
         demand_training = sfn.CustomState(
             self, "TrainOnDemand", state_json=on_demand(training_state())
         )
         for state in (spot_training, demand_training):
             catch(state)
-        gate = pipeline_step("Gate", "gate", "$.gate")
-        unpack = pipeline_step("UnpackModel", "unpack", "$.onnx")
+        gate = invoke("Gate", pipeline_function, {"action": "gate", **on_plan}, "$.gate")
+        unpack = invoke("UnpackModel", pipeline_function, {"action": "unpack", **on_plan}, "$.onnx")
         create_model = sfn.CustomState(self, "CreateModel", state_json=model_state())
         vectorize = sfn.CustomState(self, "Vectorize", state_json=transform_state())
         for state in (create_model, vectorize):
             catch(state)
 
         wait_for_load = sfn.Wait(self, "WaitForLoad", time=sfn.WaitTime.duration(LOAD_POLL))
-        load_status = tasks.LambdaInvoke(
-            self,
+        load_status = invoke(
             "LoadStatus",
-            lambda_function=loader_function,
-            payload=sfn.TaskInput.from_object(
-                {
-                    "action": "status",
-                    "output_prefix": sfn.JsonPath.string_at("$.plan.outputPrefix"),
-                    "records": sfn.JsonPath.number_at("$.plan.records"),
-                }
-            ),
-            payload_response_only=True,
-            result_path="$.load",
-            retry_on_service_exceptions=True,
+            loader_function,
+            {
+                "action": "status",
+                **on_run,
+                "records": sfn.JsonPath.number_at("$.plan.records"),
+            },
+            "$.load",
         )
-        catch(load_status)
         clock = sfn.Pass(
             self,
             "ReadClock",
             parameters={"now": sfn.JsonPath.string_at("$$.State.EnteredTime")},
             result_path="$.clock",
         )
-        load_failed = sfn.Pass(
-            self,
-            "LoadFailed",
-            parameters={
-                "Error": "LoadFailed",
-                "Cause": sfn.JsonPath.string_at("$.load.reason"),
-            },
-            result_path="$.error",
-        ).next(notify_failure)
-        load_timed_out = sfn.Pass(
-            self,
+        load_failed = failure("LoadFailed", sfn.JsonPath.string_at("$.load.reason"))
+        load_timed_out = failure(
             "LoadTimedOut",
-            parameters={
-                "Error": "LoadTimedOut",
-                "Cause": sfn.JsonPath.format(
-                    "run not loaded by {}: {}",
-                    sfn.JsonPath.string_at("$.plan.loadDeadline"),
-                    sfn.JsonPath.string_at("$.load.reason"),
-                ),
-            },
-            result_path="$.error",
-        ).next(notify_failure)
-        publish = tasks.LambdaInvoke(
-            self,
-            "Publish",
-            lambda_function=loader_function,
-            payload=sfn.TaskInput.from_object(
-                {
-                    "action": "publish",
-                    "output_prefix": sfn.JsonPath.string_at("$.plan.outputPrefix"),
-                    "force": False,
-                }
+            sfn.JsonPath.format(
+                "run not loaded by {}: {}",
+                sfn.JsonPath.string_at("$.plan.loadDeadline"),
+                sfn.JsonPath.string_at("$.load.reason"),
             ),
-            payload_response_only=True,
-            result_path="$.published",
-            retry_on_service_exceptions=True,
         )
-        catch(publish)
-        not_published = sfn.Pass(
-            self,
-            "NotPublished",
-            parameters={
-                "Error": "NotPublished",
-                "Cause": "the loader did not publish the run (see its logs)",
-            },
-            result_path="$.error",
-        ).next(notify_failure)
+        publish = invoke(
+            "Publish",
+            loader_function,
+            {"action": "publish", **on_run, "force": False},
+            "$.published",
+        )
+        not_published = failure("NotPublished", "the loader did not publish the run (see its logs)")
 
         live_model = sfn.Pass(
             self,
@@ -440,15 +404,9 @@ class Pipeline(Construct):
                 max_attempts=5,
             )
             catch(step)
-        version_failed = sfn.Pass(
-            self,
-            "SearchVersionFailed",
-            parameters={
-                "Error": "SearchVersionFailed",
-                "Cause": "the search function's new version did not become active",
-            },
-            result_path="$.error",
-        ).next(notify_failure)
+        version_failed = failure(
+            "SearchVersionFailed", "the search function's new version did not become active"
+        )
         notify_success = tasks.SnsPublish(
             self,
             "NotifySuccess",
@@ -531,14 +489,13 @@ class Pipeline(Construct):
             )
             .otherwise(demand_training.next(after_training))
         )
-        removal = RemovalPolicy.RETAIN if config.removal == "retain" else RemovalPolicy.DESTROY
         self.logs = logs.LogGroup(
             self,
             "Logs",
             # Step Functions asks for log groups under this prefix (resource policy size limit).
             log_group_name=f"/aws/vendedlogs/states/{Aws.STACK_NAME}-pipeline",
             retention=logs.RetentionDays.THREE_MONTHS,
-            removal_policy=removal,
+            removal_policy=config.removal_policy,
         )
         self.state_machine = sfn.StateMachine(
             self,

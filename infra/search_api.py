@@ -121,9 +121,7 @@ class SearchApi(Construct):
             self,
             "AccessLogs",
             retention=logs.RetentionDays.THREE_MONTHS,
-            removal_policy=RemovalPolicy.RETAIN
-            if config.removal == "retain"
-            else RemovalPolicy.DESTROY,
+            removal_policy=config.removal_policy,
         )
         self.api = apigw.LambdaRestApi(
             self,

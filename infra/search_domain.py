@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Aws, RemovalPolicy
+from aws_cdk import Aws
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
@@ -118,7 +118,7 @@ class SearchDomain(Construct):
         search_role: iam.IRole,
     ) -> None:
         super().__init__(scope, id)
-        removal = RemovalPolicy.RETAIN if config.removal == "retain" else RemovalPolicy.DESTROY
+        removal = config.removal_policy
         app_logs = logs.LogGroup(
             self,
             "AppLogs",

@@ -27,7 +27,7 @@ class Storage(Construct):
 
     def __init__(self, scope: Construct, id: str, *, config: DeployConfig) -> None:
         super().__init__(scope, id)
-        removal = RemovalPolicy.RETAIN if config.removal == "retain" else RemovalPolicy.DESTROY
+        removal = config.removal_policy
         self.logs = s3.Bucket(
             self,
             "Logs",

@@ -5,13 +5,15 @@ by the synthetic generator, 10% captionless, embedding-like 512-d vectors) and t
 engine:
 
 - bulk load, in documents per second: the embedded engine's ``build_index`` (one atomic
-  generation) against ``OpenSearchIndex``: index create + ``upsert`` inside ``loading()`` (no
-  refresh, no replicas) + the refresh that ends it;
+  generation) against ``OpenSearchIndex``: index create + ``upsert`` after ``begin_load`` (no
+  refresh, no replicas, two bulk requests in flight) + ``finish_load`` (refresh, the
+  force-merge to the segments the engine chooses, replicas, the record's counts);
 - the search part of text, vector and hybrid queries (no encoder: query vectors are given),
   p50 and p99 over ``--queries`` queries after an untimed pass over them (``--warmup``), for the
   embedded engine and for OpenSearch in both hybrid modes: ``pipeline`` (the neural-search
-  normalization processor) and ``client`` (both top-N lists fused by :mod:`medsearch.fusion`),
-  these two taking turns query by query; the embedded engine is measured alone, before the node
+  normalization processor) and ``client`` (both top-N lists in one ``_msearch``, fused by
+  :mod:`medsearch.fusion`), beside the raw request of the same depth (:class:`RawRequests`) and
+  the raw depth-10 hybrid, all taking turns query by query; the embedded engine is measured alone, before the node
   starts (taking turns with OpenSearch slowed it 2-3x: JVM, client and engine share the cores);
 - vector recall@10 of each engine against exact search, how far the two hybrid modes agree, and
   the HTTP round trip of ``GET /`` (the floor under every OpenSearch latency).
@@ -45,10 +47,18 @@ from typing import Any
 
 import numpy as np
 
-from medsearch.index.base import SearchIndex, SearchQuery
+from medsearch.index.base import HYBRID_DEPTH, SearchIndex, SearchQuery
 from medsearch.index.embedded import build_index
-from medsearch.index.opensearch import OpenSearchConfig, OpenSearchIndex, connect
+from medsearch.index.opensearch import (
+    OpenSearchConfig,
+    OpenSearchIndex,
+    build_knn_query,
+    build_match_query,
+    build_pipeline_body,
+    connect,
+)
 from medsearch.index.synthetic import embedding_like_vectors
+from medsearch.vectors import normalize
 
 # Run as a script, sys.path[0] is bench/ (for search_latency); the node helper lives in tests/.
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,13 +76,54 @@ HYBRID_MODES = ("pipeline", "client")
 RATIO_LABEL = f"opensearch/{BASELINE}"
 
 
-def load_opensearch(index: OpenSearchIndex, docs: list, dim: int) -> tuple[float, int, int]:
-    """Create the index and bulk-load ``docs`` inside ``loading()``; return (s, written, failed)."""
+class RawRequests:
+    """The floor under the engine: one bare request per query, the engine's depth, no counts.
+
+    text: ``match`` size k (total counted to 10,000, as OpenSearch does by default); vector:
+    ``knn`` k = size = k; hybrid: one ``hybrid`` query through the normalization pipeline with
+    both sub-queries at ``depth`` (:data:`HYBRID_DEPTH` by default, or 10: the cheapest
+    hybrid request there is). Answers are not parsed into hits.
+    """
+
+    def __init__(self, client: Any, name: str, depth: int = HYBRID_DEPTH, ef_search: int = 128):
+        self.client, self.name, self.depth, self.ef_search = client, name, depth, ef_search
+
+    def search(self, query: SearchQuery) -> object:
+        if query.vector is None:
+            body: dict[str, Any] = {
+                "query": build_match_query(query.text or "", {}),
+                "size": query.k,
+            }
+        elif query.text is None:
+            knn = build_knn_query(normalize(query.vector), query.k, {}, ef_search=self.ef_search)
+            body = {"query": knn, "size": query.k}
+        else:
+            n = max(self.depth, query.k)
+            vector = normalize(query.vector)
+            queries = [
+                build_match_query(query.text, {}),
+                build_knn_query(vector, n, {}, ef_search=self.ef_search),
+            ]
+            body = {
+                "query": {"hybrid": {"queries": queries}},
+                "size": n,
+                "search_pipeline": build_pipeline_body(query.alpha),
+            }
+        body["_source"] = False
+        return self.client.transport.perform_request("POST", f"/{self.name}/_search", body=body)
+
+
+def load_opensearch(index: OpenSearchIndex, docs: list, dim: int) -> tuple[float, float, int, int]:
+    """Create the index, bulk-load ``docs`` and finish the load (refresh, force-merge, replicas,
+    counts); return (total s, of which finishing s, written, failed)."""
     started = time.perf_counter()
     index.create(dim)
-    with index.loading():
-        result = index.upsert(docs)
-    return time.perf_counter() - started, result.written, len(result.failed)
+    index.begin_load()
+    result = index.upsert(docs)
+    finishing = time.perf_counter()
+    index.finish_load()
+    done = time.perf_counter()
+    return done - started, done - finishing, result.written, len(result.failed)
 
 
 def search_calls(
@@ -329,10 +380,12 @@ def main(argv: list[str] | None = None) -> int:
                 config = replace(base, hybrid=mode)
                 engines[f"opensearch-{mode}"] = OpenSearchIndex(client, name, config=config)
             loader = OpenSearchIndex(client, name, config=base)
+            engines["raw"] = RawRequests(client, name)  # type: ignore[assignment]
+            engines["raw-depth-10"] = RawRequests(client, name, depth=10)  # type: ignore[assignment]
             facts = node_facts(client)
             print(f"opensearch {facts['version']}: loading ...", flush=True)
             try:
-                seconds, written, failed = load_opensearch(loader, docs, args.dim)
+                seconds, finish_s, written, failed = load_opensearch(loader, docs, args.dim)
                 if written != n or loader.count() != n:
                     raise SystemExit(f"OpenSearch wrote {written} of {n} ({failed} failed)")
                 merge_s = wait_for_merges(client, name)
@@ -340,12 +393,14 @@ def main(argv: list[str] | None = None) -> int:
                     "docs": n,
                     "seconds": round(seconds, 2),
                     "docs_per_s": round(n / seconds),
+                    "finish_load_s": round(finish_s, 2),
                     "merge_wait_s": round(merge_s, 2),
                     "segments": segment_count(client, name),
+                    "bulk_concurrency": base.bulk_concurrency,
                 }
                 print(
-                    f"  loaded in {seconds:.1f} s, merges done {merge_s:.1f} s later "
-                    f"({load['opensearch']['segments']} segments); searching ...",
+                    f"  loaded in {seconds:.1f} s (finish_load with its merge {finish_s:.1f} s; "
+                    f"{load['opensearch']['segments']} segments); searching ...",
                     flush=True,
                 )
                 search |= measure(
@@ -371,6 +426,16 @@ def main(argv: list[str] | None = None) -> int:
         f"opensearch {recall['opensearch']:.3f}"
     )
     print(f"hybrid top-10 agreement, pipeline vs client: {agreement:.3f}")
+    for engine in (f"opensearch-{mode}" for mode in HYBRID_MODES):
+        same = {m: ratio(search[engine][m]["p50_ms"], search["raw"][m]["p50_ms"]) for m in MODES}
+        shallow = ratio(
+            search[engine]["hybrid"]["p50_ms"], search["raw-depth-10"]["hybrid"]["p50_ms"]
+        )
+        print(
+            f"{engine} / raw request of the same depth (p50): "
+            + ", ".join(f"{m} {r:.2f}x" for m, r in same.items())
+            + f"; hybrid / raw depth-10 hybrid {shallow:.2f}x"
+        )
     print(
         f"OpenSearch round trip (GET /, the HTTP floor): p50 {floor['p50_ms']:.2f} ms, "
         f"p99 {floor['p99_ms']:.2f} ms"
@@ -416,6 +481,25 @@ def main(argv: list[str] | None = None) -> int:
                 if engine != BASELINE
             },
         },
+        "raw_ratios": {
+            engine: {
+                "vs_raw_same_depth": {
+                    mode: round(
+                        ratio(search[engine][mode]["p50_ms"], search["raw"][mode]["p50_ms"]), 3
+                    )
+                    for mode in MODES
+                },
+                "hybrid_vs_raw_depth_10": round(
+                    ratio(
+                        search[engine]["hybrid"]["p50_ms"],
+                        search["raw-depth-10"]["hybrid"]["p50_ms"],
+                    ),
+                    3,
+                ),
+            }
+            for engine in (f"opensearch-{mode}" for mode in HYBRID_MODES)
+        },
+        "hybrid_depth": HYBRID_DEPTH,
         "recall_at_10": recall,
         "round_trip_ms": floor,
         "hybrid_agreement_pipeline_client": round(agreement, 3),

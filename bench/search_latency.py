@@ -34,7 +34,7 @@ import numpy as np
 
 from medsearch.data.synth import build_queries, sample_attributes, write_caption
 from medsearch.fusion import fuse
-from medsearch.index.base import MIN_CANDIDATES, Document, SearchQuery
+from medsearch.index.base import HYBRID_DEPTH, Document, SearchQuery
 from medsearch.index.embedded import EmbeddedIndex, build_index
 from medsearch.index.synthetic import embedding_like_vectors
 
@@ -100,7 +100,7 @@ class NaivePath:
         return [(self.ids[i], float(scores[i])) for i in top]
 
     def hybrid(self, text: str, vector: np.ndarray, k: int, alpha: float) -> list:
-        n = max(k, MIN_CANDIDATES)
+        n = max(k, HYBRID_DEPTH)
         return fuse(self.text(text, n), self.vector(vector, n), alpha)[:k]
 
 

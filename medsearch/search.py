@@ -87,6 +87,10 @@ class SearchResponse(BaseModel):
     alpha: float | None = Field(description="vector weight of a fused query; null if not fused")
     image_id: str | None = Field(default=None, description="source image of image modes")
     total: int = Field(description="matches of the whole query, the same on every page")
+    total_relation: Literal["eq", "gte"] = Field(
+        default="eq",
+        description="eq: total is exact; gte: counting stopped at a bound, total is a lower bound",
+    )
     offset: int
     k: int
     took_ms: float
@@ -552,6 +556,7 @@ class SearchService:
             alpha=query.alpha if fused else None,
             image_id=image_id,
             total=page.total,
+            total_relation=page.total_relation,
             offset=query.offset,
             k=query.k,
             took_ms=round((time.perf_counter() - started) * 1000.0, 3),

@@ -17,6 +17,7 @@ import numpy as np
 
 from medsearch.errors import InvalidInputError
 from medsearch.evaluate import QUERY_K, graded_metrics
+from medsearch.index.base import SearchIndex, SearchQuery
 from medsearch.search import DEFAULT_ALPHA, TEXT_MODES, SearchService
 
 if TYPE_CHECKING:
@@ -147,4 +148,62 @@ def evaluate_search(
         }
         report["alpha_sweep"] = curve
         report["best_alpha"] = float(max(curve, key=lambda a: (curve[a][f"r@{k}"], -float(a))))
+    return report
+
+
+def depth_agreement(
+    index: SearchIndex,
+    encoder: Encoder,
+    queries: Sequence[Query],
+    depths: Sequence[int],
+    *,
+    reference: int = 100,
+    alpha: float = DEFAULT_ALPHA,
+    k: int = QUERY_K,
+) -> dict[str, Any]:
+    """Compare hybrid rankings at each fusion depth with those at ``reference``.
+
+    Min-max normalisation runs over each sub-query's top N, so N moves fused scores and may
+    reorder the head; this measures by how much on a real query set: per depth, the mean share
+    of the reference top k kept, and R@k beside the reference's. Text and vector rankings do
+    not depend on the depth (each list is cut at the page), so only hybrid is compared.
+    """
+    texts = [query.query for query in queries]
+    vectors = encoder.encode_texts(texts)
+
+    def ranked(text: str, vector: np.ndarray, depth: int) -> list[str]:
+        query = SearchQuery(text=text, vector=vector, alpha=alpha, k=k, depth=depth)
+        return [hit.image_id for hit in index.search(query).hits]
+
+    def recall(query: Query, ids: Sequence[str]) -> float | None:
+        grades = [float(g) for g in query.relevance.values() if g > 0]
+        if not grades:
+            return None
+        top = np.array([float(query.relevance.get(i, 0.0)) for i in ids])
+        return graded_metrics(top, np.array(grades), k=k)[1]
+
+    base = [ranked(t, v, reference) for t, v in zip(texts, vectors, strict=True)]
+    base_recalls = [
+        r for q, ids in zip(queries, base, strict=True) if (r := recall(q, ids)) is not None
+    ]
+    report: dict[str, Any] = {
+        "queries": len(queries),
+        "k": k,
+        "alpha": alpha,
+        "reference_depth": reference,
+        f"reference_r@{k}": round(float(np.mean(base_recalls)), 4) if base_recalls else None,
+        "depths": {},
+    }
+    for depth in depths:
+        overlaps, recalls = [], []
+        for query, text, vector, want in zip(queries, texts, vectors, base, strict=True):
+            got = ranked(text, vector, depth)
+            overlaps.append(len(set(got) & set(want)) / max(len(want), 1))
+            if (r := recall(query, got)) is not None:
+                recalls.append(r)
+        report["depths"][str(depth)] = {
+            "overlap": round(float(np.mean(overlaps)), 4),
+            "min_overlap": round(float(np.min(overlaps)), 4),
+            f"r@{k}": round(float(np.mean(recalls)), 4) if recalls else None,
+        }
     return report

@@ -412,6 +412,8 @@
     clearResults();
     const hits = Array.isArray(page.results) ? page.results : [];
     const total = typeof page.total === "number" ? page.total : hits.length;
+    // A total counted up to a bound is a lower bound: "10,000+", never a false exact number.
+    const totalText = total.toLocaleString() + (page.total_relation === "gte" ? "+" : "");
     const offset = typeof page.offset === "number" ? page.offset : s.offset;
     const took = fmt(page.took_ms, page.took_ms < 10 ? 1 : 0);
     if (!hits.length) {
@@ -436,11 +438,11 @@
     const from = offset + 1;
     const to = offset + hits.length;
     el.status.textContent =
-      `${from}–${to} of ${total.toLocaleString()} · ${modeLabel(s, page)}` + (took ? ` · ${took} ms` : "");
+      `${from}–${to} of ${totalText} · ${modeLabel(s, page)}` + (took ? ` · ${took} ms` : "");
     const cards = hits.map((hit, i) => renderCard(hit, offset + i + 1));
     el.results.replaceChildren(...cards);
     el.results.dataset.ids = cards.map((card) => card.dataset.imageId).join(" ");
-    el.range.textContent = `${from}–${to} of ${total.toLocaleString()}`;
+    el.range.textContent = `${from}–${to} of ${totalText}`;
     el.prev.disabled = offset === 0;
     el.next.disabled = to >= total || offset + s.k > MAX_OFFSET;
     el.pager.hidden = false;

@@ -60,6 +60,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -86,6 +87,7 @@ from medsearch.index.base import (
     Hit,
     SearchPage,
     SearchQuery,
+    TotalRelation,
     UpsertResult,
 )
 from medsearch.settings import SERVERLESS_REFUSAL
@@ -102,7 +104,19 @@ METADATA_FIELD = "metadata"
 RECORD_FIELD = "index_record"
 # The index record's id: a colon is never in an image id ([A-Za-z0-9._-]), so none collides.
 RECORD_ID = "medsearch:index"
+# Names of the hybrid sub-queries (their scores come back per hit) and of the count aggregations.
+TEXT_QUERY_NAME = "text"
+VECTOR_QUERY_NAME = "vector"
+VECTORS_AGG = "vectors"
+NO_VECTOR_AGG = "no_vector"
 
+# A finished run index is merged to segments of at most this many documents per shard. kNN
+# search visits every segment's graph: at 185k 512-d documents on one 2-core node, kNN top 10
+# took 47 ms p50 over the 15 segments a load leaves, 25-29 ms over 4-8, 18 ms over one; the merge
+# rebuilds the graphs (minutes at that size, once per run), so one segment up to this size.
+MERGE_DOCS_PER_SEGMENT = 200_000
+# Seconds one force-merge request may take (it runs on even if the client gives up).
+MERGE_TIMEOUT_S = 3600
 # Hybrid pipelines are cached per alpha at this precision (weights must sum to exactly 1).
 ALPHA_DECIMALS = 2
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -134,8 +148,18 @@ class OpenSearchConfig:
     # of: 3 for Multi-AZ with standby, else 1. The stack knows its layout and sets it.
     awareness_zones: int = 1
     refresh_interval: str = "1s"
-    hybrid: HybridMode = "pipeline"
+    # "client": one _msearch of both top-N lists, fused by medsearch.fusion (exact component
+    # scores, the embedded engine's ranking, no plugin needed); "pipeline": one hybrid query
+    # fused by neural-search's normalization processor. Both take one round trip; client is the
+    # cheaper (bench/opensearch.py) and the default.
+    hybrid: HybridMode = "client"
     bulk_max_docs: int = 500
+    # Bulk requests in flight at once: one shard indexes each request on one thread, so a second
+    # request keeps a second core busy (measured 1.4x the documents/s on a 2-core node).
+    bulk_concurrency: int = 2
+    # Totals are counted exactly up to this many matches, then reported as a lower bound ("gte"),
+    # as OpenSearch itself does by default: an exact count visits every match.
+    total_hits_limit: int = 10_000
     bulk_max_bytes: int = 5 * 1024 * 1024
     max_attempts: int = 8
     backoff_base: float = 0.2
@@ -154,7 +178,15 @@ class OpenSearchConfig:
             raise ConfigError(f"engine must be one of {sorted(SPACE_TYPES)}, got {self.engine!r}")
         if self.hybrid not in ("pipeline", "client"):
             raise ConfigError(f"hybrid must be 'pipeline' or 'client', got {self.hybrid!r}")
-        for name in ("m", "ef_construction", "ef_search", "shards", "bulk_max_docs"):
+        for name in (
+            "m",
+            "ef_construction",
+            "ef_search",
+            "shards",
+            "bulk_max_docs",
+            "bulk_concurrency",
+            "total_hits_limit",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.replicas < 0 or self.keep_indexes < 1 or self.max_attempts < 1:
@@ -408,14 +440,20 @@ def build_knn_query(
     return {"knn": {VECTOR_FIELD: body}}
 
 
-def build_search_body(query: Mapping[str, Any], size: int, offset: int = 0) -> dict[str, Any]:
-    """Return a search request for ids and scores only (no ``_source``), with an exact total."""
+def build_search_body(
+    query: Mapping[str, Any], size: int, offset: int = 0, *, total_hits: int | bool = False
+) -> dict[str, Any]:
+    """Return a search request for ids and scores only (no ``_source``).
+
+    ``total_hits``: count matches exactly up to this many (``True``: all of them), or not at all
+    (``False``: the default, for sub-queries whose total comes from elsewhere).
+    """
     return {
         "query": dict(query),
         "from": offset,
         "size": size,
         "_source": False,
-        "track_total_hits": True,
+        "track_total_hits": total_hits,
     }
 
 
@@ -424,16 +462,23 @@ def build_hybrid_body(query: SearchQuery, *, ef_search: int | None = None) -> di
 
     Both sub-queries return their top ``query.candidates`` (``size`` = N from 0, knn ``k`` = N),
     exactly the lists :mod:`medsearch.fusion` normalises, so this works on every neural-search
-    version without ``pagination_depth``.
+    version without ``pagination_depth``. The sub-queries are named (:data:`TEXT_QUERY_NAME`,
+    :data:`VECTOR_QUERY_NAME`) so that, with ``include_named_queries_score``, each hit carries
+    its BM25 and kNN scores in the same answer.
     """
     assert query.text is not None and query.vector is not None
     n = query.candidates
     hybrid = {
         "hybrid": {
             "queries": [
-                build_match_query(query.text, query.filters, query.exclude_ids),
-                build_knn_query(
-                    query.vector, n, query.filters, query.exclude_ids, ef_search=ef_search
+                _named(
+                    build_match_query(query.text, query.filters, query.exclude_ids), TEXT_QUERY_NAME
+                ),
+                _named(
+                    build_knn_query(
+                        query.vector, n, query.filters, query.exclude_ids, ef_search=ef_search
+                    ),
+                    VECTOR_QUERY_NAME,
                 ),
             ]
         }
@@ -441,18 +486,57 @@ def build_hybrid_body(query: SearchQuery, *, ef_search: int | None = None) -> di
     return build_search_body(hybrid, size=n)
 
 
-def build_count_query(query: SearchQuery) -> dict[str, Any]:
-    """Return the query whose hit count is the page total (text matches, vectors, or the union)."""
-    parts: list[dict[str, Any]] = []
-    if query.text is not None:
-        parts.append(build_match_query(query.text, {}))  # the filters go beside, once
-    if query.vector is not None:
-        parts.append({"exists": {"field": VECTOR_FIELD}})
-    body: dict[str, Any] = {"should": parts, "minimum_should_match": 1}
+def _named(query: dict[str, Any], name: str) -> dict[str, Any]:
+    """Return ``query`` with ``_name`` set on a ``bool``, or in the field of a match or knn."""
+    ((kind, spec),) = query.items()
+    (spec if kind == "bool" else next(iter(spec.values())))["_name"] = name
+    return query
+
+
+def build_vector_count_aggs(query: SearchQuery) -> dict[str, Any]:
+    """Return an aggregation counting the documents with a vector that pass the query's filters.
+
+    ``global`` ignores the query it rides on (a kNN query matches only its top k), so this gives
+    a vector query's total in the same request.
+    """
     restriction = build_filter(query.filters, query.exclude_ids)
+    exists: dict[str, Any] = {"exists": {"field": VECTOR_FIELD}}
     if restriction is not None:
-        body.update(restriction["bool"])
-    return {"bool": body}
+        exists = {"bool": {**restriction["bool"], "must": [exists]}}
+    return {VECTORS_AGG: {"global": {}, "aggs": {VECTORS_AGG: {"filter": exists}}}}
+
+
+def build_no_vector_aggs() -> dict[str, Any]:
+    """Return an aggregation counting the matched documents that have no vector.
+
+    On a text query (or a hybrid one, whose vector side matches only documents with a vector),
+    these are the text matches a vector query cannot reach: hybrid total = filtered documents
+    with a vector + this count.
+    """
+    return {
+        NO_VECTOR_AGG: {"filter": {"bool": {"must_not": [{"exists": {"field": VECTOR_FIELD}}]}}}
+    }
+
+
+def build_facts_body() -> dict[str, Any]:
+    """Return the search counting what every query's total builds on, once per load: documents
+    with a vector, and captioned documents without one."""
+    return {
+        "size": 0,
+        "track_total_hits": False,
+        "query": {"bool": {"must_not": [{"ids": {"values": [RECORD_ID]}}]}},
+        "aggs": {
+            "vectors": {"filter": {"exists": {"field": VECTOR_FIELD}}},
+            "captioned_without_vector": {
+                "filter": {
+                    "bool": {
+                        "must": [{"exists": {"field": TEXT_FIELD}}],
+                        "must_not": [{"exists": {"field": VECTOR_FIELD}}],
+                    }
+                }
+            },
+        },
+    }
 
 
 def build_bulk_lines(doc: Document) -> str:
@@ -559,11 +643,21 @@ class _MissingIndex(SearchIndexError):
 
 @dataclass(frozen=True)
 class _Layout:
-    """What readers take from an index record: vector dimension, BM25 scale, vector space."""
+    """What readers take from an index record: vector dimension, BM25 scale, vector space, and
+    the counts totals build on (None where the record has none: counted per query)."""
 
     dim: int | None
     bm25_scale: float
     space_type: str | None = None
+    index: str | None = None  # the physical index the record was read from
+    vectors: int | None = None
+    captioned_without_vector: int | None = None
+    read_at: float = 0.0
+
+
+# How long a reader trusts what it read of an index record: an alias that moved to a new run is
+# noticed at once (a hit from another index), in-place edits by another process within this.
+LAYOUT_TTL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -739,33 +833,97 @@ class OpenSearchIndex:
         )
 
     def finish_load(self) -> None:
-        """Restore refresh and replicas, then refresh so every loaded document is searchable."""
-        self._put_settings(
-            {
-                "refresh_interval": self.config.refresh_interval,
-                "number_of_replicas": self.config.replicas,
-            }
-        )
-        self.refresh()
-        self._record_filter_fields()
+        """Make a load searchable and cheap to search: refresh, merge segments, restore replicas,
+        and record what readers count on.
 
-    def _record_filter_fields(self) -> None:
-        """Add the metadata fields the load created to the index record, for readers.
+        The merge runs before the replicas come back, so they copy merged segments instead of
+        merging themselves; each kNN query searches every segment's graph, so fewer segments is
+        faster search (:func:`merge_target` says how few, from the document count).
+        """
+        self._put_settings({"refresh_interval": self.config.refresh_interval})
+        self.refresh()
+        self.merge()
+        self._put_settings({"number_of_replicas": self.config.replicas})
+        self._record_load_facts()
+
+    def merge(self, segments: int | None = None) -> float:
+        """Force-merge to ``segments`` per shard (default :func:`merge_target`); return seconds.
+
+        Idempotent (a merged index merges in no time), so a publish retried after a timeout
+        does not start over.
+        """
+        docs = self.count()
+        target = merge_target(docs, self.config.shards) if segments is None else segments
+        started = self._clock()
+        self._request(
+            "POST",
+            f"/{self.name}/_forcemerge",
+            params={"max_num_segments": target, "request_timeout": MERGE_TIMEOUT_S},
+        )
+        self.refresh()  # searchers move to the merged segments and the old ones are freed
+        seconds = self._clock() - started
+        log.info(
+            "merged %s to %d segment(s) per shard (%d documents) in %.1f s",
+            self.name,
+            target,
+            docs,
+            seconds,
+        )
+        return seconds
+
+    def segments(self) -> int:
+        """Return how many Lucene segments the index has (every shard's, primaries only)."""
+        answer = self._request("GET", f"/{self.name}/_segments")
+        total = 0
+        for index in (answer.get("indices") or {}).values():
+            for copies in (index.get("shards") or {}).values():
+                primaries = [c for c in copies if (c.get("routing") or {}).get("primary", True)]
+                total += sum(len(c.get("segments") or {}) for c in primaries)
+        return total
+
+    def _record_load_facts(self) -> None:
+        """Add what readers need of a finished load to the index record: the metadata fields the
+        load created and the counts totals build on (documents with a vector, captioned ones
+        without), so no query counts them again.
 
         ``_field_caps`` is a read the loader has; readers then need only ``_mget`` for it.
         """
-        record = self._fetch_record()
+        record, _ = self._fetch_record_item()
         if record is None:
             return  # an index from before records: readers ask _field_caps themselves
         record["filter_fields"] = self._field_caps_metadata()
+        counts = self._search(build_facts_body()).get("aggregations", {})
+        for name in ("vectors", "captioned_without_vector"):
+            record[name] = int(counts.get(name, {}).get("doc_count", 0))
         # No refresh: readers fetch the record with _mget, which is real-time, and no search
-        # can match it; the layout cache holds no filter fields, so it stays valid.
+        # can match it.
         self._request(
             "PUT", f"/{self.name}/_doc/{quote(RECORD_ID, safe='')}", {RECORD_FIELD: record}
         )
+        self._layout = None
+
+    def _forget_counts(self) -> None:
+        """Drop the record's counts after a write: until the next load counts them again,
+        readers count per query (an update of a record-less index is ignored)."""
+        body = {"doc": {RECORD_FIELD: {"vectors": None, "captioned_without_vector": None}}}
+        path = f"/{self.name}/_update/{quote(RECORD_ID, safe='')}"
+        self._request("POST", path, body, ignore=(404,))
+        self._layout = None
+
+    def _after_write(self) -> None:
+        """Keep the record's counts true after an upsert or delete."""
+        if self.config.refresh_writes:
+            self.refresh()
+            self._record_load_facts()
+        else:
+            self._forget_counts()
 
     def _fetch_record(self) -> dict[str, Any] | None:
         """Return the index record's content (``_mget``), or None if the index has none."""
+        return self._fetch_record_item()[0]
+
+    def _fetch_record_item(self) -> tuple[dict[str, Any] | None, str | None]:
+        """Return the index record's content (or None) and the physical index it is in."""
         answer = self._request(
             "POST",
             f"/{self.name}/_mget",
@@ -776,14 +934,14 @@ class OpenSearchIndex:
         if isinstance(answer, Refused):
             if _is_missing_index(answer.info):
                 raise self._missing_index()
-            return None
+            return None, None
         for item in answer.get("docs", []) if isinstance(answer, dict) else []:
             if _is_missing_index(item):
                 raise self._missing_index()
             record = (item.get("_source") or {}).get(RECORD_FIELD)
             if item.get("found") and isinstance(record, dict) and "dim" in record:
-                return dict(record)
-        return None
+                return dict(record), item.get("_index")
+        return None, None
 
     @contextmanager
     def loading(self) -> Iterator[OpenSearchIndex]:
@@ -888,11 +1046,55 @@ class OpenSearchIndex:
         that cannot be encoded) are returned in ``failed`` with the reason, never dropped.
         """
         result = UpsertResult()
-        for chunk in self._chunks(documents, result):
-            self._send_chunk(chunk, result)
-        if self.config.refresh_writes:
-            self.refresh()
+        try:
+            self._send_chunks(self._chunks(documents, result), result)
+        finally:
+            self._after_write()
         return result
+
+    def _send_chunks(self, chunks: Iterator[list[tuple[str, str]]], result: UpsertResult) -> None:
+        """Send chunks with up to ``bulk_concurrency`` in flight.
+
+        Each chunk counts into its own result, merged here on one thread; on a failure the
+        chunks in flight are still awaited and counted, then the first error is raised.
+        """
+        width = self.config.bulk_concurrency
+        if width == 1:
+            for chunk in chunks:
+                self._send_chunk(chunk, result)
+            return
+
+        def send(chunk: list[tuple[str, str]]) -> UpsertResult:
+            part = UpsertResult()
+            self._send_chunk(chunk, part)
+            return part
+
+        def settle(futures: Iterable[Future[UpsertResult]]) -> None:
+            errors = []
+            for future in futures:
+                try:
+                    part = future.result()
+                except Exception as exc:
+                    errors.append(exc)
+                    continue
+                result.written += part.written
+                result.failed.extend(part.failed)
+            if errors:
+                raise errors[0]
+
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="bulk") as pool:
+            in_flight: set[Future[UpsertResult]] = set()
+            try:
+                for chunk in chunks:
+                    if len(in_flight) >= width:
+                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        settle(done)
+                    in_flight.add(pool.submit(send, chunk))
+            except BaseException:
+                with suppress(Exception):
+                    settle(in_flight)
+                raise
+            settle(in_flight)
 
     def _chunks(
         self, documents: Iterable[Document], result: UpsertResult
@@ -977,8 +1179,7 @@ class OpenSearchIndex:
                 raise SearchIndexError(
                     f"cannot delete {outcome.get('_id')}: {_item_error(outcome)}"
                 )
-        if self.config.refresh_writes:
-            self.refresh()
+        self._after_write()
         return deleted
 
     # -- reads --
@@ -1030,10 +1231,11 @@ class OpenSearchIndex:
         An index written before records existed is read from its mapping (which needs the
         mapping permission the loader has); its scores are OpenSearch 2.x's.
         """
-        if self._layout is not None:
-            return self._layout
+        layout = self._layout
+        if layout is not None and self._clock() - layout.read_at < LAYOUT_TTL_S:
+            return layout
         try:
-            record = self._fetch_record()
+            record, index = self._fetch_record_item()
         except _MissingIndex:
             return _Layout(dim=None, bm25_scale=LEGACY_BM25_FACTOR)  # nothing to cache yet
         if record is None:
@@ -1042,7 +1244,13 @@ class OpenSearchIndex:
         if space not in SPACE_TYPES.values():
             raise SearchIndexError(f"{self.name} uses the vector space {space!r}, not one of ours")
         self._layout = _Layout(
-            dim=int(record["dim"]), bm25_scale=float(record["bm25_scale"]), space_type=space
+            dim=int(record["dim"]),
+            bm25_scale=float(record["bm25_scale"]),
+            space_type=space,
+            index=index,
+            vectors=_count_or_none(record.get("vectors")),
+            captioned_without_vector=_count_or_none(record.get("captioned_without_vector")),
+            read_at=self._clock(),
         )
         return self._layout
 
@@ -1061,7 +1269,7 @@ class OpenSearchIndex:
             raise SearchIndexError(f"{self.name} spans indexes with different vector layouts")
         if not dims:
             return _Layout(dim=None, bm25_scale=LEGACY_BM25_FACTOR)
-        self._layout = _Layout(dims.pop(), LEGACY_BM25_FACTOR, spaces.pop())
+        self._layout = _Layout(dims.pop(), LEGACY_BM25_FACTOR, spaces.pop(), read_at=self._clock())
         return self._layout
 
     def facets(self, fields: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
@@ -1175,16 +1383,21 @@ class OpenSearchIndex:
         return responses
 
     def _search_text(self, query: SearchQuery) -> SearchPage:
+        """One search: the page, and the total counted up to ``total_hits_limit``."""
         assert query.text is not None
         body = build_search_body(
-            build_match_query(query.text, query.filters, query.exclude_ids), query.k, query.offset
+            build_match_query(query.text, query.filters, query.exclude_ids),
+            query.k,
+            query.offset,
+            total_hits=self.config.total_hits_limit,
         )
         answer = self._search(body)
         hits = []
         for h in answer["hits"]["hits"]:
             bm25 = self._bm25(h["_score"])
             hits.append(Hit(image_id=h["_id"], score=bm25, text_score=bm25))
-        return SearchPage(hits=fusion.sort_hits(hits), total=_total(answer))
+        total, relation = _total(answer)
+        return SearchPage(hits=fusion.sort_hits(hits), total=total, total_relation=relation)
 
     def _bm25(self, score: float) -> float:
         return float(score) / self.bm25_scale
@@ -1194,82 +1407,165 @@ class OpenSearchIndex:
         space = self._read_layout().space_type or self.config.space_type
         return knn_score_to_cosine(float(score), space)
 
+    def _counts(self, query: SearchQuery) -> _Layout | None:
+        """Return the layout when its counts give this query's total (no filter, no exclusion:
+        the counts are of the whole index), else None: the request counts for itself."""
+        if query.filters or query.exclude_ids:
+            return None
+        layout = self._read_layout()
+        if layout.vectors is None or layout.captioned_without_vector is None:
+            return None
+        return layout
+
+    def _total_from(
+        self,
+        query: SearchQuery,
+        counts: _Layout | None,
+        answers: Sequence[Mapping[str, Any]],
+    ) -> int:
+        """Return the total of a vector or hybrid query: documents with a vector (after
+        filters), plus, for hybrid, text matches without a vector; from the index record
+        where it holds them for the index that answered, else from the request's aggregations.
+
+        If the hits came from another index than the record read (the alias moved to a new
+        run), the record is read again, once: a query racing the swap itself may then show the
+        new run's total beside the old run's hits, never an error.
+        """
+        answered = {h.get("_index") for a in answers for h in a["hits"]["hits"]} - {None}
+        if counts is not None and counts.index is not None and answered - {counts.index}:
+            self._layout = None
+            counts = self._counts(query)
+        aggs: dict[str, Any] = {}
+        for answer in answers:
+            aggs.update(answer.get("aggregations") or {})
+        wanted = self._count_aggs(query, counts)
+        if wanted.keys() - aggs.keys():
+            # The record read again has no counts (the new run is still loading): count now.
+            body: dict[str, Any] = {"size": 0, "track_total_hits": False, "aggs": wanted}
+            if NO_VECTOR_AGG in wanted:
+                assert query.text is not None
+                body["query"] = build_match_query(query.text, query.filters, query.exclude_ids)
+            aggs.update(self._search(body).get("aggregations") or {})
+        if counts is not None and counts.vectors is not None:
+            vectors = counts.vectors
+        else:
+            vectors = int(aggs[VECTORS_AGG][VECTORS_AGG]["doc_count"])
+        if query.text is None or query.vector is None:
+            return vectors
+        if counts is not None and counts.captioned_without_vector == 0:
+            return vectors
+        return vectors + int(aggs[NO_VECTOR_AGG]["doc_count"])
+
+    def _count_aggs(self, query: SearchQuery, counts: _Layout | None) -> dict[str, Any]:
+        """The aggregations a vector or hybrid request needs for its total (none where the
+        index record has the counts)."""
+        aggs: dict[str, Any] = {}
+        if counts is None:
+            aggs |= build_vector_count_aggs(query)
+        hybrid = query.text is not None and query.vector is not None
+        if hybrid and (counts is None or counts.captioned_without_vector != 0):
+            aggs |= build_no_vector_aggs()
+        return aggs
+
     def _search_vector(self, query: SearchQuery) -> SearchPage:
+        """One search: the kNN page (``k`` = the page's end) and, where the record cannot give
+        it, the filtered vector count as an aggregation."""
         assert query.vector is not None
         knn = build_knn_query(
             query.vector,
-            query.candidates,
+            query.offset + query.k,
             query.filters,
             query.exclude_ids,
             ef_search=self.config.ef_search,
         )
-        page, total = self._msearch(
-            [
-                build_search_body(knn, query.k, query.offset),
-                build_search_body(build_count_query(query), 0),
-            ]
-        )
+        counts = self._counts(query)
+        body = build_search_body(knn, query.k, query.offset)
+        if aggs := self._count_aggs(query, counts):
+            body["aggs"] = aggs
+        answer = self._search(body)
         hits = []
-        for h in page["hits"]["hits"]:
+        for h in answer["hits"]["hits"]:
             cosine = self._cosine(h["_score"])
             hits.append(Hit(image_id=h["_id"], score=cosine, vector_score=cosine))
-        return SearchPage(hits=fusion.sort_hits(hits), total=_total(total))
-
-    def _component_lists(
-        self, query: SearchQuery
-    ) -> tuple[list[tuple[str, float]], list[tuple[str, float]], int]:
-        """Return each sub-query's top N (raw BM25, cosine) and the union total, in one msearch."""
-        assert query.text is not None and query.vector is not None
-        n = query.candidates
-        text, vector, total = self._msearch(
-            [
-                build_search_body(
-                    build_match_query(query.text, query.filters, query.exclude_ids), n
-                ),
-                build_search_body(
-                    build_knn_query(
-                        query.vector,
-                        n,
-                        query.filters,
-                        query.exclude_ids,
-                        ef_search=self.config.ef_search,
-                    ),
-                    n,
-                ),
-                build_search_body(build_count_query(query), 0),
-            ]
-        )
-        text_list = [(h["_id"], self._bm25(h["_score"])) for h in text["hits"]["hits"]]
-        vector_list = [(h["_id"], self._cosine(h["_score"])) for h in vector["hits"]["hits"]]
-        return text_list, vector_list, _total(total)
+        total = self._total_from(query, counts, [answer])
+        return SearchPage(hits=fusion.sort_hits(hits), total=total)
 
     def _search_hybrid_client(self, query: SearchQuery) -> SearchPage:
-        text_list, vector_list, total = self._component_lists(query)
+        """One ``_msearch``: each sub-query's top N (raw BM25, cosine), fused here."""
+        assert query.text is not None and query.vector is not None
+        n = query.candidates
+        counts = self._counts(query)
+        aggs = self._count_aggs(query, counts)
+        text_body = build_search_body(
+            build_match_query(query.text, query.filters, query.exclude_ids), n
+        )
+        knn_body = build_search_body(
+            build_knn_query(
+                query.vector, n, query.filters, query.exclude_ids, ef_search=self.config.ef_search
+            ),
+            n,
+        )
+        if NO_VECTOR_AGG in aggs:
+            text_body["aggs"] = {NO_VECTOR_AGG: aggs.pop(NO_VECTOR_AGG)}
+        if aggs:
+            knn_body["aggs"] = aggs
+        text, vector = self._msearch([text_body, knn_body])
+        text_list = [(h["_id"], self._bm25(h["_score"])) for h in text["hits"]["hits"]]
+        vector_list = [(h["_id"], self._cosine(h["_score"])) for h in vector["hits"]["hits"]]
         end = query.offset + query.k
         fused = fusion.fuse(text_list, vector_list, query.alpha, limit=end)
+        total = self._total_from(query, counts, [text, vector])
         return SearchPage(hits=fused[query.offset : end], total=total)
 
     def _search_hybrid_pipeline(self, query: SearchQuery) -> SearchPage:
+        """One hybrid search through a temporary normalization pipeline; each hit's BM25 and kNN
+        scores come back as its named sub-queries' scores.
+
+        A named query's score is the document's own: a hit from the kNN list whose caption
+        also matches carries its BM25 score even where it was not among the text list's top N
+        (client fusion reports only the scores it fused).
+        """
+        counts = self._counts(query)
         body = build_hybrid_body(query, ef_search=self.config.ef_search)
         body["search_pipeline"] = build_pipeline_body(query.alpha)  # temporary: read-only role
-        answer = self._search(body)
-        text_list, vector_list, total = self._component_lists(query)
-        text_scores, vector_scores = dict(text_list), dict(vector_list)
-        fused = fusion.sort_hits(
-            Hit(
-                image_id=h["_id"],
-                score=float(h["_score"]),
-                text_score=text_scores.get(h["_id"]),
-                vector_score=vector_scores.get(h["_id"]),
+        if aggs := self._count_aggs(query, counts):
+            body["aggs"] = aggs
+        answer = self._search(body, {"include_named_queries_score": "true"})
+        hits = []
+        for h in answer["hits"]["hits"]:
+            named = h.get("matched_queries")
+            scores = named if isinstance(named, Mapping) else {}
+            text_score, vector_score = scores.get(TEXT_QUERY_NAME), scores.get(VECTOR_QUERY_NAME)
+            hits.append(
+                Hit(
+                    image_id=h["_id"],
+                    score=float(h["_score"]),
+                    text_score=None if text_score is None else self._bm25(text_score),
+                    vector_score=None if vector_score is None else self._cosine(vector_score),
+                )
             )
-            for h in answer["hits"]["hits"]
-        )
+        fused = fusion.sort_hits(hits)
+        total = self._total_from(query, counts, [answer])
         return SearchPage(hits=fused[query.offset : query.offset + query.k], total=total)
 
 
-def _total(answer: Mapping[str, Any]) -> int:
+def merge_target(docs: int, shards: int = 1) -> int:
+    """Return the segments per shard a finished run index is merged to."""
+    per_shard = -(-max(docs, 1) // max(shards, 1))
+    return max(1, -(-per_shard // MERGE_DOCS_PER_SEGMENT))
+
+
+def _count_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _total(answer: Mapping[str, Any]) -> tuple[int, TotalRelation]:
+    """Return a search answer's total and whether it is exact (``eq``) or a lower bound."""
     total = answer.get("hits", {}).get("total", 0)
-    return int(total["value"] if isinstance(total, Mapping) else total)
+    if isinstance(total, Mapping):
+        relation: TotalRelation = "gte" if total.get("relation") == "gte" else "eq"
+        return int(total["value"]), relation
+    return int(total), "eq"
 
 
 def _describe_error(error: Any) -> str:

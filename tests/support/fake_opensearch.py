@@ -48,6 +48,7 @@ import json
 import math
 import random
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -98,6 +99,8 @@ class FakeIndex:
     bm25_factor: float = 1.0
     docs: dict[str, dict[str, Any]] = field(default_factory=dict)
     visible: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Lucene segments: a refresh that publishes changes writes one; a force-merge joins them.
+    segments: int = 0
 
     @property
     def refresh_disabled(self) -> bool:
@@ -112,6 +115,8 @@ class FakeIndex:
             self.refresh()
 
     def refresh(self) -> None:
+        if self.visible != self.docs:
+            self.segments += 1
         self.visible = dict(self.docs)
 
     def vector_spec(self) -> dict[str, Any]:
@@ -135,6 +140,7 @@ class _Fault:
     status: int
     remaining: int
     path: str
+    body: str = ""
 
 
 class FakeCluster:
@@ -151,6 +157,8 @@ class FakeCluster:
         self.indexes: dict[str, FakeIndex] = {}
         self.aliases: dict[str, set[str]] = {}
         self.pipelines: dict[str, dict[str, Any]] = {}
+        self.merges: list[tuple[str, int]] = []
+        self._lock = threading.RLock()
         self.requests: list[RecordedRequest] = []
         self.timeouts: list[float | None] = []  # each request's client timeout, in seconds
         self._faults: list[_Fault] = []
@@ -164,9 +172,12 @@ class FakeCluster:
 
     # -- fault injection --
 
-    def fail_requests(self, status: int = 429, times: int = 1, path: str = "") -> None:
-        """Answer the next ``times`` requests whose path contains ``path`` with ``status``."""
-        self._faults.append(_Fault(status, times, path))
+    def fail_requests(
+        self, status: int = 429, times: int = 1, path: str = "", body: str = ""
+    ) -> None:
+        """Answer the next ``times`` requests whose path contains ``path`` (and whose body
+        contains ``body``) with ``status``."""
+        self._faults.append(_Fault(status, times, path, body))
 
     def fail_items(self, image_ids: Iterable[str], status: int = 429, times: int = 1) -> None:
         """Reject these ids in bulk ``times`` times with ``status`` (400 = mapping error)."""
@@ -221,7 +232,14 @@ class FakeCluster:
     def handle(
         self, method: str, path: str, params: Mapping[str, Any] | None, body: bytes | None
     ) -> tuple[int, Any]:
-        """Answer one HTTP request: (status, JSON-able body)."""
+        """Answer one HTTP request: (status, JSON-able body); one at a time, as the engine may
+        send bulk requests from several threads."""
+        with self._lock:
+            return self._handle(method, path, params, body)
+
+    def _handle(
+        self, method: str, path: str, params: Mapping[str, Any] | None, body: bytes | None
+    ) -> tuple[int, Any]:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
         parsed: Any = None
         if text:
@@ -241,7 +259,7 @@ class FakeCluster:
         if refusal is not None:
             return 403, _error(403, "security_exception", refusal)
         for fault in self._faults:
-            if fault.remaining > 0 and fault.path in path:
+            if fault.remaining > 0 and fault.path in path and fault.body in (text or ""):
                 fault.remaining -= 1
                 self.injected[f"request {fault.status}"] += 1
                 return fault.status, _error(fault.status, "injected", "injected fault")
@@ -291,6 +309,8 @@ class FakeCluster:
         if len(parts) == 1:
             return self._index_op(method, parts[0], body)
         target, action = parts[0], parts[1]
+        if action == "_update" and len(parts) == 3 and method == "POST":
+            return self._update_doc(target, unquote(parts[2]), body)
         if action == "_doc" and len(parts) == 3:
             if method == "PUT":
                 return self._put_doc(target, unquote(parts[2]), body)
@@ -305,6 +325,8 @@ class FakeCluster:
             "_msearch": lambda: self._msearch(target, body),
             "_mget": lambda: self._mget(target, body, params),
             "_field_caps": lambda: self._field_caps(target, params),
+            "_forcemerge": lambda: self._forcemerge(target, params),
+            "_segments": lambda: self._segments(target),
         }
         if action not in handlers:
             raise HttpError(400, "illegal_argument_exception", f"unsupported {method} {path}")
@@ -460,6 +482,49 @@ class FakeCluster:
             "_index": index.name,
             "_id": image_id,
             "result": "updated" if existed else "created",
+        }
+
+    def _update_doc(self, name: str, image_id: str, body: Any) -> Any:
+        """A partial update (``doc``): objects merged key by key, as OpenSearch merges them."""
+        index = self._write_index(name)
+        if image_id not in index.docs:
+            raise HttpError(404, "document_missing_exception", f"[{image_id}]: document missing")
+
+        def merge(into: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+            out = dict(into)
+            for key, value in new.items():
+                old = out.get(key)
+                both = isinstance(old, dict) and isinstance(value, Mapping)
+                out[key] = merge(old, value) if both else value
+            return out
+
+        index.write(image_id, merge(index.docs[image_id], body["doc"]))
+        return {"_index": index.name, "_id": image_id, "result": "updated"}
+
+    def _forcemerge(self, name: str, params: Mapping[str, Any]) -> Any:
+        target = int(params.get("max_num_segments", 1))
+        indexes = self._resolve(name)
+        for index in indexes:
+            index.segments = min(index.segments, max(target, 1))
+        self.merges.append((name, target))
+        return {"_shards": {"total": len(indexes), "successful": len(indexes), "failed": 0}}
+
+    def _segments(self, name: str) -> Any:
+        """``GET _segments``: one primary shard per index with its segments."""
+        return {
+            "indices": {
+                index.name: {
+                    "shards": {
+                        "0": [
+                            {
+                                "routing": {"primary": True},
+                                "segments": {f"_{i}": {} for i in range(index.segments)},
+                            }
+                        ]
+                    }
+                }
+                for index in self._resolve(name)
+            }
         }
 
     def _field_caps(self, name: str, params: Mapping[str, Any]) -> Any:
@@ -624,11 +689,17 @@ class FakeCluster:
         total = len(scored)
         page = scored[offset : offset + size]
         source = body.get("_source", True)
+        named = evaluator.named_queries(query) if params.get("include_named_queries_score") else {}
+        homes = self._homes(name)
         hits = []
         for image_id, score in page:
-            hit: dict[str, Any] = {"_index": name, "_id": image_id, "_score": score}
+            hit: dict[str, Any] = {"_index": homes.get(image_id, name), "_id": image_id}
+            hit["_score"] = score
             if source is not False:
                 hit["_source"] = docs[image_id]
+            if named:
+                scores_of = {n: m[image_id] for n, m in named.items() if image_id in m}
+                hit["matched_queries"] = scores_of
             hits.append(hit)
         failed, timed_out = self._partial.pop(0) if self._partial else (0, False)
         shards: dict[str, Any] = {"total": 1 + failed, "successful": 1, "failed": failed}
@@ -639,14 +710,26 @@ class FakeCluster:
             "took": 1,
             "timed_out": timed_out,
             "_shards": shards,
-            "hits": {"total": {"value": total, "relation": "eq"}, "hits": hits},
+            "hits": {"hits": hits},
         }
+        # track_total_hits: exact up to 10,000 by default, a bound, every match (true), or none.
+        track = body.get("track_total_hits", 10_000)
+        if track is True:
+            answer["hits"]["total"] = {"value": total, "relation": "eq"}
+        elif track is not False:
+            bound = int(track)
+            relation = "gte" if total > bound else "eq"
+            answer["hits"]["total"] = {"value": min(total, bound), "relation": relation}
         if "aggs" in body or "aggregations" in body:
             matched = evaluator.matching(query) if "hybrid" not in query else dict(scored)
             answer["aggregations"] = evaluator.aggregations(
                 body.get("aggs") or body["aggregations"], matched
             )
         return answer
+
+    def _homes(self, name: str) -> dict[str, str]:
+        """Image id -> the physical index holding it (hits name it, not the alias)."""
+        return {i: index.name for index in self._resolve(name) for i in index.visible}
 
 
 class _Evaluator:
@@ -828,10 +911,32 @@ class _Evaluator:
         }
         return sorted(combined.items(), key=lambda item: -item[1])
 
+    def named_queries(self, query: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+        """Each named clause (``_name``) of a hybrid or bool query -> the scores it gives."""
+        ((kind, spec),) = query.items()
+        clauses = spec.get("queries", []) if kind == "hybrid" else [query]
+        out: dict[str, dict[str, float]] = {}
+        for clause in clauses:
+            ((clause_kind, clause_spec),) = clause.items()
+            inner = clause_spec if clause_kind == "bool" else next(iter(clause_spec.values()))
+            if isinstance(inner, Mapping) and "_name" in inner:
+                out[str(inner["_name"])] = self.matching(clause)
+        return out
+
     def aggregations(self, aggs: Mapping[str, Any], matched: Mapping[str, float]) -> dict[str, Any]:
-        """Answer ``terms`` aggregations over the matching documents."""
-        out = {}
+        """Answer ``terms``, ``filter`` and ``global`` aggregations (with sub-aggregations)."""
+        out: dict[str, Any] = {}
         for name, spec in aggs.items():
+            if "global" in spec or "filter" in spec:
+                if "global" in spec:
+                    within = dict.fromkeys(self.docs, 1.0)
+                else:
+                    chosen = self.matching(spec["filter"])
+                    within = {i: s for i, s in matched.items() if i in chosen}
+                out[name] = {"doc_count": len(within)}
+                if spec.get("aggs"):
+                    out[name] |= self.aggregations(spec["aggs"], within)
+                continue
             terms = spec["terms"]
             counts: Counter[str] = Counter()
             for image_id in matched:

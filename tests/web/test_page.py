@@ -444,3 +444,24 @@ def test_query_typed_while_the_page_starts_is_kept(page: Any) -> None:
     page.press("#q", "Enter")
     expect_phase(page, "done")
     assert page_params(page)["q"] == [QUERY]
+
+
+def test_a_total_counted_to_a_bound_shows_as_a_lower_bound(page: Any, web_server: str) -> None:
+    # Given an engine that stopped counting at 10,000 (OpenSearch's bound: total_relation gte)
+    def bounded(route: Any) -> None:
+        response = route.fetch()
+        body = response.json()
+        body.update(total=10_000, total_relation="gte")
+        route.fulfill(response=response, json=body)
+
+    page.route(re.compile(r".*/search\?.*"), bounded)
+    # When a text search is shown
+    page.goto("/")
+    page.click("label[for=mode-text]")
+    page.fill("#q", "fracture")
+    page.press("#q", "Enter")
+    expect_phase(page, "done")
+    # Then the page says "10,000+", not a false exact number, and paging stays open
+    expect(page.locator("#status")).to_contain_text("of 10,000+")
+    expect(page.locator("#range")).to_contain_text("of 10,000+")
+    expect(page.locator("#next")).to_be_enabled()

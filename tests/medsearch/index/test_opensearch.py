@@ -247,6 +247,7 @@ def test_vector_query_body_with_filter_matches_golden(
     loaded: OpenSearchIndex, cluster: FakeCluster
 ) -> None:
     # Fake: compares the request sent, which only a recording server shows.
+    cluster.requests.clear()
     page = loaded.search(
         SearchQuery(
             vector=unit([1, 0.2, 0, 0]),
@@ -255,26 +256,71 @@ def test_vector_query_body_with_filter_matches_golden(
             exclude_ids=frozenset({"a2"}),
         )
     )
-    request = last(cluster, "/_msearch")
-    assert_golden("search_vector_msearch", request.body)
-    knn = request.body[1]["query"]["knn"]["vector"]
-    assert knn["k"] == 100 and "filter" in knn  # efficient filtering: the filter is inside knn
+    # One request: the kNN page and, filtered, the vector count beside it as an aggregation
+    assert [r.path for r in cluster.requests if "_mget" not in r.path] == ["/medsearch/_search"]
+    request = last(cluster, "/_search")
+    assert_golden("search_vector", request.body)
+    knn = request.body["query"]["knn"]["vector"]
+    assert knn["k"] == 2 and "filter" in knn  # the page's end; efficient filtering inside knn
     assert [h.image_id for h in page.hits] == ["a3"]
     assert page.total == 1
 
 
-def test_hybrid_query_and_pipeline_match_golden(
+def test_unfiltered_vector_and_hybrid_totals_come_from_the_index_record(
     loaded: OpenSearchIndex, cluster: FakeCluster
+) -> None:
+    # Fake: counts the requests sent and what they ask for.
+    # Given a finished load (its record counts documents with a vector) and a read record
+    vector = unit([0, 1, 0, 0])
+    loaded.search(SearchQuery(vector=vector))
+    cluster.requests.clear()
+    # When unfiltered vector and hybrid queries run
+    pages = [
+        loaded.search(SearchQuery(vector=vector, k=2)),
+        loaded.search(SearchQuery(text="lung", vector=vector, k=2)),
+    ]
+    # Then each is one request with no count in it, and the totals are the record's
+    assert [r.path for r in cluster.requests] == ["/medsearch/_search", "/medsearch/_msearch"]
+    for request in cluster.requests:
+        bodies = request.body if isinstance(request.body, list) else [request.body]
+        assert not any("aggs" in body for body in bodies if isinstance(body, dict))
+    assert [page.total for page in pages] == [3, 3]
+
+
+def test_hybrid_client_fusion_is_one_msearch_matching_golden(
+    loaded: OpenSearchIndex, cluster: FakeCluster, clock: Clock
 ) -> None:
     # Fake: compares the requests sent, which only a recording server shows.
     loaded.search(SearchQuery(text="lung nodule", vector=unit([0, 1, 0, 0]), alpha=0.3, k=2))
-    search = last(cluster, "/medsearch/_search")
-    # The fusion travels in the request as a temporary pipeline: searching creates nothing, so
-    # a role that may only read can run it
-    assert search.params == {}
+    cluster.requests.clear()
+    page = loaded.search(
+        SearchQuery(text="lung nodule", vector=unit([0, 1, 0, 0]), alpha=0.3, k=2, offset=1)
+    )
+    assert [r.path for r in cluster.requests] == ["/medsearch/_msearch"]
+    assert_golden("search_hybrid_msearch", cluster.requests[0].body)
+    assert page.total == 3 and page.total_relation == "eq"
+
+
+def test_hybrid_query_and_pipeline_match_golden(cluster: FakeCluster, clock: Clock) -> None:
+    # Fake: compares the requests sent, which only a recording server shows.
+    index = make_index(cluster, clock, hybrid="pipeline")
+    index.create(DIM)
+    with index.loading():
+        assert index.upsert(DOCS).failed == []
+    index.swap_alias("medsearch")
+    reader = index.with_name("medsearch")
+    reader.search(SearchQuery(text="lung", k=1))
+    cluster.requests.clear()
+    page = reader.search(SearchQuery(text="lung nodule", vector=unit([0, 1, 0, 0]), alpha=0.3, k=2))
+    # One request: the fusion travels in it as a temporary pipeline (searching creates nothing,
+    # so a role that may only read can run it), the breakdown as named sub-query scores
+    assert [r.path for r in cluster.requests] == ["/medsearch/_search"]
+    search = cluster.requests[0]
+    assert search.params == {"include_named_queries_score": "true"}
     assert_golden("hybrid_pipeline", search.body.pop("search_pipeline"))
     assert_golden("search_hybrid", search.body)
     assert cluster.requests_to("/_search/pipeline") == [] and cluster.pipelines == {}
+    assert all(h.text_score is not None or h.vector_score is not None for h in page.hits)
 
 
 def test_bulk_body_is_ndjson_with_ids_matching_golden(cluster: FakeCluster, clock: Clock) -> None:
@@ -418,9 +464,9 @@ def test_given_a_multi_az_with_standby_domain_then_no_request_leaves_a_copy_coun
     index.swap_alias("medsearch")
     # Then every request kept 3 copies (replicas stay 2 while loading too) and the run is live
     replicas = {
-        r.body["index"]["number_of_replicas"] for r in cluster.requests_to("/_settings", "PUT")
+        r.body["index"].get("number_of_replicas") for r in cluster.requests_to("/_settings", "PUT")
     }
-    assert replicas == {2}
+    assert replicas - {None} == {2}
     assert cluster.indexes["medsearch-r2"].settings["number_of_replicas"] == 2
     assert index.with_name("medsearch").count() == len(DOCS)
 
@@ -869,3 +915,23 @@ def test_given_a_faiss_index_when_read_with_the_default_config_then_scores_are_c
     hits = reader.search(SearchQuery(vector=query, k=3)).hits
     expected = {d.image_id: float(np.dot(d.vector, query)) for d in DOCS}
     assert {h.image_id: h.vector_score for h in hits} == pytest.approx(expected, abs=1e-5)
+
+
+def test_bulk_requests_in_flight_together_lose_no_document(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    # Fake: throttles chosen items and fails a chosen request, which a healthy node never does.
+    # Given two bulk requests in flight at a time, one document per request
+    docs = [Document(f"c{i}", f"case {i}", unit([1, i, 0, 0])) for i in range(9)]
+    index = make_index(cluster, clock, bulk_max_docs=1, bulk_concurrency=2)
+    index.create(DIM)
+    # When some items are throttled once, every document lands exactly once
+    cluster.fail_items(["c2", "c5"], status=429, times=1)
+    result = index.upsert(docs)
+    assert (result.written, result.failed) == (9, [])
+    index.refresh()
+    assert index.count() == 9
+    # And a request that fails for good stops the load with its error, not a silent gap
+    cluster.fail_requests(status=400, times=1, path="_bulk")
+    with pytest.raises(SearchIndexError, match="400"):
+        index.upsert(docs)

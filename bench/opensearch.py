@@ -13,8 +13,9 @@ engine:
   embedded engine and for OpenSearch in both hybrid modes: ``pipeline`` (the neural-search
   normalization processor) and ``client`` (both top-N lists in one ``_msearch``, fused by
   :mod:`medsearch.fusion`), beside the raw request of the same depth (:class:`RawRequests`) and
-  the raw depth-10 hybrid, all taking turns query by query; the embedded engine is measured alone, before the node
-  starts (taking turns with OpenSearch slowed it 2-3x: JVM, client and engine share the cores);
+  the raw depth-10 hybrid, all taking turns query by query; the embedded engine is measured
+  alone, before the node starts (taking turns with OpenSearch slowed it 2-3x: JVM, client and
+  engine share the cores);
 - vector recall@10 of each engine against exact search, how far the two hybrid modes agree, and
   the HTTP round trip of ``GET /`` (the floor under every OpenSearch latency).
 

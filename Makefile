@@ -48,13 +48,15 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# bench/opensearch.py starts a local OpenSearch node (Java 17 + Maven; skipped without them).
+# bench/opensearch.py starts a local OpenSearch node (Java 17 + Maven; skipped without them);
+# bench/fusion_depth.py measures hybrid depth on the demo (built in build/demo if missing) and MedPix.
 # bench/cold_start.py exports a ViT-B/32-sized CLIP once (build/bench/) and times the search API's
 # cold start in fresh processes, also on the built package where python3.12 is installed.
 bench: install lambda-package
 	$(BIN)/python bench/search_latency.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/opensearch.py
+	$(BIN)/python bench/fusion_depth.py
 	$(BIN)/python bench/cold_start.py
 
 # The Lambdas' zip content, build/search_api/, build/index_loader/ and build/pipeline/ (wheels for

@@ -25,7 +25,9 @@ local node started the way the test suite starts it (``tests/support/opensearch_
 user's cluster (basic auth in the URL; the bench index is deleted at the end).
 On one machine, client, node and the embedded engine share the cores: compare within a run.
 
-The figures go under ``"opensearch"`` in ``bench/results.json`` (other sections are kept).
+The figures go under ``"opensearch"`` / ``"<docs>"`` in ``bench/results.json`` (other sections
+and other sizes are kept): ``make bench`` runs 20,000 documents, and ``--docs 185000`` the
+production size.
 
     .venv/bin/python bench/opensearch.py [--docs 20000] [--queries 200] [--url URL] [--heap 2g]
 """
@@ -272,6 +274,16 @@ def write_section(path: Path, key: str, section: dict[str, Any]) -> None:
     os.replace(tmp, path)  # a reader never sees a half-written file
 
 
+def runs_by_size(path: Path) -> dict[str, Any]:
+    """Return the recorded runs of this bench by document count (``{"20000": {...}, ...}``), so a
+    run at one size keeps the figures of the others."""
+    with contextlib.suppress(OSError, ValueError):
+        section = json.loads(path.read_text()).get(SECTION)
+        if isinstance(section, dict):
+            return {k: v for k, v in section.items() if k.isdigit() and isinstance(v, dict)}
+    return {}
+
+
 def ratio(value: float, baseline: float) -> float:
     """Return ``value / baseline`` (infinite for a zero baseline)."""
     return value / baseline if baseline > 0 else float("inf")
@@ -511,8 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         # A quick try must not replace the recorded figures; an explicit --results still writes.
         print(f"not written to {RESULTS} (fewer than {MIN_DOCS} documents; give --results)")
         return 0
-    write_section(args.results, SECTION, section)
-    print(f"wrote the {SECTION!r} section of {args.results}")
+    write_section(args.results, SECTION, {**runs_by_size(args.results), str(n): section})
+    print(f"wrote {SECTION!r} / {str(n)!r} of {args.results}")
     return 0
 
 

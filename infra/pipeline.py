@@ -65,6 +65,8 @@ SAGEMAKER_RETRY = {
     "JitterStrategy": "FULL",
 }
 LOAD_POLL = Duration.minutes(1)
+# How often a publish whose run index is still merging is asked again.
+MERGE_POLL = Duration.minutes(1)
 # A SnapStart version is usable once its snapshot is taken (State "Active").
 VERSION_POLL = Duration.seconds(30)
 
@@ -323,6 +325,23 @@ class Pipeline(Construct):
             "$.published",
         )
         not_published = failure("NotPublished", "the loader did not publish the run (see its logs)")
+        # A run index's force-merge can outlast one loader invocation (about 9 minutes for 185k
+        # documents on a 2-core node); the merge goes on in the domain, and publishing again
+        # waits for it, within the load deadline.
+        wait_for_merge = sfn.Wait(self, "WaitForMerge", time=sfn.WaitTime.duration(MERGE_POLL))
+        merge_clock = sfn.Pass(
+            self,
+            "ReadMergeClock",
+            parameters={"now": sfn.JsonPath.string_at("$$.State.EnteredTime")},
+            result_path="$.clock",
+        )
+        merge_timed_out = failure(
+            "MergeTimedOut",
+            sfn.JsonPath.format(
+                "run index still merging at the load deadline {}",
+                sfn.JsonPath.string_at("$.plan.loadDeadline"),
+            ),
+        )
 
         live_model = sfn.Pass(
             self,
@@ -467,6 +486,19 @@ class Pipeline(Construct):
                         .when(
                             sfn.Condition.boolean_equals("$.published.published", True),
                             promote,
+                        )
+                        .when(
+                            sfn.Condition.boolean_equals("$.published.merging", True),
+                            wait_for_merge.next(merge_clock).next(
+                                sfn.Choice(self, "MergeDeadline?")
+                                .when(
+                                    sfn.Condition.timestamp_greater_than_json_path(
+                                        "$.clock.now", "$.plan.loadDeadline"
+                                    ),
+                                    merge_timed_out,
+                                )
+                                .otherwise(publish)
+                            ),
                         )
                         .otherwise(not_published)
                     ),

@@ -51,5 +51,10 @@ class SearchIndexError(MedsearchError):
     """An index that cannot be opened, built or written (HTTP 503 in the API)."""
 
 
+class MergeRunning(SearchIndexError):
+    """A run index's force-merge outlasted the wait given to it; it runs on in the domain, and
+    asking again waits for it (a publish to retry later, not a failure)."""
+
+
 class StorageError(MedsearchError):
     """A file or object that cannot be read or written."""

@@ -42,7 +42,7 @@ import numpy as np
 from medsearch import storage
 from medsearch.constants import TRANSFORM_OUTPUT_SUFFIX, VECTORS_PREFIX
 from medsearch.data.manifest import BadRecord, Record, read_manifest
-from medsearch.errors import InvalidInputError, MedsearchError, SearchIndexError
+from medsearch.errors import InvalidInputError, MedsearchError, MergeRunning, SearchIndexError
 from medsearch.index.base import Document, SearchIndex, SearchQuery, UpsertResult
 from medsearch.vectors import normalize
 
@@ -69,8 +69,8 @@ class RunIndex(SearchIndex, Protocol):
         """Create the index (idempotent)."""
         ...
 
-    def finish_load(self) -> None:
-        """Restore refresh and replicas and refresh."""
+    def finish_load(self, *, merge_wait: float | None = None) -> None:
+        """Refresh, merge (waiting at most ``merge_wait`` s), restore replicas."""
         ...
 
     def swap_alias(self, alias: str, *, keep: int | None = None) -> list[str]:
@@ -380,7 +380,9 @@ class IndexLoader:
                 result.errors.append(f"{url}: {exc}")
         return result
 
-    def publish_completed(self, reports: Iterable[ObjectReport]) -> list[str]:
+    def publish_completed(
+        self, reports: Iterable[ObjectReport], *, merge_wait: float | None = None
+    ) -> list[str]:
         """Publish the runs of these objects that are complete now (with ``auto_publish``).
 
         Returns the physical index names published. A run that cannot be published is logged,
@@ -392,8 +394,10 @@ class IndexLoader:
         published: list[str] = []
         for run_id, prefix in prefixes.items():
             try:
-                if self.publish(run_id, prefix):
+                if self.publish(run_id, prefix, merge_wait=merge_wait):
                     published.append(self._name(self.config.alias, run_id))
+            except MergeRunning as exc:
+                log.info("run %s not published yet: %s", run_id, exc)
             except MedsearchError as exc:
                 log.error("cannot publish run %s: %s", run_id, exc)
         return published
@@ -412,8 +416,15 @@ class IndexLoader:
                 status.incomplete.append(url)
         return status
 
-    def publish(self, run_id: str, prefix: str, *, force: bool = False) -> bool:
-        """Publish a complete run: restore settings, verify the count, swap the alias.
+    def publish(
+        self,
+        run_id: str,
+        prefix: str,
+        *,
+        force: bool = False,
+        merge_wait: float | None = None,
+    ) -> bool:
+        """Publish a complete run: restore settings, merge, verify the count, swap the alias.
 
         Complete = every output object under ``prefix`` has a report without failures, and the
         reports wrote every manifest record (with or without a vector); ``force`` skips
@@ -421,7 +432,8 @@ class IndexLoader:
         older run over a newer one (a rollback); without it, a late redelivery of an old run
         never replaces a newer live run. Raises if the index holds a different number of
         documents than the reports wrote, or does not answer :meth:`check_answers`; the alias
-        stays where it was.
+        stays where it was. A merge longer than ``merge_wait`` seconds raises
+        :class:`MergeRunning` (the alias stays; publishing again waits for the merge).
         """
         status = self.run_status(run_id, prefix)
         if not status.ready(force=force):
@@ -438,7 +450,7 @@ class IndexLoader:
                 "run %s not published: the newer %s is live behind %s", run_id, newer, alias
             )
             return False
-        index.finish_load()
+        index.finish_load(merge_wait=merge_wait)
         count = index.count()
         if count != status.written:
             raise SearchIndexError(

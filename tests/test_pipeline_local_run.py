@@ -297,9 +297,14 @@ def live_alias(cluster: FakeCluster) -> set[str]:
 
 def test_a_run_goes_from_the_manifest_to_the_live_alias_and_model(world: Any) -> None:
     definition, resources, aws, cluster = world
+    # The run index's merge takes longer than two loader invocations wait (240 s each of the
+    # stub's 300 s): the publish answers "merging", and the pipeline asks again
+    cluster.merge_seconds = 500.0
     execution = asl.run(definition, TINY, resources, execution_name="retrain-1")
     assert execution.status == "SUCCEEDED", (execution.error, execution.cause)
     run = execution.output["plan"]["run"]
+    assert execution.states().count("WaitForMerge") == 2
+    assert execution.states().count("Publish") == 3 and cluster.merge_seconds == 20.0
     # The run index holds every manifest record, and the alias moved to it.
     assert live_alias(cluster) == {f"medsearch-{run}"}
     assert len(cluster.documents("medsearch")) == RECORDS

@@ -13,7 +13,11 @@ here, with Powertools' data classes, so the core stays free of AWS formats:
 * a direct S3 notification (or an EventBridge "Object Created" event) raises when an object did
   not load completely, so Lambda's asynchronous retries apply;
 * ``{"action": "publish", "output_prefix": "s3://...", "force": false}`` publishes a run by hand
-  (``{"published": bool}``; a run index that fails the publish check raises, the alias stays);
+  (``{"published": bool, "merging": bool}``; a run index that fails the publish check raises,
+  the alias stays). The run index's force-merge may take longer than one invocation (about
+  9 minutes for 185k documents on a 2-core node): a publish waits for it while the invocation
+  has time, then answers ``merging: true``, and the merge goes on in the domain; the pipeline
+  asks again until it is done;
 * ``{"action": "status", "output_prefix": "s3://.../vectors/<run>", "records": N}`` tells the
   pipeline how far a run's loading is: ``{"complete", "failed", "objects", "loaded",
   "documents", "reason"}`` (:meth:`medsearch.loader.RunStatus.summary`).
@@ -54,6 +58,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lambdas import opensearch_client
 from medsearch.constants import INDEX_LOADER_SERVICE, METRICS_NAMESPACE
+from medsearch.errors import MergeRunning
 from medsearch.index.opensearch import OpenSearchConfig, OpenSearchIndex, run_index_name
 from medsearch.loader import (
     DEFAULT_RUN_PATTERN,
@@ -281,6 +286,16 @@ def _record(results: list[LoadResult], published: list[str], *, failed: int) -> 
     metrics.add_metric("RunsPublished", MetricUnit.Count, len(published))
 
 
+# What a publish needs after its merge: replicas, counts, the publish check and the alias swap.
+PUBLISH_MARGIN_S = 60.0
+
+
+def merge_wait(context: LambdaContext) -> float:
+    """Seconds a publish may wait for its index's merge: what is left of this invocation, less
+    what the steps after the merge need (:data:`PUBLISH_MARGIN_S`)."""
+    return max(context.get_remaining_time_in_millis() / 1000 - PUBLISH_MARGIN_S, 1.0)
+
+
 def _is_sqs_batch(event: dict[str, Any]) -> bool:
     """Tell an SQS batch (answered with ``batchItemFailures``) from a direct S3 event."""
     records = event.get("Records")
@@ -303,20 +318,25 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     publish = publish_event(event)
     if publish is not None:
         prefix, force = publish
-        done = loader.publish(loader.config.run_id(prefix + "/"), prefix, force=force)
+        run_id = loader.config.run_id(prefix + "/")
+        try:
+            done = loader.publish(run_id, prefix, force=force, merge_wait=merge_wait(context))
+        except MergeRunning as exc:
+            logger.info("run not published yet: its index is merging", extra={"reason": str(exc)})
+            return {"published": False, "merging": True}
         metrics.add_metric("RunsPublished", MetricUnit.Count, int(done))
-        return {"published": done}
+        return {"published": done, "merging": False}
     if _is_sqs_batch(event):
         batch = _Batch(loader)
         answer = process_partial_response(
             event=event, record_handler=batch.load_message, processor=processor, context=context
         )
         reports = [r for result in batch.results for r in result.reports]
-        published = loader.publish_completed(reports)
+        published = loader.publish_completed(reports, merge_wait=merge_wait(context))
         _record(batch.results, published, failed=batch.failed)
         return dict(answer)
     result = loader.load_objects(object_urls(event))
-    published = loader.publish_completed(result.reports)
+    published = loader.publish_completed(result.reports, merge_wait=merge_wait(context))
     _record([result], published, failed=int(not result.ok))
     if not result.ok:
         _log_incomplete(None, result)

@@ -69,11 +69,11 @@ from urllib.parse import quote, unquote, urlsplit
 import numpy as np
 from opensearchpy import OpenSearch, RequestsHttpConnection
 from opensearchpy.exceptions import ConnectionError as TransportConnectionError
-from opensearchpy.exceptions import TransportError
+from opensearchpy.exceptions import ConnectionTimeout, TransportError
 from opensearchpy.helpers.signer import RequestsAWSV4SignerAuth
 
 from medsearch import fusion
-from medsearch.errors import ConfigError, InvalidInputError, SearchIndexError
+from medsearch.errors import ConfigError, InvalidInputError, MergeRunning, SearchIndexError
 from medsearch.index.analysis import (
     ANALYZER_NAME,
     LEGACY_BM25_FACTOR,
@@ -832,34 +832,53 @@ class OpenSearchIndex:
             {"refresh_interval": "-1", "number_of_replicas": self.config.load_replicas}
         )
 
-    def finish_load(self) -> None:
+    def finish_load(self, *, merge_wait: float | None = None) -> None:
         """Make a load searchable and cheap to search: refresh, merge segments, restore replicas,
         and record what readers count on.
 
         The merge runs before the replicas come back, so they copy merged segments instead of
         merging themselves; each kNN query searches every segment's graph, so fewer segments is
-        faster search (:func:`merge_target` says how few, from the document count).
+        faster search (:func:`merge_target` says how few, from the document count). A merge
+        longer than ``merge_wait`` seconds raises :class:`MergeRunning` and leaves the replicas
+        for the call that finds it done.
         """
         self._put_settings({"refresh_interval": self.config.refresh_interval})
         self.refresh()
-        self.merge()
-        self._put_settings({"number_of_replicas": self.config.replicas})
         self._record_load_facts()
+        self.refresh()  # the record's new version goes into the merged segment, not a new one
+        self.merge(wait=merge_wait)
+        self._put_settings({"number_of_replicas": self.config.replicas})
 
-    def merge(self, segments: int | None = None) -> float:
+    def merge(self, segments: int | None = None, *, wait: float | None = None) -> float:
         """Force-merge to ``segments`` per shard (default :func:`merge_target`); return seconds.
 
-        Idempotent (a merged index merges in no time), so a publish retried after a timeout
-        does not start over.
+        Waits at most ``wait`` seconds (default :data:`MERGE_TIMEOUT_S`), then raises
+        :class:`MergeRunning`: a merge goes on in the domain when its caller stops waiting, and
+        a second force-merge of the index waits for the running one, so asking again (a publish
+        retried later) resumes the wait instead of starting over. A merged index merges in no
+        time. The wait is never retried as a failure: that would only queue more merges.
         """
         docs = self.count()
         target = merge_target(docs, self.config.shards) if segments is None else segments
+        timeout = MERGE_TIMEOUT_S if wait is None else max(wait, 1.0)
         started = self._clock()
-        self._request(
-            "POST",
-            f"/{self.name}/_forcemerge",
-            params={"max_num_segments": target, "request_timeout": MERGE_TIMEOUT_S},
-        )
+        try:
+            self._client.transport.perform_request(
+                "POST",
+                f"/{self.name}/_forcemerge",
+                params={"max_num_segments": target, "request_timeout": timeout},
+            )
+        except ConnectionTimeout:
+            log.info("merging %s to %d segment(s) goes on past %.0f s", self.name, target, timeout)
+            raise MergeRunning(
+                f"{self.name}: merging {docs} documents to {target} segment(s) per shard takes "
+                f"longer than {timeout:.0f} s; it goes on in the domain, publish again to wait"
+            ) from None
+        except TransportError as exc:
+            reason = f"{exc.status_code} {_error_text(exc)}"
+            raise SearchIndexError(
+                f"OpenSearch force-merge of {self.name} failed: {reason}"
+            ) from exc
         self.refresh()  # searchers move to the merged segments and the old ones are freed
         seconds = self._clock() - started
         log.info(

@@ -132,9 +132,15 @@ def test_given_a_publish_event_then_a_partial_run_is_published_by_hand(
 
     boto3.client("s3", region_name="us-east-1").delete_object(Bucket=loader_env, Key=keys[1])
     event = {"action": "publish", "output_prefix": f"s3://{loader_env}/vectors/run-1/"}
-    assert loader_handler.handler(event, LambdaContextStub()) == {"published": False}
+    assert loader_handler.handler(event, LambdaContextStub()) == {
+        "published": False,
+        "merging": False,
+    }
     event["force"] = True
-    assert loader_handler.handler(event, LambdaContextStub()) == {"published": True}
+    assert loader_handler.handler(event, LambdaContextStub()) == {
+        "published": True,
+        "merging": False,
+    }
     assert cluster.aliases == {"medsearch": {"medsearch-run-1"}}
 
 

@@ -360,7 +360,7 @@ def test_given_a_complete_run_then_publish_checks_text_and_knn_answers_before_th
 ) -> None:
     load(manual, loader_env, write_run(loader_env))
     assert "medsearch" not in cluster.aliases
-    assert publish(manual, loader_env) == {"published": True}
+    assert publish(manual, loader_env) == {"published": True, "merging": False}
     assert cluster.aliases == {"medsearch": {"medsearch-run-1"}}
     # One text query and one kNN query with a stored vector went to the run index, before the swap
     searches = cluster.requests_to("/medsearch-run-1/_search")
@@ -386,7 +386,7 @@ def test_given_a_run_index_that_does_not_answer_then_publish_fails_and_the_alias
         publish(manual, loader_env, "run-2")
     # Then the alias stays on run 1; once the index answers, the publish goes through
     assert cluster.aliases == {"medsearch": {"medsearch-run-1"}}
-    assert publish(manual, loader_env, "run-2") == {"published": True}
+    assert publish(manual, loader_env, "run-2") == {"published": True, "merging": False}
     assert cluster.aliases == {"medsearch": {"medsearch-run-2"}}
 
 
@@ -403,7 +403,7 @@ def test_given_a_run_without_vectors_then_publish_checks_text_only(
         storage.write_text(f"s3://{loader_env}/{key}", errors)
     load(manual, loader_env, keys)
     assert all(doc.get("vector") is None for doc in cluster.documents("medsearch-run-1").values())
-    assert publish(manual, loader_env) == {"published": True}
+    assert publish(manual, loader_env) == {"published": True, "merging": False}
     # The text query was asked; with no stored vector there is no kNN query
     searches = cluster.requests_to("/medsearch-run-1/_search")
     assert [r for r in searches if "match" in json.dumps(r.body)]
@@ -418,4 +418,24 @@ def test_given_auto_publish_when_the_index_does_not_answer_then_the_run_stays_un
     cluster.fail_requests(status=400, times=1, path="/medsearch-run-1/_search")
     load(loader_handler, loader_env, keys[1:])  # loads; the publish is logged as failed
     assert "medsearch" not in cluster.aliases
-    assert publish(loader_handler, loader_env) == {"published": True}
+    assert publish(loader_handler, loader_env) == {"published": True, "merging": False}
+
+
+def test_given_a_merge_longer_than_the_invocation_then_publish_answers_merging_and_later_publishes(
+    manual: ModuleType, loader_env: str, cluster: FakeCluster
+) -> None:
+    # Given a loaded run whose index needs more merge time than one invocation has left
+    load(manual, loader_env, write_run(loader_env))
+    cluster.merge_seconds = 400.0  # the stub invocation has 300 s left; 60 s stay for the rest
+    # When it is published: not yet, the merge goes on, and the alias stays unset
+    assert publish(manual, loader_env) == {"published": False, "merging": True}
+    assert "medsearch" not in cluster.aliases
+    # Then asking again waits out the rest of the merge and publishes
+    assert publish(manual, loader_env) == {"published": True, "merging": False}
+    assert cluster.aliases == {"medsearch": {"medsearch-run-1"}}
+    waits = [
+        t
+        for t, r in zip(cluster.timeouts, cluster.requests, strict=False)
+        if "_forcemerge" in r.path
+    ]
+    assert waits and all(t == 240.0 for t in waits)

@@ -129,7 +129,7 @@ def published(
             {"action": "publish", "output_prefix": f"s3://{loader_env}/vectors/{run}"},
             LambdaContextStub(),
         )
-        assert published == {"published": True}
+        assert published == {"published": True, "merging": False}
     return role
 
 

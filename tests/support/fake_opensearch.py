@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from opensearchpy import Connection, OpenSearch
+from opensearchpy.exceptions import ConnectionTimeout
 
 from medsearch.index.analysis import BM25_B as B
 from medsearch.index.analysis import BM25_K1 as K1
@@ -158,6 +159,9 @@ class FakeCluster:
         self.aliases: dict[str, set[str]] = {}
         self.pipelines: dict[str, dict[str, Any]] = {}
         self.merges: list[tuple[str, int]] = []
+        # Seconds of domain time the next force-merges need: a request waiting less times out
+        # (the merge goes on, and the time it waited is spent), as a client giving up does.
+        self.merge_seconds = 0.0
         self._lock = threading.RLock()
         self.requests: list[RecordedRequest] = []
         self.timeouts: list[float | None] = []  # each request's client timeout, in seconds
@@ -972,6 +976,11 @@ class FakeConnection(Connection):
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, dict[str, str], str]:
         self.cluster.timeouts.append(timeout)
+        cluster = self.cluster
+        if url.endswith("/_forcemerge") and timeout is not None and cluster.merge_seconds > timeout:
+            cluster.merge_seconds -= timeout
+            cluster.requests.append(RecordedRequest(method, url, dict(params or {}), None))
+            raise ConnectionTimeout("TIMEOUT", f"read timed out after {timeout} s", None)
         status, answer = self.cluster.handle(method, url, params, body)
         raw = json.dumps(answer)
         if not 200 <= status < 300 and status not in tuple(ignore):

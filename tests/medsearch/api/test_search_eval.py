@@ -99,3 +99,22 @@ def test_given_modes_and_a_sweep_when_evaluated_then_each_query_text_is_encoded_
     # Then each text went through the encoder once, and the scores are those of the plain service
     assert sorted(encoder.encoded) == ["meniscus", "red"]
     assert report == evaluate_search(service, queries, k=10, sweep=(0.0, 0.3, 1.0))
+
+
+def test_given_depths_when_compared_then_each_is_measured_against_the_reference(
+    service: SearchService,
+) -> None:
+    # Given a hybrid query, compared at depth 100 (the reference) and 1 (the page's end rules)
+    from medsearch.search_eval import depth_agreement
+
+    assert service.encoder is not None
+    queries = [Query("red knee", RED)]
+    report = depth_agreement(service.index, service.encoder, queries, [1, 100], reference=100)
+    # Then depth 100 keeps its own top 10 whole, with the same R@10, and depth 1 is a share
+    assert report["reference_depth"] == 100 and report["queries"] == 1
+    assert report["depths"]["100"] == {
+        "overlap": 1.0,
+        "min_overlap": 1.0,
+        "r@10": report["reference_r@10"],
+    }
+    assert 0.0 <= report["depths"]["1"]["overlap"] <= 1.0

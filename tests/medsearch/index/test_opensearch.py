@@ -23,7 +23,7 @@ from index_contract import reference_bm25
 from opensearchpy import RequestsHttpConnection
 
 from medsearch.constants import API_GATEWAY_TIMEOUT_S, SEARCH_REQUEST_BUDGET_S
-from medsearch.errors import ConfigError, InvalidInputError, SearchIndexError
+from medsearch.errors import ConfigError, InvalidInputError, MergeRunning, SearchIndexError
 from medsearch.index.analysis import LEGACY_BM25_FACTOR
 from medsearch.index.base import Document, SearchIndex, SearchQuery
 from medsearch.index.opensearch import (
@@ -935,3 +935,25 @@ def test_bulk_requests_in_flight_together_lose_no_document(
     cluster.fail_requests(status=400, times=1, path="_bulk")
     with pytest.raises(SearchIndexError, match="400"):
         index.upsert(docs)
+
+
+def test_a_merge_longer_than_its_wait_goes_on_and_a_second_call_finishes_it(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    # Fake: a merge needing more domain time than its caller waits is a slow node's behaviour.
+    # Given a loaded run whose merge needs 50 s of domain time
+    index = make_index(cluster, clock)
+    index.create(DIM)
+    index.begin_load()
+    assert index.upsert(DOCS).failed == []
+    cluster.merge_seconds = 50.0
+    # When the load finishes waiting 30 s for it: MergeRunning, and the replicas wait too
+    with pytest.raises(MergeRunning, match="goes on in the domain"):
+        index.finish_load(merge_wait=30)
+    assert cluster.indexes["medsearch-run1"].settings["number_of_replicas"] == 0
+    # Then the next call waits out the rest and finishes the load
+    index.finish_load(merge_wait=30)
+    assert cluster.indexes["medsearch-run1"].settings["number_of_replicas"] == 1
+    assert index.segments() == 1
+    forcemerges = [r for r in cluster.requests if r.path.endswith("/_forcemerge")]
+    assert len(forcemerges) == 2  # never retried as a failure

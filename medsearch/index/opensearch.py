@@ -441,20 +441,31 @@ def build_knn_query(
 
 
 def build_search_body(
-    query: Mapping[str, Any], size: int, offset: int = 0, *, total_hits: int | bool = False
+    query: Mapping[str, Any],
+    size: int,
+    offset: int = 0,
+    *,
+    total_hits: int | bool = False,
+    by_id: bool = False,
 ) -> dict[str, Any]:
     """Return a search request for ids and scores only (no ``_source``).
 
     ``total_hits``: count matches exactly up to this many (``True``: all of them), or not at all
-    (``False``: the default, for sub-queries whose total comes from elsewhere).
+    (``False``: the default, for sub-queries whose total comes from elsewhere). ``by_id``: equal
+    scores in image_id order, as every engine ranks them; BM25 ties are common (short captions
+    alike), and without it the cut at ``size`` follows Lucene's document order, which bulk
+    requests in flight together and merges shuffle (measured +2-6 % on a match query).
     """
-    return {
+    body: dict[str, Any] = {
         "query": dict(query),
         "from": offset,
         "size": size,
         "_source": False,
         "track_total_hits": total_hits,
     }
+    if by_id:
+        body["sort"] = [{"_score": "desc"}, {ID_FIELD: "asc"}]
+    return body
 
 
 def build_hybrid_body(query: SearchQuery, *, ef_search: int | None = None) -> dict[str, Any]:
@@ -736,11 +747,14 @@ class OpenSearchIndex:
         params: Mapping[str, Any] | None = None,
         *,
         ignore: Sequence[int] = (),
+        timeout: float | None = None,
     ) -> Any:
         """Send one request; retry 429/5xx/connection errors with capped, jittered back-off.
 
         With ``config.request_budget``, each attempt's timeout is what is left of the budget and
-        no retry starts that would end after it.
+        no retry starts that would end after it. With ``timeout``, each attempt waits that long
+        and a timeout is raised to the caller (``ConnectionTimeout``), never retried: the caller
+        chose how long to wait.
         """
         attempts = self.config.max_attempts
         budget = self.config.request_budget
@@ -749,8 +763,14 @@ class OpenSearchIndex:
             query = dict(params or {})
             if deadline is not None:
                 query["request_timeout"] = max(deadline - self._clock(), 0.001)
+            if timeout is not None:
+                query["request_timeout"] = timeout
             try:
                 return self._client.transport.perform_request(method, path, params=query, body=body)
+            except ConnectionTimeout:
+                if timeout is not None:
+                    raise
+                reason = "connection timed out"
             except TransportConnectionError as exc:
                 reason = f"connection error: {exc}"
             except TransportError as exc:
@@ -856,17 +876,19 @@ class OpenSearchIndex:
         :class:`MergeRunning`: a merge goes on in the domain when its caller stops waiting, and
         a second force-merge of the index waits for the running one, so asking again (a publish
         retried later) resumes the wait instead of starting over. A merged index merges in no
-        time. The wait is never retried as a failure: that would only queue more merges.
+        time. A 429 or 5xx is retried as any request is; a wait that ends is not: that would
+        only queue more merges.
         """
         docs = self.count()
         target = merge_target(docs, self.config.shards) if segments is None else segments
         timeout = MERGE_TIMEOUT_S if wait is None else max(wait, 1.0)
         started = self._clock()
         try:
-            self._client.transport.perform_request(
+            self._request(
                 "POST",
                 f"/{self.name}/_forcemerge",
-                params={"max_num_segments": target, "request_timeout": timeout},
+                params={"max_num_segments": target},
+                timeout=timeout,
             )
         except ConnectionTimeout:
             log.info("merging %s to %d segment(s) goes on past %.0f s", self.name, target, timeout)
@@ -874,11 +896,6 @@ class OpenSearchIndex:
                 f"{self.name}: merging {docs} documents to {target} segment(s) per shard takes "
                 f"longer than {timeout:.0f} s; it goes on in the domain, publish again to wait"
             ) from None
-        except TransportError as exc:
-            reason = f"{exc.status_code} {_error_text(exc)}"
-            raise SearchIndexError(
-                f"OpenSearch force-merge of {self.name} failed: {reason}"
-            ) from exc
         self.refresh()  # searchers move to the merged segments and the old ones are freed
         seconds = self._clock() - started
         log.info(
@@ -1409,6 +1426,7 @@ class OpenSearchIndex:
             query.k,
             query.offset,
             total_hits=self.config.total_hits_limit,
+            by_id=True,
         )
         answer = self._search(body)
         hits = []
@@ -1516,7 +1534,7 @@ class OpenSearchIndex:
         counts = self._counts(query)
         aggs = self._count_aggs(query, counts)
         text_body = build_search_body(
-            build_match_query(query.text, query.filters, query.exclude_ids), n
+            build_match_query(query.text, query.filters, query.exclude_ids), n, by_id=True
         )
         knn_body = build_search_body(
             build_knn_query(

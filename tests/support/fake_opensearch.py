@@ -689,7 +689,10 @@ class FakeCluster:
             scored = evaluator.hybrid(query["hybrid"], pipeline, offset + size)
         else:
             scores = evaluator.matching(query)
-            scored = sorted(scores.items(), key=lambda item: -item[1])
+            if "image_id" in json.dumps(body.get("sort", [])):  # [_score desc, image_id asc]
+                scored = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+            else:
+                scored = sorted(scores.items(), key=lambda item: -item[1])
         total = len(scored)
         page = scored[offset : offset + size]
         source = body.get("_source", True)

@@ -65,8 +65,8 @@ def test_given_a_query_when_search_then_the_response_has_every_field(client: Tes
     response = client.get("/search", params={"q": "knee meniscus", "mode": "hybrid", "k": 3})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"query", "mode", "alpha", "image_id", "total", "offset", "k", "took_ms",
-                         "results"}  # fmt: skip
+    assert set(body) == {"query", "mode", "alpha", "image_id", "total", "total_relation", "offset",
+                         "k", "took_ms", "results"}  # fmt: skip
     assert (body["query"], body["mode"], body["alpha"], body["offset"]) == (
         "knee meniscus",
         "hybrid",

@@ -97,8 +97,9 @@ def test_given_medpix_captions_when_searched_on_both_engines_then_the_matches_ag
             assert b.hits[0].text_score == pytest.approx(a.hits[0].text_score, rel=0.02), query
     overlap = sum(overlaps) / len(overlaps)
     print(f"{same_total}/{len(queries)} same total, mean top-10 overlap {overlap:.4f}")
-    # Then they find the same captions, but for words whose stem the Snowball revision moved
-    assert overlap >= 0.99
+    # Then they find the same captions, but for words whose stem the Snowball revision moved,
+    # and equal scores rank in image_id order on both (whatever order the bulk load wrote)
+    assert overlap >= 0.999
     for query in apart:
         revised = [t for t in analyze(query) if t.startswith(SNOWBALL_REVISED_PREFIXES)]
         assert revised, f"{query!r}: totals differ without a revised stem"

@@ -76,7 +76,8 @@ class SearchPage:
     """A page of hits and the total number of matches, stable across pages of one query.
 
     total: text-only = documents matching the caption query; vector-only = documents with a vector
-    (after filters); hybrid = the union of both sets.
+    (after filters); hybrid = the union of both sets. ``total_relation`` is ``"gte"`` where the
+    engine stopped counting at a bound (OpenSearch's text totals, past 10,000 by default).
     """
 
     hits: list[Hit]

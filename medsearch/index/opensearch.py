@@ -43,12 +43,19 @@ engine (:mod:`medsearch.index.analysis`): the record says how much larger the cr
 raw scores are (2.2 for OpenSearch before 3.0, whose default is ``LegacyBM25Similarity``; 1 from
 3.0), and readers divide by it. kNN scores are
 converted back from OpenSearch's score to the cosine (see :func:`knn_score_to_cosine`), so hits
-carry the same numbers as the embedded engine. Hybrid queries fuse through a temporary search
+carry the same numbers as the embedded engine.
+
+Every query is one request. Text: a ``match`` whose total is counted up to
+``total_hits_limit`` (then ``total_relation="gte"``). Vector: a ``knn`` cut at the page's end.
+Hybrid (``hybrid="client"``, the default): one ``_msearch`` of both sub-queries' top N, fused
+by :mod:`medsearch.fusion`, so each hit has the raw scores it was fused from and the ranking is
+the embedded engine's; or (``hybrid="pipeline"``) one hybrid query through a temporary search
 pipeline sent in the request itself, with the ``normalization-processor`` (``min_max``,
 ``arithmetic_mean``, weights ``[1 - alpha, alpha]``, alpha rounded to :data:`ALPHA_DECIMALS`
-decimals), so searching needs read permissions only: no ``PUT _search/pipeline`` (a cluster
-permission and a cluster-state update) from the search role; or on the client with
-:mod:`medsearch.fusion` for domains without the neural-search plugin (``hybrid="client"``).
+decimals) and named sub-queries whose scores come back per hit; searching needs read
+permissions only either way (no ``PUT _search/pipeline``, a cluster permission). Vector and
+hybrid totals build on counts a finished load writes into the index record (documents with a
+vector, captioned ones without); filtered queries count in an aggregation of the same request.
 """
 
 from __future__ import annotations

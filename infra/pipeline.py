@@ -303,12 +303,16 @@ class Pipeline(Construct):
             },
             "$.load",
         )
-        clock = sfn.Pass(
-            self,
-            "ReadClock",
-            parameters={"now": sfn.JsonPath.string_at("$$.State.EnteredTime")},
-            result_path="$.clock",
-        )
+        def read_clock(name: str) -> sfn.Pass:
+            """A Pass that puts the time it was entered at ``$.clock.now`` (for deadlines)."""
+            return sfn.Pass(
+                self,
+                name,
+                parameters={"now": sfn.JsonPath.string_at("$$.State.EnteredTime")},
+                result_path="$.clock",
+            )
+
+        clock = read_clock("ReadClock")
         load_failed = failure("LoadFailed", sfn.JsonPath.string_at("$.load.reason"))
         load_timed_out = failure(
             "LoadTimedOut",
@@ -329,12 +333,7 @@ class Pipeline(Construct):
         # documents on a 2-core node); the merge goes on in the domain, and publishing again
         # waits for it, within the load deadline.
         wait_for_merge = sfn.Wait(self, "WaitForMerge", time=sfn.WaitTime.duration(MERGE_POLL))
-        merge_clock = sfn.Pass(
-            self,
-            "ReadMergeClock",
-            parameters={"now": sfn.JsonPath.string_at("$$.State.EnteredTime")},
-            result_path="$.clock",
-        )
+        merge_clock = read_clock("ReadMergeClock")
         merge_timed_out = failure(
             "MergeTimedOut",
             sfn.JsonPath.format(

@@ -187,17 +187,6 @@ def round_trip(client: Any, count: int) -> dict[str, float]:
     return {"p50_ms": round(p50, 3), "p99_ms": round(p99, 3)}
 
 
-def wait_for_merges(client: Any, name: str, timeout: float = 600.0) -> float:
-    """Wait until no merge runs on the index (they follow the final refresh); return seconds."""
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        stats = client.transport.perform_request("GET", f"/{name}/_stats/merge")
-        if stats["indices"][name]["total"]["merges"]["current"] == 0:
-            break
-        time.sleep(0.5)
-    return time.perf_counter() - started
-
-
 def exact_top(vectors: np.ndarray, query: np.ndarray, k: int) -> set[int]:
     """Return the rows of the ``k`` nearest unit vectors by cosine (numpy, exact)."""
     scores = vectors @ (query / np.linalg.norm(query))
@@ -233,12 +222,6 @@ def node_facts(client: Any) -> dict[str, Any]:
     nodes = client.transport.perform_request("GET", "/_nodes/stats/jvm")["nodes"]
     heap = next(iter(nodes.values()))["jvm"]["mem"]["heap_max_in_bytes"] if nodes else None
     return {"version": info["version"]["number"], "nodes": len(nodes), "heap_max_bytes": heap}
-
-
-def segment_count(client: Any, name: str) -> int:
-    """Return the number of Lucene segments of an index (kNN searches each one's graph)."""
-    rows = client.transport.perform_request("GET", f"/_cat/segments/{name}", {"format": "json"})
-    return len(rows)
 
 
 @contextlib.contextmanager
@@ -401,14 +384,12 @@ def main(argv: list[str] | None = None) -> int:
                 seconds, finish_s, written, failed = load_opensearch(loader, docs, args.dim)
                 if written != n or loader.count() != n:
                     raise SystemExit(f"OpenSearch wrote {written} of {n} ({failed} failed)")
-                merge_s = wait_for_merges(client, name)
                 load["opensearch"] = {
                     "docs": n,
                     "seconds": round(seconds, 2),
                     "docs_per_s": round(n / seconds),
                     "finish_load_s": round(finish_s, 2),
-                    "merge_wait_s": round(merge_s, 2),
-                    "segments": segment_count(client, name),
+                    "segments": loader.segments(),
                     "bulk_concurrency": base.bulk_concurrency,
                 }
                 print(

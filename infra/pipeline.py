@@ -303,6 +303,7 @@ class Pipeline(Construct):
             },
             "$.load",
         )
+
         def read_clock(name: str) -> sfn.Pass:
             """A Pass that puts the time it was entered at ``$.clock.now`` (for deadlines)."""
             return sfn.Pass(

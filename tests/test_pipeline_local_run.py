@@ -295,6 +295,14 @@ def live_alias(cluster: FakeCluster) -> set[str]:
     return cluster.aliases.get("medsearch", set())
 
 
+def first_run_live(world: Any) -> tuple[set[str], str]:
+    """Run the pipeline once to success; return the live alias targets and live model after it."""
+    definition, resources, _, cluster = world
+    first = asl.run(definition, TINY, resources, execution_name="retrain-1")
+    assert first.status == "SUCCEEDED", first.cause
+    return set(live_alias(cluster)), storage.read_text(f"s3://{ARTIFACTS}/{LIVE_MODEL_KEY}")
+
+
 def test_a_run_goes_from_the_manifest_to_the_live_alias_and_model(world: Any) -> None:
     definition, resources, aws, cluster = world
     # The run index's merge takes longer than two loader invocations wait (240 s each of the
@@ -327,10 +335,7 @@ def test_a_run_goes_from_the_manifest_to_the_live_alias_and_model(world: Any) ->
 
 def test_a_failing_gate_leaves_the_live_alias_and_model_untouched(world: Any) -> None:
     definition, resources, aws, cluster = world
-    first = asl.run(definition, TINY, resources, execution_name="retrain-1")
-    assert first.status == "SUCCEEDED", first.cause
-    before_alias = set(live_alias(cluster))
-    before_model = storage.read_text(f"s3://{ARTIFACTS}/{LIVE_MODEL_KEY}")
+    before_alias, before_model = first_run_live(world)
     # When a second run must beat an impossible bar
     # (an untrained model: its R@10 over the evaluation images is that of chance)
     untrained = {**TINY["hyperparameters"], "epochs": "0"}
@@ -349,10 +354,7 @@ def test_a_failing_gate_leaves_the_live_alias_and_model_untouched(world: Any) ->
 
 def test_a_failing_load_leaves_the_live_alias_and_model_untouched(world: Any) -> None:
     definition, resources, aws, cluster = world
-    first = asl.run(definition, TINY, resources, execution_name="retrain-1")
-    assert first.status == "SUCCEEDED", first.cause
-    before_alias = set(live_alias(cluster))
-    before_model = storage.read_text(f"s3://{ARTIFACTS}/{LIVE_MODEL_KEY}")
+    before_alias, before_model = first_run_live(world)
     # When the second run's transform writes lines the loader cannot use
     aws.corrupt_outputs = True
     second = asl.run(definition, TINY, resources, execution_name="retrain-2")

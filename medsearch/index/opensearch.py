@@ -1490,15 +1490,14 @@ class OpenSearchIndex:
                 assert query.text is not None
                 body["query"] = build_match_query(query.text, query.filters, query.exclude_ids)
             aggs.update(self._search(body).get("aggregations") or {})
-        if counts is not None and counts.vectors is not None:
-            vectors = counts.vectors
-        else:
+        # Each count comes from the aggregation asked for it, else from the record.
+        if VECTORS_AGG in wanted:
             vectors = int(aggs[VECTORS_AGG][VECTORS_AGG]["doc_count"])
-        if query.text is None or query.vector is None:
-            return vectors
-        if counts is not None and counts.captioned_without_vector == 0:
-            return vectors
-        return vectors + int(aggs[NO_VECTOR_AGG]["doc_count"])
+        else:
+            assert counts is not None and counts.vectors is not None
+            vectors = counts.vectors
+        without = int(aggs[NO_VECTOR_AGG]["doc_count"]) if NO_VECTOR_AGG in wanted else 0
+        return vectors + without
 
     def _count_aggs(self, query: SearchQuery, counts: _Layout | None) -> dict[str, Any]:
         """The aggregations a vector or hybrid request needs for its total (none where the

@@ -3,7 +3,10 @@
 The tree has ``training/``, ``validation/`` and ``test/`` folders. Each holds tab-separated
 ``image_id<TAB>caption`` files (``*.csv``/``*.txt``/``*.tsv``; concept-detection files, whose
 names mention "concept", are ignored) and nested image folders, where an image is found by its
-file stem (= ``image_id``).
+file stem (= ``image_id``). The images of a folder may also sit in a top-level folder named as
+the data set ships them (``ConceptDetectionValidation2017/``, ``CaptionPredictionTraining2017/``,
+...); both layouts are searched. A folder whose captions match no image at all is an error, never
+an empty split.
 
 The reference resplit is reproduced:
 
@@ -18,12 +21,19 @@ The reference resplit is reproduced:
 Every record keeps ``source_split`` (the original folder) as metadata. Images missing on disk,
 invalid or duplicate ids are left out and reported (``<manifest stem>.bad_records.jsonl``), never
 fatal.
+
+Image paths in the manifest are relative to its folder, so the output folder can move (or be
+copied under an ``s3://`` prefix) as a whole: images below that folder are referenced in place,
+others are hard-linked (copied where the file system cannot link) into its ``images/`` folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +45,21 @@ from medsearch.data.manifest import (
     write_manifest,
     write_report,
 )
-from medsearch.errors import InvalidInputError, ManifestError
+from medsearch.errors import InvalidInputError, ManifestError, StorageError
 
 log = logging.getLogger(__name__)
 
 SOURCE_FOLDERS = ("training", "validation", "test")
+# The top-level folders the data set's archives unpack to, per original folder.
+TOP_LEVEL_FOLDERS = {
+    source: tuple(f"{task}{word}2017" for task in ("CaptionPrediction", "ConceptDetection"))
+    for source, word in (
+        ("training", "Training"),
+        ("validation", "Validation"),
+        ("test", "Testing"),
+    )
+}
+IMAGES_FOLDER = "images"
 CAPTION_SUFFIXES = {".csv", ".txt", ".tsv"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".tif", ".tiff", ".bmp", ".gif"}
 VALIDATION_SHARE = 0.1
@@ -100,16 +120,42 @@ def find_id_lists(folder: Path) -> list[Path]:
     return found
 
 
-def index_images(folder: Path) -> dict[str, Path]:
-    """Map image stem → path for every image file below a folder (first in sorted order wins)."""
+def image_folders(root: Path, source: str) -> list[Path]:
+    """Return where an original folder's images may be: nested in it, then top-level folders."""
+    return [root / source, *(root / name for name in TOP_LEVEL_FOLDERS[source])]
+
+
+def index_images(*folders: Path) -> dict[str, Path]:
+    """Map image stem → path for every image file below the folders (first found wins)."""
     images: dict[str, Path] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            if path.stem in images:
-                log.warning("image %s found twice; using %s", path.stem, images[path.stem])
-                continue
-            images[path.stem] = path
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                if path.stem in images:
+                    log.warning("image %s found twice; using %s", path.stem, images[path.stem])
+                    continue
+                images[path.stem] = path
     return images
+
+
+def place_image(image: Path, image_id: str, out_dir: Path) -> Path:
+    """Return the image's path inside ``out_dir``: in place if below it, else linked or copied."""
+    image = image.resolve()
+    if image.is_relative_to(out_dir):
+        return image
+    target = out_dir / IMAGES_FOLDER / f"{image_id}{image.suffix}"
+    try:
+        if target.exists():
+            if os.path.samefile(image, target):
+                return target
+            target.unlink()
+        try:
+            os.link(image, target)
+        except OSError:  # another file system, or one without hard links
+            shutil.copy2(image, target)
+    except OSError as exc:
+        raise StorageError(f"cannot place {image} at {target}: {exc.strerror or exc}") from exc
+    return target
 
 
 def read_captions(path: Path) -> list[tuple[str, str, str]]:
@@ -130,6 +176,7 @@ def import_imageclef(root: Path, out: Path, seed: int = 42) -> ImportResult:
     """Turn an ImageCLEF 2017 caption-prediction tree into a manifest with the reference resplit."""
     root, out = Path(root), Path(out)
     folders = {name: root / name for name in SOURCE_FOLDERS}
+    searched = {name: image_folders(root, name) for name in SOURCE_FOLDERS}
     if not any(folder.is_dir() for folder in folders.values()):
         raise InvalidInputError(
             f"{root} has none of the folders {', '.join(SOURCE_FOLDERS)}: not an ImageCLEF tree"
@@ -159,22 +206,33 @@ def import_imageclef(root: Path, out: Path, seed: int = 42) -> ImportResult:
         caption_files = find_caption_files(folder)
         if not caption_files:
             raise InvalidInputError(f"{folder}: no tab-separated image_id<TAB>caption file found")
-        images = index_images(folder)
+        looked_in = [f for f in searched[source] if f.is_dir()]
+        places = " or ".join(str(f) for f in looked_in)
+        images = index_images(*looked_in)
+        captioned = found = 0
         for path in caption_files:
             for image_id, caption, where in read_captions(path):
                 if not accept(image_id, where):
                     continue
+                captioned += 1
                 image = images.get(image_id)
                 if image is None:
                     missing.append(image_id)
-                    bad.append(BadRecord(image_id, f"{where}: image file not found under {folder}"))
+                    bad.append(BadRecord(image_id, f"{where}: image file not found under {places}"))
                     continue
+                found += 1
                 seen.add(image_id)
                 entries.append((image_id, caption or None, source, image))
+        if captioned and not found:
+            raise InvalidInputError(
+                f"{source}: no image of its {captioned} captioned ids found; looked in "
+                + ", ".join(str(f) for f in searched[source])
+            )
 
     test_folder = folders["test"]
     if test_folder.is_dir():
-        images = index_images(test_folder)
+        test_places = [f for f in searched["test"] if f.is_dir()]
+        images = index_images(*test_places)
         listed: list[tuple[str, str]] = []
         for path in find_id_lists(test_folder) + find_caption_files(test_folder):
             listed += [(image_id, where) for image_id, _, where in read_captions(path)]
@@ -182,7 +240,11 @@ def import_imageclef(root: Path, out: Path, seed: int = 42) -> ImportResult:
             if image_id not in images and image_id not in seen:
                 missing.append(image_id)
                 bad.append(
-                    BadRecord(image_id, f"{where}: image file not found under {test_folder}")
+                    BadRecord(
+                        image_id,
+                        f"{where}: image file not found under "
+                        + " or ".join(str(f) for f in test_places),
+                    )
                 )
                 seen.add(image_id)  # report a missing test image once
         for image_id, image in images.items():
@@ -191,11 +253,15 @@ def import_imageclef(root: Path, out: Path, seed: int = 42) -> ImportResult:
                 entries.append((image_id, None, "test", image))
 
     splits = _resplit([e[0] for e in entries if e[2] == "training"], seed)
+    out_dir = out.parent.resolve()
+    (out_dir / IMAGES_FOLDER).mkdir(parents=True, exist_ok=True)
     records = []
     for entry_id, text, source, path in entries:
         split = {"validation": "test", "test": None}.get(source, splits.get(entry_id))
-        records.append(Record(entry_id, str(path.resolve()), text, split, {"source_split": source}))
-    out.parent.mkdir(parents=True, exist_ok=True)
+        location = place_image(path, entry_id, out_dir).relative_to(out_dir).as_posix()
+        records.append(Record(entry_id, location, text, split, {"source_split": source}))
+    with contextlib.suppress(OSError):  # left empty when every image was below out_dir
+        (out_dir / IMAGES_FOLDER).rmdir()
     write_manifest(out, records)
     counts = Counter(r.split or "none" for r in records)
     result = ImportResult(

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from medsearch import storage
 from medsearch.cli import main
 from medsearch.data.imageclef import import_imageclef, validation_size
+from medsearch.data.images import load_image
 from medsearch.data.manifest import read_manifest
 from medsearch.errors import InvalidInputError
 
@@ -135,3 +137,97 @@ def test_given_training_folder_without_caption_file_when_imported_then_clear_err
     save_image(tmp_path / "training" / "x.jpg")
     with pytest.raises(InvalidInputError, match="no tab-separated"):
         import_imageclef(tmp_path, tmp_path / "m.jsonl")
+
+
+def test_given_validation_images_in_top_level_folder_when_imported_then_test_split_filled(
+    tmp_path: Path,
+) -> None:
+    # Given the layout where the validation images ship in a top-level
+    # ConceptDetectionValidation2017/ folder beside validation/ (which holds only the captions)
+    root = tmp_path / "clef"
+    ids = make_tree(root)
+    (root / "validation" / "images").rename(root / "ConceptDetectionValidation2017")
+    # When imported
+    result = import_imageclef(root, tmp_path / "m.jsonl", seed=7)
+    # Then the original validation images are found and make the test split
+    assert result.counts["test"] == 6
+    test_ids = {r.image_id for r in read_manifest(tmp_path / "m.jsonl", split="test")}
+    assert test_ids == set(ids["validation"])
+
+
+def test_given_validation_captions_without_images_when_imported_then_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given validation captions whose images are in neither layout
+    root = tmp_path / "clef"
+    make_tree(root)
+    for image in (root / "validation" / "images").iterdir():
+        image.unlink()
+    out = tmp_path / "m.jsonl"
+    # When imported, Then it fails naming the folders looked in, and writes no manifest
+    with pytest.raises(InvalidInputError, match="no image") as caught:
+        import_imageclef(root, out)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(root / "validation") in message
+    assert str(root / "ConceptDetectionValidation2017") in message
+    assert not out.exists()
+    # And the CLI ends with that one line and exit status 2
+    assert main(["import-imageclef", "--root", str(root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ConceptDetectionValidation2017" in err
+
+
+def test_given_imported_output_folder_when_moved_then_manifest_reads_and_images_load(
+    tmp_path: Path,
+) -> None:
+    # Given an import whose output folder is outside the ImageCLEF tree
+    make_tree(tmp_path / "clef")
+    import_imageclef(tmp_path / "clef", tmp_path / "out" / "manifest.jsonl", seed=7)
+    # When the output folder is moved elsewhere and the tree is gone from where it was
+    (tmp_path / "clef").rename(tmp_path / "gone")
+    (tmp_path / "elsewhere").mkdir()
+    moved = (tmp_path / "out").rename(tmp_path / "elsewhere" / "moved")
+    # Then every image path is relative to the manifest's folder, inside it
+    lines = [json.loads(line) for line in (moved / "manifest.jsonl").read_text().splitlines()]
+    assert len(lines) == 40
+    assert all(
+        not Path(line["image"]).is_absolute() and ".." not in Path(line["image"]).parts
+        for line in lines
+    )
+    # And the manifest reads and its images load from the new place
+    records = read_manifest(moved / "manifest.jsonl")
+    assert all(Path(r.image).is_relative_to(moved) for r in records)
+    assert all(load_image(r.image).size == (8, 8) for r in records)
+
+
+def test_given_output_folder_inside_tree_when_imported_then_images_referenced_in_place(
+    tmp_path: Path,
+) -> None:
+    # Given a manifest written at the root of the tree
+    root = tmp_path / "clef"
+    ids = make_tree(root)
+    import_imageclef(root, root / "manifest.jsonl", seed=7)
+    # Then images are referenced where they are, relative to the root, and nothing is copied
+    lines = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    image = {line["image_id"]: line["image"] for line in lines}
+    assert image[ids["validation"][0]] == f"validation/images/{ids['validation'][0]}.jpg"
+    assert not (root / "images").exists()
+
+
+def test_given_output_folder_copied_to_s3_when_read_then_images_resolve_under_prefix(
+    tmp_path: Path, s3_bucket: str
+) -> None:
+    # Given an imported output folder copied as is under an s3:// prefix
+    make_tree(tmp_path / "clef")
+    out = tmp_path / "out"
+    import_imageclef(tmp_path / "clef", out / "manifest.jsonl", seed=7)
+    prefix = f"s3://{s3_bucket}/clef-run"
+    for path in out.rglob("*"):
+        if path.is_file():
+            storage.write_bytes(f"{prefix}/{path.relative_to(out).as_posix()}", path.read_bytes())
+    # When read from S3, Then every image resolves under that prefix and loads
+    records = read_manifest(f"{prefix}/manifest.jsonl")
+    assert len(records) == 40
+    assert all(r.image.startswith(f"{prefix}/images/") for r in records)
+    assert load_image(records[0].image).size == (8, 8)

@@ -20,7 +20,10 @@ from medsearch import storage
 from medsearch.errors import ConfigError, StorageError
 
 TINY = "tiny"
-SCHEDULES = ("cosine", "linear")
+# The base of real use; ``tiny`` trains from scratch where no pretrained weights can be had.
+DEFAULT_BASE = "openai/clip-vit-base-patch32"
+SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZERS = ("adamw", "adam")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -37,16 +40,29 @@ class TrainConfig:
         default=Path(), metadata={"help": "output folder: final model, history.jsonl, curve PNG"}
     )
     base: str = _opt(
-        "'tiny' (from scratch), a Hugging Face id, a model folder or an s3:// prefix", default=TINY
+        "a Hugging Face id, a model folder, an s3:// prefix, or 'tiny' (a small CLIP from scratch)",
+        default=DEFAULT_BASE,
     )
     epochs: int | None = _opt("passes over the (possibly cut) training set; 0 saves the base")
     batch_size: int | None = _opt("image-caption pairs per step (contrastive negatives)")
-    lr: float | None = _opt("peak learning rate of AdamW")
-    warmup: float | None = _opt("warm-up: a fraction of all steps (< 1) or a step count (>= 1)")
-    schedule: str = _opt("learning-rate decay after warm-up: cosine or linear", default="cosine")
+    lr: float | None = _opt("peak learning rate")
+    warmup: float | None = _opt(
+        "warm-up: a fraction of all steps (< 1) or a step count (>= 1); none with 'constant'"
+    )
+    schedule: str = _opt(
+        "learning rate after warm-up: cosine or linear decay, or constant", default="cosine"
+    )
+    optimizer: str = _opt(
+        "adamw (decoupled decay, CLIP's betas 0.9/0.98) or adam (torch's defaults, no decay)",
+        default="adamw",
+    )
     max_samples: int | None = _opt("cut each epoch to this many samples (0 = whole set)")
-    weight_decay: float | None = _opt("AdamW weight decay (never on biases, norms, logit_scale)")
-    grad_clip: float = _opt("clip the global gradient norm to this (0 = off)", default=1.0)
+    weight_decay: float | None = _opt(
+        "weight decay (never on biases, norms, logit_scale); adamw only"
+    )
+    grad_clip: float | None = _opt(
+        "clip the global gradient norm to this (0 = off; default 1.0 with adamw, off with adam)"
+    )
     precision: str = _opt("auto | fp32 | bf16 | fp16 (autocast on GPU only)", default="auto")
     freeze_vision: bool = _opt("keep the vision tower's weights fixed", default=False)
     freeze_text: bool = _opt("keep the text tower's weights fixed", default=False)
@@ -73,6 +89,13 @@ class TrainConfig:
         """Return a copy with the base's defaults filled in, validated."""
         defaults = TINY_DEFAULTS if self.is_tiny else PRETRAINED_DEFAULTS
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        if self.schedule == "constant" and self.warmup is None:
+            filled["warmup"] = 0.0  # a constant rate from the first step
+        if self.grad_clip is None:
+            # Plain Adam is the earlier recipe: no decay, no warm-up, no clipping.
+            filled["grad_clip"] = 0.0 if self.optimizer == "adam" else 1.0
+        if self.optimizer == "adam" and self.weight_decay is None:
+            filled["weight_decay"] = 0.0
         if self.checkpoint_dir is None and self.out != Path():
             filled["checkpoint_dir"] = Path(self.out) / "checkpoints"
         config = dataclasses.replace(self, **filled)
@@ -117,7 +140,17 @@ class TrainConfig:
             self.weight_decay,
             ">= 0",
         )
-        _check(_finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0")
+        _check(
+            self.grad_clip is None or (_finite(self.grad_clip) and self.grad_clip >= 0),
+            "grad_clip",
+            self.grad_clip,
+            ">= 0",
+        )
+        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, " or ".join(OPTIMIZERS))
+        if self.optimizer == "adam" and self.weight_decay:
+            raise ConfigError(
+                "weight_decay needs optimizer adamw: Adam's L2 penalty is not weight decay"
+            )
         _check(
             self.caption_dropout is None
             or (_finite(self.caption_dropout) and 0 <= self.caption_dropout < 1),

@@ -36,10 +36,13 @@ from medsearch.model.encoder import TorchEncoder, select_device
 from medsearch.model.loading import ClipBundle, load_clip, save_clip
 from medsearch.model.tiny import build_tiny_clip
 from medsearch.train.checkpoint import (
+    BASE,
     latest_checkpoint,
     load_checkpoint,
     restore_rng_state,
+    run_identity,
     save_checkpoint,
+    start_run,
 )
 from medsearch.train.config import TrainConfig
 from medsearch.train.data import Collate, PairDataset
@@ -53,7 +56,6 @@ HISTORY = "history.jsonl"
 CURVE = "training_curve.png"
 BAD_RECORDS = "bad_records.jsonl"
 CONFIG = "train_config.json"
-BASE = "base"
 
 
 @dataclass
@@ -111,8 +113,18 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             log.warning("%s autocast is for GPUs only; training in fp32 on %s", precision, device)
         return None
     if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Tell whether a CUDA device computes bf16 natively (Ampere, compute capability 8.0, on).
+
+    ``torch.cuda.is_bf16_supported()`` also counts emulation, which on a T4 or V100 (the cheap
+    spot GPUs) runs bf16 slower than fp32; there fp16 with a loss scale is the fast choice.
+    """
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
 
 
 def epoch_order(n: int, *, seed: int, epoch: int, exclude: set[int], limit: int) -> list[int]:
@@ -192,15 +204,17 @@ def _train(config: TrainConfig) -> TrainResult:
         raise ConfigError("contrastive training needs at least two captioned training records")
     device = select_device(config.device)
 
-    latest = latest_checkpoint(ckpt_dir) if config.resume else None
-    if latest is not None and (ckpt_dir / BASE).is_dir():
-        bundle = load_clip(str(ckpt_dir / BASE))
+    identity = run_identity(config, train_records)
+    run_dir = start_run(ckpt_dir, identity, resume=config.resume) if config.epochs > 0 else None
+    latest = latest_checkpoint(run_dir) if run_dir is not None and config.resume else None
+    if latest is not None and run_dir is not None and (run_dir / BASE).is_dir():
+        bundle = load_clip(str(run_dir / BASE))
         bundle.source = config.base
     else:
         latest = None
         bundle = _base_bundle(config, train_records)
-        if config.epochs > 0:
-            save_clip(bundle, ckpt_dir / BASE)  # resume never needs the base (or the hub) again
+        if run_dir is not None:
+            save_clip(bundle, run_dir / BASE)  # resume never needs the base (or the hub) again
     model = bundle.model
     torch.nn.Module.to(model, device)
     model.train()
@@ -210,7 +224,7 @@ def _train(config: TrainConfig) -> TrainResult:
     history: list[dict[str, Any]] = []
     bad: dict[str, str] = {}
     bad_indices: set[int] = set()
-    if config.epochs == 0:
+    if config.epochs == 0 or run_dir is None:
         return _finish(config, bundle, encoder, val_records, history, bad, started, epochs=0)
 
     samples = len(train_records)
@@ -219,7 +233,9 @@ def _train(config: TrainConfig) -> TrainResult:
     drop_last = samples >= config.batch_size
     steps_per_epoch = samples // config.batch_size if drop_last else 1
     total_steps = steps_per_epoch * config.epochs
-    optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay or 0.0)
+    optimizer = build_optimizer(
+        model, lr=config.lr, weight_decay=config.weight_decay or 0.0, optimizer=config.optimizer
+    )
     scheduler = build_scheduler(
         optimizer, total_steps=total_steps, warmup=config.warmup, schedule=config.schedule
     )
@@ -229,10 +245,14 @@ def _train(config: TrainConfig) -> TrainResult:
     start_epoch = 0
     if latest is not None:
         state = load_checkpoint(latest)
+        if state.get("run") != identity:
+            raise ConfigError(f"cannot resume: {latest} was written by another run")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if scaler.is_enabled() and state["scaler"]:
+            # An fp32 or bf16 run keeps no loss scale: resumed in fp16, the scaler starts afresh.
+            scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
         history = list(state["history"])
         bad = dict(state["bad"])
@@ -296,9 +316,10 @@ def _train(config: TrainConfig) -> TrainResult:
         history.append(row)
         _log_epoch(row, config.epochs)
         save_checkpoint(
-            ckpt_dir,
+            run_dir,
             epoch + 1,
             {
+                "run": identity,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),

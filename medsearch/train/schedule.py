@@ -1,4 +1,8 @@
-"""Optimiser and learning-rate schedule: AdamW with selective weight decay, warm-up + decay."""
+"""Optimiser and learning-rate schedule: AdamW with selective weight decay, warm-up + decay.
+
+Plain Adam at a constant rate (``optimizer="adam"``, ``schedule="constant"``) stays available: it
+is the earlier training recipe, kept so its runs can be reproduced and compared.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,15 @@ def no_decay(name: str, param: torch.nn.Parameter) -> bool:
     return param.ndim < 2 or name.endswith(".bias") or "norm" in name or "logit_scale" in name
 
 
-def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """Return AdamW over the trainable parameters, with decay only on weight matrices."""
+def build_optimizer(
+    model: torch.nn.Module, *, lr: float, weight_decay: float, optimizer: str = "adamw"
+) -> torch.optim.Optimizer:
+    """Return AdamW over the trainable parameters with decay only on weight matrices, or Adam.
+
+    ``adam`` is torch's Adam with its defaults over one group, exactly the earlier recipe.
+    """
+    if optimizer == "adam":
+        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     decay: list[torch.nn.Parameter] = []
     exempt: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
@@ -34,9 +45,11 @@ def warmup_steps(warmup: float, total_steps: int) -> int:
 
 
 def lr_factor(step: int, *, total_steps: int, warmup: int, schedule: str) -> float:
-    """Return the lr multiplier at a step: linear warm-up, then cosine or linear decay."""
+    """Return the lr multiplier at a step: linear warm-up, then cosine, linear or constant."""
     if warmup and step < warmup:
         return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
     span = max(1, total_steps - warmup)
     progress = min(1.0, (step - warmup) / span)
     if schedule == "linear":

@@ -30,8 +30,14 @@ def test_given_pretrained_base_when_resolved_then_seed_best_run_defaults() -> No
     assert config.checkpoint_dir == Path("o/checkpoints")
 
 
-def test_given_tiny_base_when_resolved_then_tiny_defaults() -> None:
+def test_given_no_base_when_resolved_then_the_pretrained_clip_of_real_use() -> None:
     config = load_train_config(None, {"data": "m.jsonl", "out": "o"})
+    assert config.base == "openai/clip-vit-base-patch32" and not config.is_tiny
+    assert config.lr == PRETRAINED_DEFAULTS["lr"]
+
+
+def test_given_tiny_base_when_resolved_then_tiny_defaults() -> None:
+    config = load_train_config(None, {"data": "m.jsonl", "out": "o", "base": "tiny"})
     assert config.is_tiny
     assert {k: getattr(config, k) for k in TINY_DEFAULTS} == TINY_DEFAULTS
     assert TINY_DEFAULTS != PRETRAINED_DEFAULTS
@@ -42,7 +48,14 @@ def test_given_config_file_and_flags_when_loaded_then_flags_win(
     tmp_path: Path, suffix: str
 ) -> None:
     # Given a file that sets epochs, lr and batch size (dashes or underscores)
-    values = {"data": "file.jsonl", "out": "file-out", "epochs": 3, "lr": 0.01, "batch-size": 8}
+    values = {
+        "data": "file.jsonl",
+        "out": "file-out",
+        "base": "tiny",
+        "epochs": 3,
+        "lr": 0.01,
+        "batch-size": 8,
+    }
     path = tmp_path / f"train{suffix}"
     if suffix == ".json":
         path.write_text(json.dumps(values))
@@ -75,6 +88,8 @@ def test_given_config_file_and_flags_when_loaded_then_flags_win(
         ({"freeze_vision": "maybe"}, "freeze_vision"),
         ({"freeze_vision": True, "freeze_text": True}, "nothing to train"),
         ({"colour": "blue"}, "unknown training option"),
+        ({"optimizer": "sgd"}, "optimizer"),
+        ({"optimizer": "adam", "weight_decay": 0.1}, "needs optimizer adamw"),
         ({"data": ""}, "no training data"),
     ],
 )
@@ -136,7 +151,7 @@ def test_given_config_file_and_flag_when_cli_trains_then_flag_wins_and_file_fill
 ) -> None:
     # Given a YAML file with epochs 3 and batch size 16
     config = tmp_path / "train.yaml"
-    config.write_text(f"data: {synth_corpus}\nepochs: 3\nbatch_size: 16\nlr: 0.002\n")
+    config.write_text(f"data: {synth_corpus}\nbase: tiny\nepochs: 3\nbatch_size: 16\nlr: 0.002\n")
     # When the CLI overrides epochs with 0 (save the untrained base)
     code = main(["train", "--config", str(config), "--out", str(tmp_path / "o"), "--epochs", "0"])
     # Then the run used the flag's epochs and the file's other values
@@ -161,3 +176,20 @@ def test_given_torch_blocked_when_config_loaded_and_cli_parsed_then_no_torch_nee
     result = python_without({"torch", "transformers"}, code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "2"
+
+
+def test_given_plain_adam_constant_when_resolved_then_no_decay_warmup_or_clipping() -> None:
+    values = {"data": "m.jsonl", "out": "o", "base": "openai/clip-vit-base-patch32"}
+    config = load_train_config(None, {**values, "optimizer": "adam", "schedule": "constant"})
+    assert (config.weight_decay, config.warmup, config.grad_clip, config.lr) == (
+        0.0,
+        0.0,
+        0.0,
+        5e-5,
+    )
+    # The default recipe keeps its decay, warm-up and clipping
+    default = load_train_config(None, values)
+    assert (default.optimizer, default.weight_decay, default.grad_clip) == ("adamw", 0.1, 1.0)
+    assert default.warmup == 0.05
+    # An explicit warm-up with a constant rate is honoured
+    assert load_train_config(None, {**values, "schedule": "constant", "warmup": 10}).warmup == 10

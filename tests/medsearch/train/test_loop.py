@@ -11,14 +11,20 @@ import torch
 
 from medsearch.cli import main
 from medsearch.data.manifest import Record, read_manifest
-from medsearch.errors import ImageDecodeError
+from medsearch.errors import ConfigError, ImageDecodeError
 from medsearch.model.loading import load_clip, save_clip
 from medsearch.model.tiny import build_tiny_clip
 from medsearch.train import TrainConfig, load_train_config, train
 from medsearch.train.loop import MAX_LOGIT_SCALE, autocast_dtype, split_records
 
 # Small and quick: a few steps per epoch on the shared synthetic corpus.
-QUICK = {"batch_size": 16, "max_samples": 32, "eval_each_epoch": False, "augment": True}
+QUICK = {
+    "base": "tiny",
+    "batch_size": 16,
+    "max_samples": 32,
+    "eval_each_epoch": False,
+    "augment": True,
+}
 
 
 def _config(data: Path, out: Path, **values: object) -> TrainConfig:
@@ -64,6 +70,25 @@ def test_given_cpu_when_autocast_requested_then_fp32_with_a_warning(
     assert "GPUs only" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [
+        ((7, 0), torch.float16),
+        ((7, 5), torch.float16),
+        ((8, 0), torch.bfloat16),
+        ((9, 0), torch.bfloat16),
+    ],
+)
+def test_given_gpu_generation_when_auto_precision_then_native_bf16_else_fp16(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], expected: torch.dtype
+) -> None:
+    # V100 (7.0) and T4 (7.5) emulate bf16, which torch.cuda.is_bf16_supported() still counts
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert autocast_dtype("auto", torch.device("cuda")) == expected
+    assert autocast_dtype("bf16", torch.device("cuda")) == torch.bfloat16  # asked for: honoured
+
+
 def test_given_epochs_0_when_trained_then_tiny_initial_weights_saved_unchanged(
     synth_corpus: Path, tmp_path: Path
 ) -> None:
@@ -103,6 +128,8 @@ def test_given_cli_when_trained_then_model_history_curve_and_checkpoints(
             "--max-samples",
             "32",
             "--eval-each-epoch",
+            "--base",
+            "tiny",
         ]
     )
     assert code == 0
@@ -112,7 +139,7 @@ def test_given_cli_when_trained_then_model_history_curve_and_checkpoints(
     assert all(row["steps"] == 2 and row["loss"] > 0 for row in history[1:])
     assert all(0 <= row["val"]["text_to_image"]["r@10"] <= 1 for row in history)
     assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == [
+    assert sorted(p.name for p in (out / "checkpoints").glob("run-*/*.pt")) == [
         "epoch-0001.pt",
         "epoch-0002.pt",
     ]
@@ -128,7 +155,8 @@ def test_given_interrupted_run_when_resumed_then_identical_to_uninterrupted(
     # And a run that died during epoch 3 (its last checkpoint is epoch 2)
     ckpt = tmp_path / "resumed" / "ckpt"
     shutil.copytree(tmp_path / "full" / "checkpoints", ckpt)
-    (ckpt / "epoch-0003.pt").unlink()
+    (run,) = ckpt.glob("run-*")
+    (run / "epoch-0003.pt").unlink()
     # When it resumes
     resumed = train(
         _config(synth_corpus, tmp_path / "resumed", epochs=3, resume=True, checkpoint_dir=str(ckpt))
@@ -152,6 +180,68 @@ def test_given_resume_without_checkpoint_when_trained_then_starts_fresh(
 ) -> None:
     result = train(_config(synth_corpus, tmp_path / "out", epochs=1, resume=True))
     assert [r["epoch"] for r in result.history] == [1]
+
+
+def test_given_another_runs_checkpoints_when_resumed_then_refused_and_nothing_pruned(
+    synth_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a 3-epoch run, then a 1-epoch run with another lr into the same folder
+    out = tmp_path / "out"
+    train(_config(synth_corpus, out, epochs=3))
+    second = train(_config(synth_corpus, out, epochs=1, lr=1e-3))
+    checkpoints = sorted(p.relative_to(out) for p in (out / "checkpoints").rglob("epoch-*.pt"))
+    # Then neither run pruned the other's checkpoints
+    assert len(checkpoints) == 3 and len({p.parent for p in checkpoints}) == 2
+    trained = _weights(out)
+    # When a third run with yet other options resumes from that folder
+    flags = ["train", "--data", str(synth_corpus), "--out", str(out), "--base", "tiny"]
+    flags += ["--batch-size", "16", "--max-samples", "32", "--no-eval-each-epoch"]
+    capsys.readouterr()
+    code = main([*flags, "--resume", "--epochs", "2", "--lr", "1e-3"])
+    # Then it is refused in one line naming what differs, and the saved model is untouched
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "another run" in err and "epochs 1 -> 2" in err
+    _assert_same(trained, _weights(out))
+    assert second.epochs == 1
+
+
+def test_given_a_finished_run_when_the_same_run_resumes_then_nothing_retrains(
+    synth_corpus: Path, tmp_path: Path
+) -> None:
+    first = train(_config(synth_corpus, tmp_path / "out", epochs=2))
+    again = train(_config(synth_corpus, tmp_path / "out", epochs=2, resume=True))
+    assert again.history == first.history
+
+
+def test_given_changed_data_when_resumed_then_refused(
+    synth_corpus: Path, corpus_copy: Path, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    train(_config(synth_corpus, tmp_path / "a", epochs=1, checkpoint_dir=str(ckpt)))
+    lines = corpus_copy.read_text().splitlines()
+    corpus_copy.write_text("\n".join(lines[1:]) + "\n")  # one record fewer
+    with pytest.raises(ConfigError, match="data '"):
+        train(_config(corpus_copy, tmp_path / "b", epochs=1, resume=True, checkpoint_dir=str(ckpt)))
+
+
+def test_given_fp32_checkpoint_when_resumed_in_fp16_then_scaler_starts_fresh(
+    synth_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpoint of an fp32 run holds an empty GradScaler state, which an enabled scaler
+    # refuses to load; resumed with fp16 the scale starts afresh (fp16 is a GPU setting, so the
+    # enabled scaler is simulated by the dtype choice alone)
+    out = tmp_path / "out"
+    train(_config(synth_corpus, out, epochs=1, precision="fp32"))
+    loaded: list[dict] = []
+    real_load = torch.amp.GradScaler.load_state_dict
+    monkeypatch.setattr(torch.amp.GradScaler, "is_enabled", lambda self: True)
+    monkeypatch.setattr(
+        torch.amp.GradScaler, "load_state_dict", lambda self, state: loaded.append(state)
+    )
+    result = train(_config(synth_corpus, out, epochs=1, precision="fp16", resume=True))
+    assert result.epochs == 1 and loaded == []
+    monkeypatch.setattr(torch.amp.GradScaler, "load_state_dict", real_load)
 
 
 @pytest.mark.parametrize("frozen", ["vision", "text"])
@@ -226,6 +316,8 @@ def test_given_unreadable_image_and_strict_when_trained_then_stops_with_error(
             "16",
             "--strict",
             "--no-eval-each-epoch",
+            "--base",
+            "tiny",
         ]
     )
     assert code == 2 and broken in capsys.readouterr().err

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from transformers import (
     AutoImageProcessor,
     AutoTokenizer,
@@ -107,21 +108,72 @@ def _load_folder(folder: Path, source: str) -> ClipBundle:
         raise ConfigError(f"{source} holds a {model_type!r} model, not a CLIP model")
     try:
         return _from_pretrained(str(folder), source, MODEL_CLASSES[model_type])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except ConfigError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise ConfigError(f"{source}: cannot load the CLIP model ({_first_line(exc)})") from None
 
 
+# What loading a hub model needs: config, weights (one of the two formats), tokenizer, processor.
+_HUB_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
+_HUB_PROBE_TIMEOUT_S = 10.0
+
+
 def _load_hub(model_id: str) -> ClipBundle:
+    """Load a hub model from the local hub cache, else download only the files loading needs.
+
+    The cache is tried first without network, and the hub is then asked once for the listing
+    (which also tells a missing repository from a missing network at once): without it,
+    transformers retries each file for about 25 s before failing.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    patterns = [*_HUB_FILES, "*.safetensors", "model.safetensors.index.json"]
     try:
-        return _from_pretrained(model_id, model_id)
-    except OSError as exc:
-        # transformers raises OSError both for unknown repositories and for no network access.
+        cached = Path(snapshot_download(model_id, allow_patterns=patterns, local_files_only=True))
+    except OSError:
+        cached = None  # not cached (LocalEntryNotFoundError is an OSError)
+    if cached is not None and (cached / "config.json").is_file():
+        return _load_folder(cached, model_id)
+    try:
+        info = HfApi().model_info(model_id, timeout=_HUB_PROBE_TIMEOUT_S)
+    except RepositoryNotFoundError:
         raise NotFoundError(
-            f"{model_id} is neither a local folder nor loadable from the Hugging Face hub"
-            f" ({_first_line(exc)})"
+            f"{model_id} is neither a local folder nor a model on the Hugging Face hub"
         ) from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{model_id} is not a usable CLIP model ({_first_line(exc)})") from None
+    except HfHubHTTPError as exc:
+        raise NotFoundError(
+            f"{model_id}: the Hugging Face hub refused it ({_first_line(exc)})"
+        ) from None
+    except Exception as exc:  # the HTTP client's network errors, or offline mode
+        raise NotFoundError(
+            f"{model_id} is not a local folder, not in the Hugging Face cache, and the hub cannot"
+            f" be reached ({_first_line(exc)}); give a model folder or an s3:// prefix"
+        ) from None
+    model_type = (info.config or {}).get("model_type")
+    if model_type is not None and model_type not in MODEL_CLASSES:
+        raise ConfigError(f"{model_id} holds a {model_type!r} model, not a CLIP model")
+    names = {s.rfilename for s in info.siblings or []}
+    if not any(name.endswith(".safetensors") for name in names):
+        patterns += ["pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json"]
+    try:
+        folder = snapshot_download(model_id, allow_patterns=patterns, revision=info.sha)
+    except Exception as exc:  # network failures mid-download arrive as many types
+        raise StorageError(
+            f"{model_id}: download from the hub failed ({_first_line(exc)})"
+        ) from None
+    return _load_folder(Path(folder), model_id)
 
 
 def _from_pretrained(
@@ -132,8 +184,57 @@ def _from_pretrained(
     model = model_class.from_pretrained(location)
     tokenizer = AutoTokenizer.from_pretrained(location)
     image_processor = AutoImageProcessor.from_pretrained(location)
+    bundle = ClipBundle(model, tokenizer, image_processor, source)
+    check_bundle(bundle)
     log.info("loaded CLIP from %s (dim %d)", source, model.config.projection_dim)
-    return ClipBundle(model, tokenizer, image_processor, source)
+    return bundle
+
+
+# A caption every CLIP tokenizer round-trips (lower case, no digits or punctuation).
+_PROBE_TEXT = "axial ct of the chest with a right lower lobe nodule"
+
+
+def check_bundle(bundle: ClipBundle) -> None:
+    """Refuse a tokenizer or image processor that does not fit the model, naming the mismatch.
+
+    A folder without tokenizer files still loads: transformers 5 builds a two-token tokenizer
+    that maps every caption to unknown tokens, and training on it "works". An image processor
+    whose crop differs from the vision tower's input size fails only at the first image.
+    """
+    source = bundle.source
+    config: Any = bundle.model.config
+    vocab = int(config.text_config.vocab_size)
+    size = len(bundle.tokenizer)
+    if size > vocab or size < vocab // 2:
+        raise ConfigError(
+            f"{source}: its tokenizer has {size:,} tokens but the model's vocabulary has {vocab:,}"
+            " (tokenizer files missing or from another model?)"
+        )
+    ids = bundle.tokenizer(_PROBE_TEXT)["input_ids"]
+    decoded = bundle.tokenizer.decode(ids, skip_special_tokens=True)
+    if " ".join(decoded.lower().split()) != _PROBE_TEXT:
+        raise ConfigError(
+            f"{source}: its tokenizer does not round-trip text ({_PROBE_TEXT!r} came back as"
+            f" {decoded!r}); the tokenizer files are broken or from another model"
+        )
+    expected = getattr(config.vision_config, "image_size", None)
+    crop = _processor_size(bundle.image_processor)
+    if expected is not None and crop is not None and crop != (int(expected), int(expected)):
+        raise ConfigError(
+            f"{source}: its image processor makes {crop[0]}x{crop[1]} images but the vision tower"
+            f" takes {expected}x{expected}"
+        )
+
+
+def _processor_size(processor: Any) -> tuple[int, int] | None:
+    """Return the (height, width) the processor's output has, where its config fixes it."""
+    crop = getattr(processor, "crop_size", None)
+    size = crop if crop and getattr(processor, "do_center_crop", False) else processor.size
+    if not size:
+        return None
+    if "height" in size and "width" in size:
+        return int(size["height"]), int(size["width"])
+    return None  # a shortest edge alone leaves the other side to the image
 
 
 def save_clip(bundle: ClipBundle, out: Path) -> Path:
@@ -155,6 +256,9 @@ def save_clip(bundle: ClipBundle, out: Path) -> Path:
             image_processor=bundle.image_processor, tokenizer=bundle.tokenizer
         )
         processor.save_pretrained(staging)
+        # preprocessor_config.json as well: transformers 4 (older SageMaker containers) reads
+        # the image processor only from there.
+        bundle.image_processor.save_pretrained(staging)
         for path in sorted(staging.rglob("*")):
             if path.is_file():
                 target = out / path.relative_to(staging)

@@ -168,9 +168,15 @@ def test_given_file_or_missing_path_when_loaded_then_clear_error(tmp_path: Path)
         load_clip("  ")
 
 
-def test_given_hub_id_without_hub_access_when_loaded_then_not_found_error() -> None:
-    # A subprocess, because the offline switch is read when huggingface_hub is imported.
+@pytest.mark.parametrize("offline", ["1", None])
+def test_given_hub_id_without_hub_access_when_loaded_then_one_clear_error_at_once(
+    tmp_path: Path, offline: str | None
+) -> None:
+    # A subprocess, because the offline switch is read when huggingface_hub is imported. This
+    # machine has no route to the hub: unset, the switch leaves the probe to find that out.
     code = (
+        "import logging\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
         "from medsearch.model.loading import load_clip\n"
         "from medsearch.errors import NotFoundError\n"
         "try:\n"
@@ -178,8 +184,110 @@ def test_given_hub_id_without_hub_access_when_loaded_then_not_found_error() -> N
         "except NotFoundError as exc:\n"
         "    print('NotFoundError:', exc)\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["HF_HUB_CACHE"] = str(tmp_path / "hub")  # nothing cached
+    if offline:
+        env["HF_HUB_OFFLINE"] = offline
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     )
-    assert "NotFoundError: openai/clip-vit-base-patch32 is neither a local folder" in result.stdout
+    assert "NotFoundError: openai/clip-vit-base-patch32 is not a local folder" in result.stdout
+    assert "cannot be reached" in result.stdout
+    # No per-file retries (transformers retries each file 5 times with back-off) and no warnings
+    assert "Retrying" not in result.stderr and "WARNING" not in result.stderr
+
+
+def _hub_cache(cache: Path, model_id: str, folder: Path) -> None:
+    """Lay ``folder`` out as the hub cache holds a downloaded snapshot of ``model_id``."""
+    repo = cache / f"models--{model_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(folder, repo / "snapshots" / ("0" * 40))
+
+
+def test_given_cached_hub_models_when_loaded_then_clip_loads_offline_and_others_refused(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    _hub_cache(cache, "someone/small-clip", tiny_model_dir)
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    _hub_cache(cache, "someone/bert", bert)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    assert load_clip("someone/small-clip").source == "someone/small-clip"
+    with pytest.raises(ConfigError, match="holds a 'bert' model, not a CLIP model"):
+        load_clip("someone/bert")
+
+
+def _copy_model(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def test_given_folder_without_tokenizer_files_when_loaded_then_refused(tmp_path: Path) -> None:
+    # For a CLIPModel, transformers 5 builds a two-token tokenizer mapping every caption to
+    # unknown tokens
+    bundle = build_tiny_clip(TEXTS * 10, seed=0, spec=TinyClipSpec(vision="vit"))
+    folder = save_clip(bundle, tmp_path / "m")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    with pytest.raises(ConfigError, match="its tokenizer has 2 tokens but the model's vocabulary"):
+        load_clip(str(folder))
+
+
+def test_given_tokenizer_larger_than_the_vocabulary_when_loaded_then_refused(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # Its ids past the embedding table would fail only at the first caption that uses them
+    from medsearch.model.tiny import train_tokenizer
+
+    folder = _copy_model(tiny_model_dir, tmp_path / "m")
+    size = len(AutoTokenizer.from_pretrained(str(folder)))
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    texts = [" ".join("".join(rng.choice(letters, 6)) for _ in range(8)) for _ in range(3000)]
+    larger = train_tokenizer(texts, vocab_size=size + 500)
+    assert len(larger) > size
+    larger.save_pretrained(str(folder))
+    with pytest.raises(ConfigError, match=f"but the model's vocabulary has {size:,}"):
+        load_clip(str(folder))
+
+
+def test_given_processor_size_unlike_vision_tower_when_loaded_then_refused(
+    tmp_path: Path,
+) -> None:
+    bundle = build_tiny_clip(TEXTS * 10, seed=0, spec=TinyClipSpec(vision="vit"))
+    folder = save_clip(bundle, tmp_path / "m")
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        path = folder / name
+        config = json.loads(path.read_text())
+        target = config.get("image_processor", config)
+        target["crop_size"] = {"height": 224, "width": 224}
+        target["size"] = {"shortest_edge": 224}
+        path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="makes 224x224 images but the vision tower takes 64x64"):
+        load_clip(str(folder))
+
+
+def test_given_truncated_weights_when_loaded_then_one_line_config_error(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    folder = _copy_model(tiny_model_dir, tmp_path / "m")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ConfigError, match="cannot load the CLIP model") as caught:
+        load_clip(str(folder))
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def test_given_saved_model_then_legacy_preprocessor_config_for_transformers_4(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # transformers 4 reads the image processor from preprocessor_config.json only, by a class
+    # name it knows
+    config = json.loads((tiny_model_dir / "preprocessor_config.json").read_text())
+    assert config["image_processor_type"] == "CLIPImageProcessor"
+    assert config["crop_size"] == {"height": 64, "width": 64}

@@ -49,6 +49,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, synth_corpus: Path)
     return out
 
 
+@pytest.fixture(scope="session")
+def clip_folder(tmp_path_factory: pytest.TempPathFactory, synth_corpus: Path) -> Path:
+    """A small random-init ``CLIPModel`` folder laid out like a Hugging Face hub download of
+    openai/clip-vit-base-patch32 (tokenizer trained on ``synth_corpus`` captions), the stand-in
+    for a pretrained base: see ``tests/support/clip_folder.py``. Read-only."""
+    from medsearch.data.manifest import read_manifest
+    from tests.support.clip_folder import build_clip_folder
+
+    captions = [r.caption for r in read_manifest(synth_corpus) if r.caption]
+    return build_clip_folder(tmp_path_factory.mktemp("hub-clip"), captions, shape="small", seed=0)
+
+
 @pytest.fixture
 def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A moto S3 bucket named ``corpus``, installed as medsearch's object store."""

@@ -222,20 +222,15 @@ def test_given_trained_model_then_its_weights_moved_away_from_the_base(
         assert any(k.startswith(prefix) for k in moved), prefix
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "save_clip (transformers 5 save_pretrained) writes config.json, model.safetensors, "
-        "processor_config.json, tokenizer.json and tokenizer_config.json only: the fine-tuned "
-        "folder lacks the base's preprocessor_config.json, vocab.json, merges.txt and "
-        "special_tokens_map.json"
-    ),
-)
-def test_given_hub_base_when_trained_then_folder_keeps_every_hub_file_of_its_base(
+def test_given_hub_base_when_trained_then_folder_loads_in_transformers_4_and_5(
     trained: Path,
 ) -> None:
-    missing = [name for name in HUB_FILES if not (trained / name).is_file()]
-    assert missing == []
+    # transformers 4 (older SageMaker containers) reads the image processor from
+    # preprocessor_config.json only; both read the fast tokenizer from tokenizer.json
+    needed = ["config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"]
+    assert [name for name in needed if not (trained / name).is_file()] == []
+    processor = json.loads((trained / "preprocessor_config.json").read_text())
+    assert processor["image_processor_type"] == "CLIPImageProcessor"
 
 
 # --- evaluate / vectorize / export-onnx --------------------------------------------------------

@@ -91,14 +91,20 @@ def test_given_sm_dirs_when_main_runs_then_model_onnx_report_and_metrics_are_wri
     assert metrics["eval:text_to_image_r@10"] == [pytest.approx(t2i, rel=1e-5)]
     assert "eval:queries_ndcg@10" in metrics
 
-    # When the job is started again with the same checkpoints and more epochs (a spot restart)
+    # When a new job with other options reuses the checkpoint URI
+    assert main([*FAST, "--epochs", "2", "--checkpoint-dir", str(ckpt)]) == 2
+    # Then it is refused with the reason, instead of returning the earlier job's model
+    failure = (tmp_path / "output" / "failure").read_text()
+    assert "another run" in failure and "epochs 1 -> 2" in failure
+
+    # When the first job is started again with its checkpoints (a spot restart)
     caplog.set_level(logging.INFO)
-    argv2 = [*FAST, "--epochs", "2", "--checkpoint-dir", str(ckpt)]
+    argv2 = [*FAST, "--epochs", "1", "--checkpoint-dir", str(ckpt)]
     assert main([*argv2, "--int8", "false", "--onnx-exporter", "torchscript"]) == 0
-    # Then it resumed from epoch 1 instead of starting over, and honoured the job options
+    # Then it resumed after epoch 1 instead of starting over, and honoured the job options
     assert any("resuming from" in r.getMessage() for r in caplog.records)
     rows = [json.loads(x) for x in (model / "history.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["epoch"] for r in rows] == [1]
     assert not (onnx / "text.int8.onnx").exists()
     assert json.loads((onnx / "onnx_manifest.json").read_text())["exporter"] == "torchscript"
 

@@ -85,7 +85,22 @@ def test_given_demo_model_when_compared_to_untrained_then_it_clears_the_quality_
     # Given the demo's trained model and the same tiny model saved untrained (--epochs 0)
     manifest = demo / "corpus" / "manifest.jsonl"
     baseline = demo / "baseline"
-    assert main(["train", "--data", str(manifest), "--out", str(baseline), "--epochs", "0", "--base", "tiny"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(manifest),
+                "--out",
+                str(baseline),
+                "--epochs",
+                "0",
+                "--base",
+                "tiny",
+            ]
+        )
+        == 0
+    )
     report = baseline / "test.json"
     args = ["--data", str(manifest), "--split", "test", "--out", str(report)]
     assert main(["evaluate", "--model", str(baseline), *args]) == 0

@@ -305,7 +305,8 @@ def _train(config: TrainConfig) -> TrainResult:
             losses.append(_step(model, batch, optimizer, scheduler, scaler, config, device, dtype))
         row: dict[str, Any] = {
             "epoch": epoch + 1,
-            "loss": float(np.mean(losses)) if losses else None,
+            # One device sync per epoch, not per step: the losses stay on the device until here.
+            "loss": float(torch.stack(losses).mean().item()) if losses else None,
             "lr": float(scheduler.get_last_lr()[0]),
             "steps": len(losses),
             "logit_scale": float(model.logit_scale.exp().item()),
@@ -342,7 +343,7 @@ def _step(
     config: TrainConfig,
     device: torch.device,
     dtype: torch.dtype | None,
-) -> float:
+) -> torch.Tensor:
     autocast = (
         torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     )
@@ -364,7 +365,7 @@ def _step(
     with torch.no_grad():
         # CLIP's temperature cap: beyond 100 the logits saturate and training destabilises.
         model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-    return float(loss.item())
+    return loss.detach()
 
 
 def _log_epoch(row: dict[str, Any], epochs: int) -> None:

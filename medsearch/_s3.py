@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from medsearch.errors import StorageError
+from medsearch.storage import ObjectInfo
+
+# Parts fetched at once for one large object; a few files download side by side, and botocore's
+# connection pool holds 10 by default.
+_DOWNLOAD_THREADS = 4
 
 
 class Boto3Store:
@@ -64,6 +70,29 @@ class Boto3Store:
                     yield item["Key"]
         except Exception as exc:
             raise StorageError(f"cannot list s3://{bucket}/{prefix}: {exc}") from exc
+
+    def list_info(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
+        """Yield every object under a prefix with the ETag and size the listing already holds."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    etag = str(item.get("ETag", "")).strip('"') or None
+                    yield ObjectInfo(item["Key"], etag, item.get("Size"))
+        except Exception as exc:
+            raise StorageError(f"cannot list s3://{bucket}/{prefix}: {exc}") from exc
+
+    def download(self, bucket: str, key: str, path: Path) -> None:
+        """Write an object into a local file through boto3's managed transfer, which streams it
+        and fetches a large one in ranged parts on several threads."""
+        from boto3.s3.transfer import TransferConfig
+
+        try:
+            self._client.download_file(
+                bucket, key, str(path), Config=TransferConfig(max_concurrency=_DOWNLOAD_THREADS)
+            )
+        except Exception as exc:
+            raise StorageError(f"cannot read s3://{bucket}/{key}: {exc}") from exc
 
 
 class _BodyReader(io.RawIOBase):

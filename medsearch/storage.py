@@ -5,7 +5,9 @@ Lambda. S3 goes through the :class:`ObjectStore` protocol; the boto3 adapter is 
 only when an ``s3://`` URL is actually used, so the core imports no AWS SDK. :func:`open_read` and
 :func:`write_stream` move large files (model archives) as streams, never whole in memory, where the
 store offers ``open`` and ``put_stream`` (the boto3 adapter does); other stores fall back to
-``get`` and ``put``.
+``get`` and ``put``. :func:`list_objects` and :func:`download_file` serve caches that must tell a
+changed object from an unchanged one (ETags, where the store offers ``list_info``) and fetch large
+objects straight to disk (``download``, where offered; else the ``open`` stream).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol
 
@@ -40,6 +43,16 @@ class ObjectStore(Protocol):
     def list(self, bucket: str, prefix: str) -> Iterator[str]:
         """Yield the keys under a prefix."""
         ...
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: its key, and the ETag and size that tell one upload from the next
+    (``None`` where the store cannot say)."""
+
+    key: str
+    etag: str | None = None
+    size: int | None = None
 
 
 _store: ObjectStore | None = None
@@ -188,6 +201,39 @@ def write_stream(url: str | os.PathLike[str], stream: IO[bytes]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def list_objects(url: str) -> list[ObjectInfo]:
+    """List the objects whose keys start with an ``s3://`` URL's key, in one pass.
+
+    ETags and sizes come from the store's ``list_info`` (the boto3 adapter reads them from the
+    listing itself, so no object is read); a store without it gives keys only.
+    """
+    bucket, prefix = split_s3(url)
+    store = object_store()
+    lister = getattr(store, "list_info", None)
+    if lister is None:
+        return [ObjectInfo(key) for key in store.list(bucket, prefix)]
+    return list(lister(bucket, prefix))
+
+
+def download_file(url: str, path: Path) -> None:
+    """Copy one ``s3://`` object into a local file as a stream, never whole in memory.
+
+    Through the store's ``download`` where it has one (the boto3 adapter's managed transfer
+    fetches a large object in ranged parts on several threads), else through :func:`open_read`.
+    """
+    bucket, key = split_s3(url)
+    store = object_store()
+    downloader = getattr(store, "download", None)
+    if downloader is not None:
+        downloader(bucket, key, path)
+        return
+    try:
+        with open_read(url) as stream, open(path, "wb") as handle:
+            shutil.copyfileobj(stream, handle, 1 << 20)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def download_prefix(url: str, dest: Path, *, names: Collection[str] | None = None) -> Path:

@@ -11,7 +11,6 @@ which is all the rest of medsearch uses.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from transformers import (
 from medsearch import storage
 from medsearch.errors import ConfigError, NotFoundError, StorageError
 from medsearch.model import convnet  # noqa: F401  (registers the tiny model's conv tower)
+from medsearch.model.cache import fetch_model
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,7 @@ def load_clip(source: str, *, cache_dir: Path | None = None) -> ClipBundle:
         raise ConfigError("empty model source: give a folder, an s3:// prefix or a Hugging Face id")
     if storage.is_s3(source):
         cache = cache_dir or default_cache_dir()
-        key = hashlib.sha256(source.rstrip("/").encode()).hexdigest()[:16]
-        folder = storage.download_prefix(source, cache / key)
+        folder = fetch_model(source, cache)
         return _load_folder(folder, source)
     path = Path(source).expanduser()
     if path.exists():

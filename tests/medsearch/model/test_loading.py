@@ -122,11 +122,15 @@ def test_given_s3_prefix_when_loaded_then_downloaded_once_and_reused(
     expected = TorchEncoder(load_clip(str(tiny_model_dir)), device="cpu").encode_texts(TEXTS)
     np.testing.assert_array_equal(TorchEncoder(bundle, device="cpu").encode_texts(TEXTS), expected)
     assert bundle.source == url
-    # Then a second load reads the cache, even with the objects gone from S3
-    for key in storage.object_store().list(s3_bucket, "models/"):
-        storage.object_store()._client.delete_object(Bucket=s3_bucket, Key=key)  # type: ignore[attr-defined]
+
+    # Then a second load of the unchanged prefix reads the same cached folder
+    def cached() -> list[Path]:
+        return sorted(p for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
+
+    folders = cached()
     again = load_clip(url, cache_dir=tmp_path / "cache")
     assert again.model.config.projection_dim == bundle.model.config.projection_dim
+    assert cached() == folders
 
 
 def test_given_empty_s3_prefix_when_loaded_then_storage_error(

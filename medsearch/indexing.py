@@ -2,9 +2,9 @@
 
 Every manifest record is indexed: its caption for BM25, its vector (when ``vectorize`` produced
 one) for kNN, its metadata for filters. Records without a vector stay searchable by text and are
-reported; vectors whose id is not in the manifest are ignored and counted. The model id from the
-vectors' ``meta.json`` is stored in the index, so the service can report it and refuse a model
-whose vectors do not match.
+reported; vectors whose id is not in the manifest are ignored and counted. The model id and the
+weight fingerprint from the vectors' ``meta.json`` are stored in the index, so the service can
+report the model and refuse, at startup, one whose weights are not those the vectors came from.
 
 The join (:func:`read_index_input`) and its summary are shared by every engine: the embedded
 index built here (:func:`index_manifest`) and the OpenSearch run index ``medsearch load`` fills.
@@ -46,12 +46,14 @@ class IndexSummary:
     without_vector: list[str] = field(default_factory=list)
     unknown_vectors: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    fingerprint: str | None = None
 
     def lines(self) -> list[str]:
         """Return the human-readable summary the CLI prints."""
         out = [
             f"indexed {self.documents} documents into {self.index} in {self.seconds:.1f} s",
             f"  with a vector: {self.with_vector} (model {self.model_id or 'unknown'}, "
+            f"weights {self.fingerprint or 'unknown'}, "
             f"dim {self.dim if self.dim is not None else '-'})",
             f"  captionless (vector search only): {self.captionless}",
         ]
@@ -95,6 +97,8 @@ class IndexInput:
     ids: list[str]
     vectors: np.ndarray
     model_id: str | None
+    # The weight fingerprint of the model that made the vectors (None: vectors from before them).
+    fingerprint: str | None = None
 
     @property
     def dim(self) -> int | None:
@@ -131,6 +135,7 @@ class IndexInput:
             without_vector=sorted(known - with_vector - failed_ids),
             unknown_vectors=len(set(self.ids) - known),
             failed=failed,
+            fingerprint=self.fingerprint,
         )
 
 
@@ -140,7 +145,14 @@ def read_index_input(
     """Read a manifest and the vectors ``vectorize`` wrote for it (raises on unusable input)."""
     records = read_manifest(manifest)
     ids, matrix, meta = read_vectors(Path(vectors))
-    return IndexInput(records=records, ids=ids, vectors=matrix, model_id=meta.get("model"))
+    fingerprint = meta.get("fingerprint")
+    return IndexInput(
+        records=records,
+        ids=ids,
+        vectors=matrix,
+        model_id=meta.get("model"),
+        fingerprint=str(fingerprint) if fingerprint else None,
+    )
 
 
 def index_manifest(
@@ -157,7 +169,11 @@ def index_manifest(
     started = time.perf_counter()
     source = read_index_input(manifest, vectors)
     built, result = build_index_with_result(
-        index, source.documents(), model_id=source.model_id, config=config
+        index,
+        source.documents(),
+        model_id=source.model_id,
+        fingerprint=source.fingerprint,
+        config=config,
     )
     summary = source.summary(
         Path(index),

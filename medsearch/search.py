@@ -5,6 +5,12 @@ weight ``alpha`` on the vector side), ``image`` (neighbours of a corpus image's 
 image itself excluded), ``image_text`` (that vector plus the image's caption as the BM25 query) and
 ``upload`` (an uploaded JPEG/PNG/DICOM, optionally with text, which makes it hybrid).
 
+At startup the service checks that its encoder is the model the index's vectors came from: the
+index records the weight fingerprint of that model (see :mod:`medsearch.vectors`), and an encoder
+of other weights is refused even when its dimension matches, since a fine-tune and its base make
+vectors of the same shape whose cosines mean nothing together. An index or encoder without a
+fingerprint (built before they were stored) is accepted with a warning, its dimension checked.
+
 Every request parameter is validated here, once, so the API, the CLI and the Lambda share the
 rules and the messages; each rule raises a type from :mod:`medsearch.errors` that the API maps to
 an HTTP status (422 invalid, 413 too large, 415 wrong type, 404 unknown id).
@@ -26,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from medsearch.data.manifest import validate_image_id
 from medsearch.errors import (
+    ConfigError,
     ImageDecodeError,
     InvalidInputError,
     NotFoundError,
@@ -35,8 +42,16 @@ from medsearch.errors import (
     UnsupportedMediaTypeError,
 )
 from medsearch.fusion import check_alpha
-from medsearch.index.base import MAX_K, Document, SearchIndex, SearchPage, SearchQuery
-from medsearch.vectors import Encoder
+from medsearch.index.base import (
+    MAX_K,
+    Document,
+    IndexModel,
+    RecordsModel,
+    SearchIndex,
+    SearchPage,
+    SearchQuery,
+)
+from medsearch.vectors import Encoder, encoder_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -274,11 +289,52 @@ def _display_name(name: str | None) -> str:
     return printable.strip()[:80] or "upload"
 
 
+# --- the model check -----------------------------------------------------------------------------
+
+
+def check_index_model(index: SearchIndex, encoder: Encoder) -> None:
+    """Refuse (ConfigError, one line) an encoder whose weights are not those of the index's vectors.
+
+    Fingerprints decide where both sides have one (the model ids may differ: the same weights in
+    another folder, or their ONNX export); otherwise the dimension does, with a warning.
+    """
+    recorded = index.indexed_model() if isinstance(index, RecordsModel) else IndexModel()
+    ours = encoder_fingerprint(encoder)
+    if recorded.fingerprint and ours:
+        if recorded.fingerprint != ours:
+            raise ConfigError(
+                f"the index holds vectors of model {recorded.model_id} (weights"
+                f" {recorded.fingerprint}) but the model {encoder.model_id} has other weights"
+                f" ({ours}): serve the model the index was built with, or rebuild the index"
+            )
+        return
+    dim = index.dim
+    if dim is None:
+        return  # no vectors yet: nothing they could disagree with
+    missing = "the index" if not recorded.fingerprint else f"the model {encoder.model_id}"
+    log.warning(
+        "%s records no weight fingerprint: cannot tell whether the model %s is the one the"
+        " index's vectors (model %s) came from; only the dimension is checked",
+        missing,
+        encoder.model_id,
+        recorded.model_id or "unknown",
+    )
+    if dim != encoder.dim:
+        raise ConfigError(
+            f"the index holds {dim}-d vectors but the model {encoder.model_id} makes"
+            f" {encoder.dim}-d ones: serve the model the index was built with"
+        )
+
+
 # --- the service ---------------------------------------------------------------------------------
 
 
 class SearchService:
-    """Runs validated searches of every mode over a :class:`SearchIndex` and an optional encoder."""
+    """Runs validated searches of every mode over a :class:`SearchIndex` and an optional encoder.
+
+    An encoder that is not the model of the index's vectors is refused here, at startup
+    (:func:`check_index_model`), not on the first query.
+    """
 
     def __init__(
         self,
@@ -287,6 +343,8 @@ class SearchService:
         *,
         image_url: ImageUrl | None = None,
     ) -> None:
+        if encoder is not None:
+            check_index_model(index, encoder)
         self.index = index
         self.encoder = encoder
         self.image_url: ImageUrl = image_url or api_image_path

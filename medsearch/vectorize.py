@@ -4,8 +4,8 @@ Output folder layout (what :func:`read_vectors` and the indexer read)::
 
     vectors.npy        float32 [count, dim], unit rows, in manifest order
     ids.json           the image ids, row by row
-    meta.json          model id, dim, count, created, similarity (written last)
-    run.json           what a rerun checks: the model's probe vector and each id's image
+    meta.json          model id, weight fingerprint, dim, count, created, similarity (written last)
+    run.json           what a rerun checks: model fingerprint, probe vector, each id's image
     bad_records.jsonl  records skipped (id + reason); empty when none
     vectors.jsonl      optional: {"image_id", "vector"} per line (the batch-transform shape)
 
@@ -13,9 +13,15 @@ Resume: every encoded batch is written at once to ``.partial/chunk-NNNNNN.npz`` 
 and the final files are assembled from the chunks at the end, ``meta.json`` last. A rerun reuses
 the vectors of records whose ``(image_id, image)`` are unchanged and encodes only the rest, so an
 interrupted run loses at most one batch and a grown manifest only encodes what is new. Skipped
-(bad) records are retried by a rerun. Vectors of different models never mix: a run stores a probe
-(the vector of a fixed text), and a folder written by another model — or a model retrained at the
-same path — is refused unless ``overwrite`` is given.
+(bad) records are retried by a rerun. Vectors of different models never mix: a run stores the
+encoder's weight fingerprint and a probe (the vector of a fixed text), and a folder written by
+another model — another fine-tune of the same dimension, or a model retrained at the same path —
+is refused unless ``overwrite`` is given, naming both models. Refusing, rather than re-encoding
+everything quietly, keeps a slip of ``--model`` from discarding hours of vectors. Where both runs
+have a fingerprint, it decides instead of the model id, so the same weights moved to another
+folder or to S3 keep their vectors; the probe still has to agree (another runtime or precision of
+the same weights gives slightly different vectors, which are not mixed either). A folder from
+before fingerprints is compared by model id and probe, as it always was.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from medsearch import storage
 from medsearch.data.images import load_record_images
 from medsearch.data.manifest import BadRecord, Record, write_report
 from medsearch.errors import InvalidInputError
-from medsearch.vectors import SIMILARITY, Encoder, normalize
+from medsearch.vectors import SIMILARITY, Encoder, encoder_fingerprint, normalize
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +90,13 @@ def vectorize(
     _check_unique(records)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    probe = _probe(encoder)
-    state = {"format": FORMAT, "model": encoder.model_id, "dim": encoder.dim, "probe": probe}
+    state = {
+        "format": FORMAT,
+        "model": encoder.model_id,
+        "fingerprint": encoder_fingerprint(encoder),
+        "dim": encoder.dim,
+        "probe": _probe(encoder),
+    }
     done = _reusable(out, state, records, overwrite)
     partial = out / PARTIAL
     partial.mkdir(exist_ok=True)
@@ -160,11 +171,21 @@ def _probe(encoder: Encoder) -> list[float]:
     return [float(x) for x in vector]
 
 
-def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    if a.get("model") != b.get("model") or a.get("dim") != b.get("dim"):
-        return False
-    pa, pb = np.asarray(a.get("probe", []), float), np.asarray(b.get("probe", []), float)
-    return pa.shape == pb.shape and bool(np.allclose(pa, pb, atol=_PROBE_TOLERANCE))
+def _model_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Return how the model of run ``old`` differs from that of ``new`` (None: the same one)."""
+    if old.get("dim") != new.get("dim"):
+        return f"dim {old.get('dim')}"
+    old_fp, new_fp = old.get("fingerprint"), new.get("fingerprint")
+    if old_fp and new_fp and old_fp != new_fp:
+        return f"weights {old_fp}, this model's are {new_fp}"
+    if not (old_fp and new_fp) and old.get("model") != new.get("model"):
+        return "another model id, no weight fingerprints to compare"
+    po, pn = np.asarray(old.get("probe", []), float), np.asarray(new.get("probe", []), float)
+    if po.shape != pn.shape or not np.allclose(po, pn, atol=_PROBE_TOLERANCE):
+        if old_fp and new_fp:
+            return f"weights {old_fp} too, but run at another precision or on another runtime"
+        return "its weights make other vectors than this model's"
+    return None
 
 
 def _reusable(
@@ -178,13 +199,13 @@ def _reusable(
     if (out / PARTIAL / "state.json").exists():
         previous.append(("unfinished run", _load_json(out / PARTIAL / "state.json")))
     for what, old in previous:
-        if _same_model(old, state):
+        difference = _model_difference(old, state)
+        if difference is None:
             continue
         if not overwrite:
             raise InvalidInputError(
-                f"{out} holds the {what} of another model ({old.get('model')!r}, dim "
-                f"{old.get('dim')}; this is {state['model']!r}, dim {state['dim']}); use a new "
-                "folder or overwrite"
+                f"{out} holds the {what} of another model ({old.get('model')!r}: {difference});"
+                f" this is {state['model']!r}, dim {state['dim']}: use a new folder or overwrite"
             )
         log.warning("vectorize: discarding %s of another model in %s", what, out)
         for name in (VECTORS, IDS, META, RUN, BAD, JSONL):
@@ -301,6 +322,7 @@ def _assemble(
     meta = {
         "format": FORMAT,
         "model": encoder.model_id,
+        "fingerprint": state.get("fingerprint"),
         "dim": dim,
         "count": len(ids),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

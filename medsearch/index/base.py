@@ -94,6 +94,27 @@ class UpsertResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class IndexModel:
+    """The model whose vectors an index holds, as the index's metadata records it.
+
+    ``fingerprint`` is the weight fingerprint (:attr:`medsearch.vectors.Encoder.fingerprint`);
+    None in an index built before fingerprints were stored, or from vectors without one.
+    """
+
+    model_id: str | None = None
+    fingerprint: str | None = None
+
+
+@runtime_checkable
+class RecordsModel(Protocol):
+    """An index that records which model made its vectors (both engines do)."""
+
+    def indexed_model(self) -> IndexModel:
+        """Return the model id and weight fingerprint stored with the index's vectors."""
+        ...
+
+
 @runtime_checkable
 class SearchIndex(Protocol):
     """What every engine offers: idempotent upserts by image_id, lookups, search and facets."""

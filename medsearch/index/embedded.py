@@ -27,7 +27,8 @@ On-disk layout (``<index>/``)::
     CURRENT              name of the live generation (replaced atomically with os.replace)
     .lock                flock held by a writer while it builds
     gen-000007/          one complete, immutable generation
-      meta.json          format, count, dim, model_id, facet fields, ANN kind (written last)
+      meta.json          format, count, dim, model_id, model_fingerprint (the weights that
+                         made the vectors), facet fields, ANN kind (written last)
       docs.jsonl         one row per document, sorted by image_id:
                          {"image_id", "caption", "image", "metadata"}
       vectors.npy        float32 [m, dim] unit vectors of the rows that have one
@@ -80,6 +81,7 @@ from medsearch.index.base import (
     Document,
     Filters,
     Hit,
+    IndexModel,
     SearchPage,
     SearchQuery,
     UpsertResult,
@@ -323,7 +325,7 @@ def _write_generation(
     docs: Sequence[_Row],
     vectors: np.ndarray,
     dim: int | None,
-    model_id: str | None,
+    model: IndexModel,
     config: EmbeddedConfig,
 ) -> None:
     """Write a complete generation into ``gen_dir`` (a fresh temporary folder); meta.json last."""
@@ -384,7 +386,8 @@ def _write_generation(
         "count": len(docs),
         "vectors": int(vectors.shape[0]),
         "dim": dim,
-        "model_id": model_id,
+        "model_id": model.model_id,
+        "model_fingerprint": model.fingerprint,
         "ann": ann,
         "facet_fields": facet_fields,
         "config": config.to_json(),
@@ -462,13 +465,14 @@ class EmbeddedIndex:
         path: str | os.PathLike[str],
         *,
         model_id: str | None = None,
+        fingerprint: str | None = None,
         config: EmbeddedConfig | None = None,
     ) -> EmbeddedIndex:
         """Open the index at ``path``, or create an empty one there if the folder holds none."""
         root = Path(path)
         if (root / CURRENT).exists():
             return cls.open(root)
-        return build_index(root, [], model_id=model_id, config=config)
+        return build_index(root, [], model_id=model_id, fingerprint=fingerprint, config=config)
 
     # properties
 
@@ -481,6 +485,11 @@ class EmbeddedIndex:
     def model_id(self) -> str | None:
         """The id of the model whose vectors the index holds (reported by the API)."""
         return self._gen.meta.get("model_id")
+
+    def indexed_model(self) -> IndexModel:
+        """Return the model id and weight fingerprint the live generation's vectors came from."""
+        fingerprint = self._gen.meta.get("model_fingerprint")
+        return IndexModel(self.model_id, str(fingerprint) if fingerprint else None)
 
     @property
     def generation(self) -> str:
@@ -974,9 +983,12 @@ def _write_merged(
     documents: Iterable[Document],
     deleted: Iterable[str],
     config: EmbeddedConfig,
-    model_id: str | None = None,
+    model: IndexModel | None = None,
 ) -> UpsertResult:
-    """Write a generation = current documents - deleted + documents; caller holds the lock."""
+    """Write a generation = current documents - deleted + documents; caller holds the lock.
+
+    ``model``: the model that made the vectors; None keeps what the current generation records.
+    """
     dim = current.dim if current is not None else None
     incoming, failed, dim = _prepare(documents, dim)
     gone = set(deleted)
@@ -999,8 +1011,9 @@ def _write_merged(
                 ),
                 vector,
             )
-        if model_id is None:
-            model_id = current.meta.get("model_id")
+        if model is None:
+            fingerprint = current.meta.get("model_fingerprint")
+            model = IndexModel(current.meta.get("model_id"), fingerprint or None)
     merged.update(incoming)
     ordered = sorted(merged)
     docs = [merged[i][0] for i in ordered]
@@ -1013,7 +1026,7 @@ def _write_merged(
     number = max(numbers, default=0) + 1
     tmp_dir = root / f".gen-{number:06d}.tmp"
     try:
-        _write_generation(tmp_dir, docs, vectors, dim, model_id, config)
+        _write_generation(tmp_dir, docs, vectors, dim, model or IndexModel(), config)
         _publish(root, tmp_dir, number)
     except MedsearchError:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -1029,15 +1042,19 @@ def build_index(
     documents: Iterable[Document],
     *,
     model_id: str | None = None,
+    fingerprint: str | None = None,
     config: EmbeddedConfig | None = None,
 ) -> EmbeddedIndex:
     """Build a whole index from documents in one new generation, replacing what ``path`` held.
 
-    The swap is atomic: until the new generation is complete, readers (and a crash) see the old
-    one. Invalid documents are skipped and logged; use :func:`build_index_with_result` to get
-    them back.
+    ``model_id`` and ``fingerprint`` name the model that made the vectors (the search service
+    refuses another one). The swap is atomic: until the new generation is complete, readers (and
+    a crash) see the old one. Invalid documents are skipped and logged; use
+    :func:`build_index_with_result` to get them back.
     """
-    index, _ = build_index_with_result(path, documents, model_id=model_id, config=config)
+    index, _ = build_index_with_result(
+        path, documents, model_id=model_id, fingerprint=fingerprint, config=config
+    )
     return index
 
 
@@ -1046,14 +1063,16 @@ def build_index_with_result(
     documents: Iterable[Document],
     *,
     model_id: str | None = None,
+    fingerprint: str | None = None,
     config: EmbeddedConfig | None = None,
 ) -> tuple[EmbeddedIndex, UpsertResult]:
     """Like :func:`build_index`, also returning how many documents were written and which failed."""
     root = Path(path)
     if root.exists() and not root.is_dir():
         raise SearchIndexError(f"index path {root} exists and is not a folder")
+    model = IndexModel(model_id, fingerprint)
     with _writer_lock(root):
-        result = _write_merged(root, None, documents, (), config or EmbeddedConfig(), model_id)
+        result = _write_merged(root, None, documents, (), config or EmbeddedConfig(), model)
         index = EmbeddedIndex(root, _load_current(root))
     for image_id, reason in result.failed:
         log.warning("skipped %s: %s", image_id, reason)

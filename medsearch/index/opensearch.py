@@ -32,11 +32,12 @@ Layout of a deployment:
 
 What readers need to know of a run index is in one small document in it, the index record
 (``_id`` :data:`RECORD_ID`, which no image id can be; :func:`build_index_record`): vector
-dimension, engine and space, the BM25 scale, and (written when a load finishes) the metadata
-fields to filter on. Readers fetch it with ``_mget``, so the search side needs no more than
-search, ``_msearch``, ``_mget`` and ``_count``: never ``_mapping`` or a cluster permission. The
-record has no caption, vector or metadata, so no search, facet or vector count sees it, and
-:meth:`OpenSearchIndex.count` leaves it out.
+dimension, engine and space, the BM25 scale, the model that made the vectors (its id and weight
+fingerprint, which the search service compares with its encoder at startup), and (written when a
+load finishes) the metadata fields to filter on. Readers fetch it with ``_mget``, so the search
+side needs no more than search, ``_msearch``, ``_mget`` and ``_count``: never ``_mapping`` or a
+cluster permission. The record has no caption, vector or metadata, so no search, facet or vector
+count sees it, and :meth:`OpenSearchIndex.count` leaves it out.
 
 Scores: BM25 scores are reported as Lucene's ``BM25Similarity`` computes them, the same on every
 engine (:mod:`medsearch.index.analysis`): the record says how much larger the creating cluster's
@@ -69,7 +70,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
@@ -92,6 +93,7 @@ from medsearch.index.base import (
     Document,
     Filters,
     Hit,
+    IndexModel,
     SearchPage,
     SearchQuery,
     TotalRelation,
@@ -356,17 +358,23 @@ def build_index_body(
     return {"settings": settings, "mappings": mappings}
 
 
-def build_index_record(dim: int, config: OpenSearchConfig, bm25_scale: float) -> dict[str, Any]:
+def build_index_record(
+    dim: int, config: OpenSearchConfig, bm25_scale: float, model: IndexModel | None = None
+) -> dict[str, Any]:
     """Return the ``_source`` of the index record: what a reader needs to search this index
-    (``bm25_scale``: :func:`bm25_scale_for_version` of the cluster creating it)."""
-    return {
-        RECORD_FIELD: {
-            "dim": dim,
-            "engine": config.engine,
-            "space_type": config.space_type,
-            "bm25_scale": bm25_scale,
-        }
+    (``bm25_scale``: :func:`bm25_scale_for_version` of the cluster creating it; ``model``: the
+    model that made the vectors, recorded where known)."""
+    record: dict[str, Any] = {
+        "dim": dim,
+        "engine": config.engine,
+        "space_type": config.space_type,
+        "bm25_scale": bm25_scale,
     }
+    if model is not None and model.model_id is not None:
+        record["model_id"] = model.model_id
+    if model is not None and model.fingerprint is not None:
+        record["model_fingerprint"] = model.fingerprint
+    return {RECORD_FIELD: record}
 
 
 def build_pipeline_body(alpha: float) -> dict[str, Any]:
@@ -671,6 +679,7 @@ class _Layout:
     vectors: int | None = None
     captioned_without_vector: int | None = None
     read_at: float = 0.0
+    model: IndexModel = field(default_factory=IndexModel)
 
 
 # How long a reader trusts what it read of an index record: an alias that moved to a new run is
@@ -816,23 +825,38 @@ class OpenSearchIndex:
         """Tell whether the index (or alias) exists."""
         return bool(self._client.transport.perform_request("HEAD", f"/{self.name}"))
 
-    def create(self, dim: int, *, loading: bool = True, alias: str | None = None) -> bool:
+    def create(
+        self,
+        dim: int,
+        *,
+        loading: bool = True,
+        alias: str | None = None,
+        model: IndexModel | None = None,
+    ) -> bool:
         """Create the index for ``dim``-d vectors; return False if it already existed (same dim).
 
         ``alias``: the alias this is a run of, recorded so :meth:`prune` deletes only that
         alias's runs, never another pipeline's index that merely shares the name prefix.
+        ``model``: the model whose vectors will be loaded, recorded for the search service; an
+        existing index that records other weights is refused, like one of another dimension.
         """
         body = build_index_body(dim, self.config, loading=loading, alias=alias)
-        record = build_index_record(dim, self.config, self._cluster_bm25_scale())
+        record = build_index_record(dim, self.config, self._cluster_bm25_scale(), model)
         answer = self._request("PUT", f"/{self.name}", body, ignore=(400,))
         if isinstance(answer, Refused):
             error = json.dumps(answer.info)
             if "resource_already_exists_exception" not in error:
                 raise SearchIndexError(f"cannot create index {self.name}: {error}")
-            existing = self._read_layout().dim
-            if existing is not None and existing != dim:
+            layout = self._read_layout()
+            if layout.dim is not None and layout.dim != dim:
                 raise SearchIndexError(
-                    f"index {self.name} holds {existing}-d vectors, cannot load {dim}-d ones"
+                    f"index {self.name} holds {layout.dim}-d vectors, cannot load {dim}-d ones"
+                )
+            held, new = layout.model.fingerprint, model.fingerprint if model else None
+            if held and new and held != new:
+                raise SearchIndexError(
+                    f"index {self.name} holds vectors of {layout.model.model_id} (weights {held}),"
+                    f" cannot load those of {model.model_id if model else None} (weights {new})"
                 )
             return False
         # Real-time get sees it at once; searches never match it (no caption, vector, metadata).
@@ -1268,6 +1292,11 @@ class OpenSearchIndex:
         """How much larger than ``BM25Similarity`` this index's raw BM25 scores are."""
         return self._read_layout().bm25_scale
 
+    def indexed_model(self) -> IndexModel:
+        """Return the model id and weight fingerprint the index record names (empty for a run
+        created without them, or one from before index records)."""
+        return self._read_layout().model
+
     def _read_layout(self) -> _Layout:
         """Read the index record once (not while the index is missing): dimension, space, scale.
 
@@ -1294,6 +1323,10 @@ class OpenSearchIndex:
             vectors=_count_or_none(record.get("vectors")),
             captioned_without_vector=_count_or_none(record.get("captioned_without_vector")),
             read_at=self._clock(),
+            model=IndexModel(
+                _text_or_none(record.get("model_id")),
+                _text_or_none(record.get("model_fingerprint")),
+            ),
         )
         return self._layout
 
@@ -1596,6 +1629,10 @@ def merge_target(docs: int, shards: int = 1) -> int:
     """Return the segments per shard a finished run index is merged to."""
     per_shard = -(-max(docs, 1) // max(shards, 1))
     return max(1, -(-per_shard // MERGE_DOCS_PER_SEGMENT))
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _count_or_none(value: Any) -> int | None:

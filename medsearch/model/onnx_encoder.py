@@ -3,7 +3,9 @@
 This is what the search API Lambda runs. A folder written by ``medsearch export-onnx`` holds
 ``text.onnx`` and ``vision.onnx`` (optionally ``*.int8.onnx``), the tokenizer (``tokenizer.json``,
 truncation and padding already configured), the image preprocessing (``preprocess.json``) and a
-small manifest (``onnx_manifest.json``: model id, dimension, opset). Preprocessing reproduces
+small manifest (``onnx_manifest.json``: model id, dimension, opset, and the weight fingerprint of
+the torch model it was exported from, so its vectors and the torch model's are known to belong
+together; the int8 towers carry the same one). Preprocessing reproduces
 Hugging Face's ``CLIPImageProcessor`` (PIL backend) step by step: shortest edge resized with the
 same rounding and resampling filter, center crop (zero padding when the image is smaller), rescale,
 normalise. Vectors are made unit length by :func:`medsearch.vectors.normalize`, as everywhere else.
@@ -100,13 +102,15 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class OnnxManifest:
-    """What an export folder holds: the model id and dimension, opset and exporter used."""
+    """What an export folder holds: the model id and dimension, opset and exporter used, and the
+    source model's weight fingerprint (None in an export from before fingerprints)."""
 
     model_id: str
     dim: int
     opset: int
     exporter: str
     int8: bool
+    fingerprint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return the ``onnx_manifest.json`` content."""
@@ -124,6 +128,7 @@ def read_onnx_manifest(folder: Path) -> OnnxManifest:
             opset=int(raw["opset"]),
             exporter=str(raw.get("exporter", "")),
             int8=bool(raw.get("int8", False)),
+            fingerprint=str(raw["fingerprint"]) if raw.get("fingerprint") else None,
         )
     except FileNotFoundError:
         raise ConfigError(f"{folder} is not an ONNX export: it has no {MANIFEST_FILE}") from None
@@ -229,6 +234,13 @@ class OnnxEncoder:
     def dim(self) -> int:
         """The embedding dimension."""
         return self.manifest.dim
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The weight fingerprint of the torch model the towers were exported from (None for an
+        export from before fingerprints). An int8 tower approximates the same weights, so it
+        carries the same fingerprint: its queries are meant for the torch model's vectors."""
+        return self.manifest.fingerprint
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Encode texts (truncated to the model's maximum length) to ``[n, dim]`` unit vectors."""

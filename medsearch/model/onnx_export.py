@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from medsearch.errors import ConfigError, StorageError
-from medsearch.model.encoder import pooled
+from medsearch.model.encoder import pooled, weights_fingerprint
 from medsearch.model.loading import ClipBundle, load_clip
 from medsearch.model.onnx_encoder import (
     MANIFEST_FILE,
@@ -104,7 +104,8 @@ def export_onnx(
     """Write both towers (+ int8 copies), tokenizer, preprocessing and manifest to ``out``.
 
     ``model`` is a model source (folder, ``s3://`` prefix, hub id) or a loaded bundle; ``model_id``
-    names the model in the manifest (default: its source). The folder is written aside and swapped
+    names the model in the manifest (default: its source); the manifest also records the model's
+    :func:`~medsearch.model.encoder.weights_fingerprint`. The folder is written aside and swapped
     in, so an interrupted export never leaves a half-written folder behind.
     """
     if exporter not in EXPORTERS:
@@ -112,6 +113,8 @@ def export_onnx(
     bundle = model if isinstance(model, ClipBundle) else load_clip(model)
     model_on_cpu: Any = bundle.model  # transformers' typing of .to() is narrower than the call
     clip = model_on_cpu.to("cpu").float().eval()
+    # The torch model's fingerprint, so vectors it made accept this export's queries.
+    fingerprint = weights_fingerprint(clip)
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
@@ -156,6 +159,7 @@ def export_onnx(
             opset=opset,
             exporter=used,
             int8=int8,
+            fingerprint=fingerprint,
         )
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         _swap_in(staging, target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,12 +25,18 @@ class HashEncoder:
     """A deterministic torch-free encoder: vectors are hashes of pixels or text (plus a seed)."""
 
     def __init__(
-        self, model_id: str = "hash-model", seed: int = 0, fail_after: int | None = None
+        self,
+        model_id: str = "hash-model",
+        seed: int = 0,
+        fail_after: int | None = None,
+        *,
+        fingerprinted: bool = True,
     ) -> None:
         self._model_id = model_id
         self.seed = seed
         self.images_encoded = 0
         self.fail_after = fail_after  # images, to simulate an interruption
+        self.fingerprinted = fingerprinted  # False: an encoder from before fingerprints
 
     @property
     def model_id(self) -> str:
@@ -38,6 +45,11 @@ class HashEncoder:
     @property
     def dim(self) -> int:
         return DIM
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The seed stands for the weights: same seed, same vectors."""
+        return f"sha256:{self.seed:016x}" if self.fingerprinted else None
 
     def _vector(self, data: bytes) -> np.ndarray:
         digest = hashlib.sha256(bytes([self.seed]) + data).digest()
@@ -197,7 +209,7 @@ def test_given_vectors_of_another_model_when_rerun_then_refused_unless_overwrite
     with pytest.raises(InvalidInputError, match="another model"):
         vectorize(retrained, records, out)
     with pytest.raises(InvalidInputError, match="another model"):
-        vectorize(HashEncoder("other-model"), records, out)
+        vectorize(HashEncoder("other-model", seed=2), records, out)
     result = vectorize(retrained, records, out, overwrite=True)
     assert (result.encoded, result.reused) == (3, 0)
     _, vectors, _ = read_vectors(out)
@@ -212,6 +224,85 @@ def test_given_an_interrupted_run_of_another_model_when_rerun_then_refused(
     interrupt_run(records, out, after=2)
     with pytest.raises(InvalidInputError, match="unfinished run of another model"):
         vectorize(HashEncoder(seed=3), records, out, batch_size=2)
+
+
+def test_given_vectors_of_other_weights_when_rerun_then_refused_naming_both_fingerprints(
+    tmp_path: Path,
+) -> None:
+    # Given vectors of a model, its fingerprint stored beside them
+    records = read_manifest(make_manifest(tmp_path / "data", 3, bad=False))
+    out = tmp_path / "vectors"
+    vectorize(HashEncoder(), records, out)
+    _, _, meta = read_vectors(out)
+    assert meta["fingerprint"] == HashEncoder().fingerprint
+    # When another model of the same id and dimension (another fine-tune) vectorizes into it
+    # Then it is refused, naming both weights, and nothing was encoded or changed
+    other = HashEncoder(seed=1)
+    with pytest.raises(InvalidInputError) as refused:
+        vectorize(other, records, out)
+    assert f"weights {HashEncoder().fingerprint}, this model's are {other.fingerprint}" in str(
+        refused.value
+    )
+    assert other.images_encoded == 0
+    assert read_vectors(out)[2]["fingerprint"] == HashEncoder().fingerprint
+
+
+def test_given_the_same_weights_under_another_model_id_when_rerun_then_vectors_are_reused(
+    tmp_path: Path,
+) -> None:
+    # Given vectors of a model, and the same weights loaded from elsewhere (a copy, an s3:// URL)
+    records = read_manifest(make_manifest(tmp_path / "data", 3, bad=False))
+    out = tmp_path / "vectors"
+    vectorize(HashEncoder("models/run-7"), records, out)
+    moved = HashEncoder("s3://bucket/models/run-7")
+    # When it vectorizes into the folder, Then every vector is kept, under the new id
+    result = vectorize(moved, records, out)
+    assert (result.encoded, result.reused) == (0, 3) and moved.images_encoded == 0
+    assert read_vectors(out)[2]["model"] == "s3://bucket/models/run-7"
+
+
+def test_given_vectors_from_before_fingerprints_when_rerun_then_model_id_and_probe_decide(
+    tmp_path: Path,
+) -> None:
+    # Given a folder written by an encoder without a fingerprint (as before they existed)
+    records = read_manifest(make_manifest(tmp_path / "data", 3, bad=False))
+    out = tmp_path / "vectors"
+    vectorize(HashEncoder(fingerprinted=False), records, out)
+    assert read_vectors(out)[2]["fingerprint"] is None
+    # When the same model, now with a fingerprint, reruns, Then its vectors are reused
+    assert vectorize(HashEncoder(), records, out).reused == 3
+    # And a model of another id, or of other weights under the same id, is refused
+    legacy = tmp_path / "legacy"
+    vectorize(HashEncoder(fingerprinted=False), records, legacy)
+    with pytest.raises(InvalidInputError, match="another model id"):
+        vectorize(HashEncoder("other-model"), records, legacy)
+    with pytest.raises(InvalidInputError, match="other vectors"):
+        vectorize(HashEncoder(seed=1, fingerprinted=False), records, legacy)
+
+
+def test_given_the_tiny_model_when_vectorized_then_meta_names_its_weights_and_others_are_refused(
+    tmp_path: Path, tiny_model_dir: Path, synth_corpus: Path
+) -> None:
+    from medsearch.model.encoder import load_encoder
+    from medsearch.model.loading import save_clip
+    from medsearch.model.tiny import build_tiny_clip
+
+    # Given a model folder and vectors it made
+    records = read_manifest(make_manifest(tmp_path / "data", 3, bad=False))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    encoder = load_encoder(str(model), device="cpu")
+    out = tmp_path / "vectors"
+    vectorize(encoder, records, out)
+    assert read_vectors(out)[2]["fingerprint"] == encoder.fingerprint
+    # When the folder is overwritten by another model of the same dimension (retrained in place)
+    captions = [r.caption for r in read_manifest(synth_corpus) if r.caption]
+    save_clip(build_tiny_clip(captions, seed=1), model)
+    retrained = load_encoder(str(model), device="cpu")
+    assert retrained.dim == encoder.dim and retrained.fingerprint != encoder.fingerprint
+    # Then an incremental run refuses it, naming both weights
+    with pytest.raises(InvalidInputError, match=f"weights {encoder.fingerprint}"):
+        vectorize(retrained, records, out)
 
 
 def test_given_jsonl_flag_when_vectorized_then_lines_match_the_npy(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from index_contract import corpus, reference_terms
 
 from medsearch.data.manifest import read_manifest
 from medsearch.errors import InvalidInputError, SearchIndexError
-from medsearch.index.base import Document, SearchIndex, SearchQuery
+from medsearch.index.base import Document, IndexModel, SearchIndex, SearchQuery
 from medsearch.index.embedded import (
     CURRENT,
     EmbeddedConfig,
@@ -332,6 +332,21 @@ def test_generation_metadata_is_recorded(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "i" / index.generation / "meta.json").read_text())
     assert meta["model_id"] == "clip-tiny" and meta["dim"] == 8 and meta["count"] == len(corpus())
     assert meta["ann"] == "exact"  # a collection this small is searched exactly
+
+
+def test_the_model_that_made_the_vectors_is_recorded_and_kept_by_upserts(tmp_path: Path) -> None:
+    # Given an index built from the vectors of one model
+    index = build_index(tmp_path / "i", corpus(), model_id="clip-tiny", fingerprint="sha256:ab")
+    meta = json.loads((tmp_path / "i" / index.generation / "meta.json").read_text())
+    assert meta["model_fingerprint"] == "sha256:ab"
+    assert index.indexed_model() == IndexModel("clip-tiny", "sha256:ab")
+    # When documents are upserted and deleted, Then the record stays
+    index.upsert([Document("new-1", "a new caption", np.ones(8, np.float32))])
+    index.delete(["new-1"])
+    assert open_index(tmp_path / "i").indexed_model() == IndexModel("clip-tiny", "sha256:ab")
+    # And an index built without a fingerprint (as before them) records none
+    old = build_index(tmp_path / "old", corpus(), model_id="clip-tiny")
+    assert old.indexed_model() == IndexModel("clip-tiny", None)
 
 
 @pytest.mark.skipif(not MEDPIX.exists(), reason="MedPix sample not present")

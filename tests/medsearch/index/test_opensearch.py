@@ -25,7 +25,7 @@ from opensearchpy import RequestsHttpConnection
 from medsearch.constants import API_GATEWAY_TIMEOUT_S, SEARCH_REQUEST_BUDGET_S
 from medsearch.errors import ConfigError, InvalidInputError, MergeRunning, SearchIndexError
 from medsearch.index.analysis import LEGACY_BM25_FACTOR
-from medsearch.index.base import Document, SearchIndex, SearchQuery
+from medsearch.index.base import Document, IndexModel, SearchIndex, SearchQuery
 from medsearch.index.opensearch import (
     RECORD_ID,
     OpenSearchConfig,
@@ -379,6 +379,47 @@ def test_create_is_idempotent_and_refuses_another_dimension(target: Target) -> N
     assert index.create(DIM) is False
     with pytest.raises(SearchIndexError, match="4-d"):
         target.make().create(DIM + 1)
+
+
+def test_given_a_run_created_for_a_model_then_readers_get_its_weights_and_others_are_refused(
+    target: Target,
+) -> None:
+    # Given a run index created for the vectors of one model, and loaded
+    model = IndexModel("models/run-7", "sha256:00112233aabbccdd")
+    index = target.make()
+    assert index.create(DIM, model=model) is True
+    with index.loading():
+        assert index.upsert(DOCS).failed == []
+    # Then a reader gets the model from the index record (the finished load kept it)
+    assert target.make().indexed_model() == model
+    # And creating it again for the vectors of other weights is refused, naming both
+    with pytest.raises(SearchIndexError, match=r"sha256:00112233aabbccdd.*sha256:ffeeddcc"):
+        target.make().create(DIM, model=IndexModel("models/run-8", "sha256:ffeeddcc00000000"))
+    assert target.make().create(DIM, model=model) is False
+    # While a run created without a model (as before) records none
+    assert target.make("run2").create(DIM) is True
+    assert target.make("run2").indexed_model() == IndexModel()
+
+
+def test_given_a_run_of_one_model_when_another_same_dim_model_serves_it_then_refused(
+    target: Target,
+) -> None:
+    index = target.make()
+    index.create(DIM, model=IndexModel("base", "sha256:1111111111111111"))
+    with index.loading():
+        index.upsert(DOCS)
+
+    class Encoder:
+        model_id, dim, fingerprint = "fine-tuned", DIM, "sha256:2222222222222222"
+
+        def encode_texts(self, texts: Any, batch_size: int = 64) -> np.ndarray:
+            return np.ones((len(texts), DIM), np.float32)
+
+        def encode_images(self, images: Any, batch_size: int = 32) -> np.ndarray:
+            return np.ones((len(images), DIM), np.float32)
+
+    with pytest.raises(ConfigError, match=r"model base .* fine-tuned has other weights"):
+        SearchService(index, Encoder())
 
 
 def test_loading_hides_documents_until_finished_then_restores_settings(target: Target) -> None:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from medsearch.errors import ConfigError
-from medsearch.model.encoder import load_encoder, select_device
+from medsearch.model.encoder import load_encoder, select_device, weights_fingerprint
 from medsearch.vectors import Encoder
 
 
@@ -100,3 +100,34 @@ def test_given_unavailable_device_when_selected_then_config_error() -> None:
     with pytest.raises(ConfigError):
         select_device("nonsense")
     assert select_device("cpu").type == "cpu"
+
+
+def test_given_models_when_fingerprinted_then_the_same_weights_match_and_others_differ(
+    encoder, tiny_model_dir: Path, synth_corpus: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import torch
+
+    from medsearch.data.manifest import read_manifest
+    from medsearch.model.loading import load_clip
+    from medsearch.model.tiny import build_tiny_clip
+
+    # Given the tiny model loaded again from a copy of its folder (another model id)
+    shutil.copytree(tiny_model_dir, tmp_path / "copy")
+    copy = load_encoder(str(tmp_path / "copy"), device="cpu")
+    # Then the weights have one short fingerprint, whatever the folder
+    assert copy.fingerprint == encoder.fingerprint
+    assert encoder.fingerprint.startswith("sha256:") and len(encoder.fingerprint) == 7 + 16
+    # And the same values held in another precision keep it
+    widened = load_clip(str(tiny_model_dir)).model.double()
+    assert weights_fingerprint(widened) == encoder.fingerprint
+    # While another model of the same dimension, or one weight changed, gives another one
+    captions = [r.caption for r in read_manifest(synth_corpus) if r.caption]
+    other = build_tiny_clip(captions, seed=1).model
+    assert other.config.projection_dim == encoder.dim
+    assert weights_fingerprint(other) != encoder.fingerprint
+    nudged = load_clip(str(tiny_model_dir)).model
+    with torch.no_grad():
+        next(nudged.parameters()).view(-1)[0] += 1e-3
+    assert weights_fingerprint(nudged) != encoder.fingerprint

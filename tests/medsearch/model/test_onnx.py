@@ -8,6 +8,8 @@ dozen steps), so a top-10 comparison on it would measure ties, not the quantisat
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +22,8 @@ from PIL import Image
 from medsearch import cli, storage
 from medsearch.data.manifest import read_manifest
 from medsearch.errors import ConfigError, NotFoundError, StorageError
+from medsearch.index.base import Document
+from medsearch.index.embedded import build_index
 from medsearch.model.encoder import TorchEncoder, load_encoder
 from medsearch.model.loading import load_clip
 from medsearch.model.onnx_encoder import (
@@ -33,6 +37,7 @@ from medsearch.model.onnx_encoder import (
     preprocess_image,
 )
 from medsearch.model.onnx_export import export_onnx, preprocess_config
+from medsearch.search import SearchService
 from medsearch.vectors import Encoder
 
 TOWERS = ("text.onnx", "vision.onnx", "text.int8.onnx", "vision.int8.onnx")
@@ -105,6 +110,61 @@ def test_given_cli_export_with_int8_then_folder_holds_everything_serving_needs(
     assert preprocess["resize"] == "shortest_edge" and preprocess["resample"] == "bicubic"
     # And no staging folder is left beside the export
     assert [p.name for p in onnx_dir.parent.iterdir()] == ["export"]
+
+
+def test_given_an_export_then_it_carries_the_torch_model_fingerprint_and_serves_its_index(
+    onnx_dir: Path,
+    torch_encoder: TorchEncoder,
+    corpus: tuple[list[str], list[Image.Image]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given an index of vectors the torch model made (its fingerprint recorded)
+    captions, images = corpus
+    vectors = torch_encoder.encode_images(images[:8])
+    documents = [Document(f"img-{i}", captions[i], vector) for i, vector in enumerate(vectors)]
+    index = build_index(
+        tmp_path / "index",
+        documents,
+        model_id=torch_encoder.model_id,
+        fingerprint=torch_encoder.fingerprint,
+    )
+    # Then the export's manifest, fp32 and int8, names the same weights under its own model id
+    manifest = json.loads((onnx_dir / MANIFEST_FILE).read_text())
+    assert manifest["fingerprint"] == torch_encoder.fingerprint
+    int8 = OnnxEncoder(onnx_dir, int8=True)
+    assert int8.fingerprint == OnnxEncoder(onnx_dir).fingerprint == torch_encoder.fingerprint
+    assert int8.model_id != torch_encoder.model_id
+    # And the service takes int8 ONNX queries for the torch vectors, without a warning
+    with caplog.at_level(logging.WARNING, logger="medsearch.search"):
+        service = SearchService(index, int8)
+    assert "fingerprint" not in caplog.text
+    assert service.search(captions[0], mode="vector", k=3).results
+
+
+def test_given_an_export_from_before_fingerprints_then_served_with_a_warning(
+    onnx_dir: Path, torch_encoder: TorchEncoder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an export whose manifest has no fingerprint
+    old = tmp_path / "old-export"
+    shutil.copytree(onnx_dir, old)
+    manifest = json.loads((old / MANIFEST_FILE).read_text())
+    del manifest["fingerprint"]
+    (old / MANIFEST_FILE).write_text(json.dumps(manifest))
+    encoder = OnnxEncoder(old)
+    assert encoder.fingerprint is None
+    # When it serves an index that records the torch model's weights
+    vector = torch_encoder.encode_texts(["mri"])[0]
+    index = build_index(
+        tmp_path / "index",
+        [Document("a", "mri", vector)],
+        model_id="tiny",
+        fingerprint=torch_encoder.fingerprint,
+    )
+    # Then it is accepted (same dimension), with a warning that the weights cannot be checked
+    with caplog.at_level(logging.WARNING, logger="medsearch.search"):
+        SearchService(index, encoder)
+    assert "no weight fingerprint" in caplog.text
 
 
 def test_given_fp32_export_then_vectors_match_torch_on_the_corpus(

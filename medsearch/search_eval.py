@@ -19,6 +19,7 @@ from medsearch.errors import InvalidInputError
 from medsearch.evaluate import QUERY_K, graded_metrics
 from medsearch.index.base import SearchIndex, SearchQuery
 from medsearch.search import DEFAULT_ALPHA, TEXT_MODES, SearchService
+from medsearch.vectors import encoder_fingerprint
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -68,6 +69,7 @@ class _MemoEncoder:
         self._vectors: dict[str, np.ndarray] = {}
         self.model_id = encoder.model_id
         self.dim = encoder.dim
+        self.fingerprint = encoder_fingerprint(encoder)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Return the texts' vectors, encoding only those not seen before."""

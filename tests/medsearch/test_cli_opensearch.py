@@ -29,6 +29,7 @@ import pytest
 from medsearch.cli import PASSWORD_ENV, main
 from medsearch.data.manifest import read_manifest
 from medsearch.index.opensearch import OpenSearchIndex
+from tests.support.cli_output import one_line_error
 from tests.support.fake_opensearch import FakeCluster, SimulatedCrash, fake_client
 
 QUERY = "chest nodule"
@@ -85,19 +86,6 @@ def write_jsonl_vectors(
     ]
     (folder / "vectors.jsonl").write_text("\n".join(lines) + "\n")
     return folder
-
-
-# A progress bar's line (transformers draws one while it loads a model's weights).
-_BAR = re.compile(r"\d+%\|")
-
-
-def one_line_error(err: str, command: str) -> str:
-    """Assert that stderr is one error line of ``command`` (beside progress bars); return it."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if not _BAR.search(line)]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"medsearch {command}: error:"), err
-    return lines[0]
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ base: their vectors have the same shape, so only the weight fingerprint can tell
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from pathlib import Path
 
@@ -24,9 +23,7 @@ from medsearch.model.encoder import TorchEncoder, load_encoder
 from medsearch.search import SearchService
 from medsearch.settings import ServiceSettings
 from medsearch.vectorize import vectorize
-
-# A progress bar's line (transformers draws one while it loads a model's weights).
-_BAR = re.compile(r"\d+%\|")
+from tests.support.cli_output import one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -144,15 +141,6 @@ def test_given_the_api_factory_when_the_model_has_other_weights_then_the_service
     # While the model the index was built with starts
     good = ServiceSettings(index_dir=str(index_dir), model=str(tiny_model_dir))
     assert TestClient(create_app(good)).get("/health").json()["model"] == str(tiny_model_dir)
-
-
-def one_line_error(err: str, command: str) -> str:
-    """Assert that stderr is one error line of ``command`` (beside progress bars); return it."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if not _BAR.search(line)]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"medsearch {command}: error:"), err
-    return lines[0]
 
 
 def test_given_the_cli_when_searching_or_serving_with_other_weights_then_one_line_and_exit_2(

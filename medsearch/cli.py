@@ -421,6 +421,7 @@ def _run_load(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from medsearch.errors import InvalidInputError, SearchIndexError
+    from medsearch.index.base import IndexModel
     from medsearch.index.opensearch import (
         OpenSearchConfig,
         OpenSearchIndex,
@@ -444,7 +445,10 @@ def _run_load(args: argparse.Namespace) -> int:
     probe = OpenSearchIndex(client, args.alias, config=replace(config, max_attempts=1))
     before = probe.alias_targets(args.alias)
     index = OpenSearchIndex(client, name, config=config)
-    if not index.create(source.dim, alias=args.alias):
+    # The vectors' model id and weight fingerprint go into the index record, so the search
+    # service refuses a model with other weights instead of ranking by unrelated vectors.
+    model = IndexModel(source.model_id, source.fingerprint)
+    if not index.create(source.dim, alias=args.alias, model=model):
         raise SearchIndexError(f"index {name} already exists: give another --run-id")
     try:
         with index.loading():

@@ -23,6 +23,7 @@ from medsearch.errors import MedsearchError
 if TYPE_CHECKING:
     from medsearch.index.opensearch import OpenSearchIndex
     from medsearch.pipeline_runs import Execution, PipelineClient
+    from medsearch.publish_guard import PublishGuardConfig
     from medsearch.settings import ServiceSettings
 
 log = logging.getLogger("medsearch")
@@ -371,13 +372,45 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="manifest")
     p.add_argument("--vectors", type=Path, required=True, help="folder written by `vectorize`")
     p.add_argument("--index", type=Path, required=True, help="index folder")
+    _add_publish_guard(p, "the index in --index")
     p.set_defaults(func=_run_index)
+
+
+def _add_publish_guard(p: argparse.ArgumentParser, live: str) -> None:
+    """Add the flags of the publish guard (:mod:`medsearch.publish_guard`)."""
+    from medsearch.publish_guard import DEFAULT_MAX_DROP
+
+    group = p.add_argument_group(
+        "replacing a live index", f"checked against {live} before anything is written"
+    )
+    group.add_argument(
+        "--allow-empty", action="store_true", help="publish an index without documents"
+    )
+    group.add_argument(
+        "--max-drop",
+        type=float,
+        default=DEFAULT_MAX_DROP,
+        metavar="SHARE",
+        help=f"share of the live index's documents the new one may lack ({DEFAULT_MAX_DROP})",
+    )
+    group.add_argument(
+        "--force", action="store_true", help="publish even if more than --max-drop are dropped"
+    )
+
+
+def _publish_guard(args: argparse.Namespace) -> PublishGuardConfig:
+    """Read the publish guard's flags into its config."""
+    from medsearch.publish_guard import PublishGuardConfig
+
+    return PublishGuardConfig(
+        max_drop=args.max_drop, allow_empty=args.allow_empty, force=args.force
+    )
 
 
 def _run_index(args: argparse.Namespace) -> int:
     from medsearch.indexing import index_manifest
 
-    summary = index_manifest(args.data, args.vectors, args.index)
+    summary = index_manifest(args.data, args.vectors, args.index, guard=_publish_guard(args))
     for line in summary.lines():
         print(line)
     return 0
@@ -410,6 +443,7 @@ def _add_load(sub: argparse._SubParsersAction) -> None:
     cluster.add_argument(
         "--replicas", type=int, default=None, help="replicas once loaded (default 1; 0 on one node)"
     )
+    _add_publish_guard(p, "the indexes --alias points at")
     p.set_defaults(func=_run_load)
 
 
@@ -429,6 +463,7 @@ def _run_load(args: argparse.Namespace) -> int:
         run_index_name,
     )
     from medsearch.indexing import read_index_input
+    from medsearch.publish_guard import check_publish
 
     started = time.perf_counter()
     settings = _opensearch_settings(args, args.alias)
@@ -444,6 +479,13 @@ def _run_load(args: argparse.Namespace) -> int:
     # One attempt: a wrong URL, port or password ends here at once, not after a minute of retries.
     probe = OpenSearchIndex(client, args.alias, config=replace(config, max_attempts=1))
     before = probe.alias_targets(args.alias)
+    live = sum(probe.with_name(target).count() for target in before) if before else None
+    check_publish(
+        live,
+        len(source.records),
+        _publish_guard(args),
+        what=f"alias {args.alias} ({', '.join(before)})" if before else f"alias {args.alias}",
+    )
     index = OpenSearchIndex(client, name, config=config)
     # The vectors' model id and weight fingerprint go into the index record, so the search
     # service refuses a model with other weights instead of ranking by unrelated vectors.

@@ -8,6 +8,8 @@ report the model and refuse, at startup, one whose weights are not those the vec
 
 The join (:func:`read_index_input`) and its summary are shared by every engine: the embedded
 index built here (:func:`index_manifest`) and the OpenSearch run index ``medsearch load`` fills.
+Before an index replaces a live one, :mod:`medsearch.publish_guard` checks that it is not empty
+and does not drop too many of the live one's documents (the live index stays as it was).
 """
 
 from __future__ import annotations
@@ -22,14 +24,23 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsearch.data.manifest import Record, read_manifest
+from medsearch.data.manifest import (
+    CAPTION_BYTES_FIELD,
+    MAX_CAPTION_BYTES,
+    Record,
+    read_manifest,
+)
+from medsearch.errors import SearchIndexError
 from medsearch.index.base import Document
+from medsearch.publish_guard import PublishGuardConfig, check_publish
 from medsearch.vectorize import read_vectors
 
 if TYPE_CHECKING:
     from medsearch.index.embedded import EmbeddedConfig
 
 log = logging.getLogger(__name__)
+
+MAX_CAPTION_KIB = MAX_CAPTION_BYTES // 1024
 
 
 @dataclass
@@ -47,6 +58,8 @@ class IndexSummary:
     unknown_vectors: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     fingerprint: str | None = None
+    # Captions cut to MAX_CAPTION_BYTES on reading (their original size is in their metadata).
+    truncated_captions: int = 0
 
     def lines(self) -> list[str]:
         """Return the human-readable summary the CLI prints."""
@@ -57,6 +70,11 @@ class IndexSummary:
             f"dim {self.dim if self.dim is not None else '-'})",
             f"  captionless (vector search only): {self.captionless}",
         ]
+        if self.truncated_captions:
+            out.append(
+                f"  captions cut to {MAX_CAPTION_KIB} KiB: {self.truncated_captions} "
+                f"(their original size is in metadata {CAPTION_BYTES_FIELD!r})"
+            )
         if self.without_vector:
             shown = ", ".join(self.without_vector[:5])
             extra = len(self.without_vector) - 5
@@ -136,6 +154,7 @@ class IndexInput:
             unknown_vectors=len(set(self.ids) - known),
             failed=failed,
             fingerprint=self.fingerprint,
+            truncated_captions=sum(1 for r in self.records if CAPTION_BYTES_FIELD in r.metadata),
         )
 
 
@@ -161,13 +180,24 @@ def index_manifest(
     index: str | os.PathLike[str],
     *,
     config: EmbeddedConfig | None = None,
+    guard: PublishGuardConfig | None = None,
 ) -> IndexSummary:
-    """Build the embedded index at ``index`` from a manifest and a ``vectorize`` output folder."""
+    """Build the embedded index at ``index`` from a manifest and a ``vectorize`` output folder.
+
+    Refused (the index left as it was) when the manifest is empty or has far fewer records than
+    the live index has documents, as ``guard`` says (default: :class:`PublishGuardConfig`).
+    """
     # Imported here: the join above serves the OpenSearch load too, which needs no faiss.
     from medsearch.index.embedded import build_index_with_result
 
     started = time.perf_counter()
     source = read_index_input(manifest, vectors)
+    check_publish(
+        live_document_count(index),
+        len(source.records),
+        guard or PublishGuardConfig(),
+        what=f"the live index {index}",
+    )
     built, result = build_index_with_result(
         index,
         source.documents(),
@@ -184,3 +214,20 @@ def index_manifest(
     )
     log.info("index: %s", "; ".join(line.strip() for line in summary.lines()))
     return summary
+
+
+def live_document_count(index: str | os.PathLike[str]) -> int | None:
+    """Return the document count of the embedded index at ``index`` (None: there is none).
+
+    An index that cannot be opened counts as none: there is nothing live to protect, and refusing
+    would leave no way to rebuild a damaged index.
+    """
+    from medsearch.index.embedded import CURRENT, open_index
+
+    if not (Path(index) / CURRENT).exists():
+        return None
+    try:
+        return open_index(index).count()
+    except SearchIndexError as exc:
+        log.warning("index: the index at %s cannot be opened (%s); replacing it", index, exc)
+        return None

@@ -4,6 +4,16 @@ A record names an image (``image_id``, ``image``), its ``caption`` (missing or e
 captionless image) and its ``split``; every other key is kept as metadata for filters.
 Relative image paths are resolved against the manifest's own location, so a manifest and its
 ``images/`` folder can move together (locally or under an ``s3://`` prefix).
+
+A manifest is read whole or refused, never partly: an unterminated CSV quote would otherwise
+fold the rows after it into one caption (the index then silently lacks them), so a CSV field may
+not span lines (a caption with line breaks goes in a JSON Lines manifest), every row has the
+header's number of fields, and the header names each column once. JSON Lines are split on
+``\n`` only, so a caption holding U+2028 or another Unicode line separator stays one record.
+NUL characters and non-finite numbers (``NaN``) are refused: no engine stores them faithfully.
+A caption over :data:`MAX_CAPTION_BYTES` (UTF-8) is cut at a word boundary, and the record's
+metadata keeps its original size as :data:`CAPTION_BYTES_FIELD`, so every engine stores a bounded
+caption and a hit says that its caption was cut.
 """
 
 from __future__ import annotations
@@ -25,6 +35,13 @@ from medsearch.errors import ManifestError
 SPLITS = ("train", "validation", "test")
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 CORE_FIELDS = ("image_id", "image", "caption", "split")
+# Captions longer than this (UTF-8 bytes) are cut: each hit returns its caption, so one 10 MB
+# caption would make every page that finds it 10 MB. MedPix's longest is under 2 KB.
+MAX_CAPTION_BYTES = 16 * 1024
+# Metadata field of a record whose caption was cut: the caption's original size in UTF-8 bytes.
+CAPTION_BYTES_FIELD = "caption_original_bytes"
+# A cut at the last space is preferred when it keeps at least this share of the limit.
+_WORD_CUT_SHARE = 0.75
 
 
 def validate_image_id(image_id: object) -> str:
@@ -101,7 +118,44 @@ def parse_record(raw: Mapping[str, Any], base: str, where: str = "") -> Record:
             f"{prefix}{image_id}: split {split!r} is not one of {', '.join(SPLITS)}"
         )
     metadata = {k: v for k, v in raw.items() if k not in CORE_FIELDS and v not in (None, "")}
+    _check_no_nul(raw, f"{prefix}{image_id}")
+    if caption:
+        cut = truncate_caption(caption)
+        if cut != caption:
+            metadata[CAPTION_BYTES_FIELD] = len(caption.encode("utf-8"))
+            caption = cut
     return Record(image_id, resolve_image(image.strip(), base), caption or None, split, metadata)
+
+
+def truncate_caption(caption: str, limit: int = MAX_CAPTION_BYTES) -> str:
+    """Return ``caption`` cut to at most ``limit`` UTF-8 bytes, at a word boundary if one is near.
+
+    The cut never splits a character; it falls on the last whitespace when that keeps at least
+    three quarters of the limit (a caption of one huge "word" is cut mid-word instead).
+    """
+    data = caption.encode("utf-8")
+    if len(data) <= limit:
+        return caption
+    head = data[:limit].decode("utf-8", errors="ignore")  # drops a split trailing character
+    space = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
+    if space >= 0 and len(head[:space].encode("utf-8")) >= _WORD_CUT_SHARE * limit:
+        head = head[:space]
+    return head.rstrip()
+
+
+def _check_no_nul(value: Any, where: str) -> None:
+    """Refuse NUL characters anywhere in a row: a binary or UTF-16 file read as text has them,
+    and neither engine keeps them (tantivy and OpenSearch drop or reject them)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ManifestError(f"{where}: a NUL character in a field (a binary or UTF-16 file?)")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_no_nul(key, where)
+            _check_no_nul(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            _check_no_nul(item, where)
 
 
 def resolve_image(image: str, base: str) -> str:
@@ -124,16 +178,70 @@ def iter_rows(manifest: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str,
     text = storage.read_text(manifest)
     name = str(manifest)
     if name.lower().endswith(".csv"):
-        for number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-            yield f"{name}:{number}", {k: v for k, v in row.items() if k is not None}
+        yield from _csv_rows(text, name)
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: str.splitlines also splits at U+2028, U+0085, \x0c..., which JSON strings (and
+    # write_manifest, with ensure_ascii=False) may hold raw.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            yield f"{name}:{number}", json.loads(line)
+            yield f"{name}:{number}", json.loads(line, parse_constant=_refuse_constant)
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
+        except ValueError as exc:
+            raise ManifestError(f"{name}:{number}: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    """Refuse JSON's non-standard NaN and Infinity: no engine indexes them as numbers."""
+    raise ValueError(f"{name} is not a number a manifest may hold")
+
+
+def _csv_rows(text: str, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (location, row) of a CSV manifest, refusing what would lose or merge rows."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    line = 1  # where the current row starts (reader.line_num is where it ends)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        _check_header(header, name)
+        line = reader.line_num + 1
+        for row in reader:
+            where = f"{name}:{line}"
+            if any("\n" in cell or "\r" in cell for cell in row):
+                raise ManifestError(
+                    f"{where}: a field spans lines (an unterminated quote?); "
+                    "captions with line breaks go in a JSON Lines manifest"
+                )
+            line = reader.line_num + 1
+            if not row:  # a blank line
+                continue
+            if len(row) != len(header):
+                raise ManifestError(
+                    f"{where}: {len(row)} fields, the header has {len(header)} (an unquoted comma?)"
+                )
+            yield where, dict(zip(header, row, strict=True))
+    except csv.Error as exc:
+        # The csv module's own words for a quote still open at the end of the file.
+        hint = "; a quote is never closed" if "unexpected end of data" in str(exc) else ""
+        raise ManifestError(f"{name}:{line}: not valid CSV ({exc}{hint})") from None
+
+
+def _check_header(header: list[str], name: str) -> None:
+    """Refuse a CSV header without the required columns, or naming one twice."""
+    where = f"{name}:1"
+    if any("\n" in cell or "\r" in cell for cell in header):
+        raise ManifestError(f"{where}: a header field spans lines (an unterminated quote?)")
+    seen: set[str] = set()
+    for column in header:
+        if column in seen:
+            raise ManifestError(f"{where}: column {column!r} is named twice")
+        seen.add(column)
+    missing = [c for c in ("image_id", "image") if c not in seen]
+    if missing:
+        raise ManifestError(f"{where}: no column {' or '.join(missing)} in the header")
 
 
 def read_manifest(manifest: str | os.PathLike[str], split: str | None = None) -> list[Record]:

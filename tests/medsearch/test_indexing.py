@@ -15,6 +15,7 @@ from medsearch.index.base import SearchQuery
 from medsearch.index.embedded import open_index
 from medsearch.index.synthetic import embedding_like_vectors
 from medsearch.indexing import index_manifest
+from tests.support.cli_output import one_line_error
 
 
 def write_vectors(folder: Path, ids: list[str], vectors: np.ndarray, model: str) -> Path:
@@ -95,3 +96,74 @@ def test_reindexing_replaces_the_index_atomically(tmp_path: Path, synth_corpus: 
     summary = index_manifest(synth_corpus, folder, tmp_path / "ix")
     assert summary.with_vector == 10 and len(summary.without_vector) == len(ids) - 10
     assert open_index(tmp_path / "ix").model_id == "two"
+
+
+# --- replacing a live index: the publish guard ----------------------------------------------------
+
+
+def small_corpus(folder: Path, n: int) -> tuple[Path, Path]:
+    """Write a manifest of ``n`` captioned records and vectors for them; return both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "manifest.jsonl"
+    rows = [{"image_id": f"img-{i}", "image": f"{i}.png", "caption": f"CT {i}"} for i in range(n)]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    ids = [row["image_id"] for row in rows]
+    vectors = write_vectors(folder / "vectors", ids, embedding_like_vectors(max(n, 1), 8)[:n], "m")
+    return manifest, vectors
+
+
+def run_index(manifest: Path, vectors: Path, index: Path, *flags: str) -> int:
+    return main(
+        ["index", "--data", str(manifest), "--vectors", str(vectors), "--index", str(index), *flags]
+    )
+
+
+def test_given_a_live_index_when_an_empty_manifest_is_indexed_then_refused_and_index_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a live index of 5 documents
+    index = tmp_path / "ix"
+    assert run_index(*small_corpus(tmp_path / "full", 5), index) == 0
+    generation = open_index(index).generation
+    capsys.readouterr()
+    # When an empty manifest is indexed into it
+    empty_manifest, empty_vectors = small_corpus(tmp_path / "empty", 0)
+    code = run_index(empty_manifest, empty_vectors, index)
+    # Then the command ends with one line, and the live index is untouched
+    assert code == 2
+    line = one_line_error(capsys.readouterr().err, "index")
+    assert "no documents" in line and "--allow-empty" in line
+    assert open_index(index).count() == 5 and open_index(index).generation == generation
+    # and --allow-empty publishes the empty index on purpose.
+    assert run_index(empty_manifest, empty_vectors, index, "--allow-empty") == 0
+    assert open_index(index).count() == 0
+
+
+def test_given_a_live_index_when_a_manifest_drops_too_many_then_refused_unless_forced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = tmp_path / "ix"
+    assert run_index(*small_corpus(tmp_path / "full", 10), index) == 0
+    half = small_corpus(tmp_path / "half", 5)
+    capsys.readouterr()
+    # 5 of 10 is more than the default 10 % drop: refused, the index keeps its 10
+    assert run_index(*half, index) == 2
+    line = one_line_error(capsys.readouterr().err, "index")
+    assert "5 fewer" in line and "--force" in line
+    assert open_index(index).count() == 10
+    # A drop within --max-drop, or --force, publishes
+    assert run_index(*small_corpus(tmp_path / "nine", 9), index) == 0
+    assert open_index(index).count() == 9
+    assert run_index(*half, index, "--max-drop", "0.2") == 2
+    assert run_index(*half, index, "--max-drop", "0.5") == 0
+    assert open_index(index).count() == 5
+    assert run_index(*small_corpus(tmp_path / "one", 1), index, "--force") == 0
+    assert open_index(index).count() == 1
+
+
+def test_given_a_max_drop_outside_0_1_when_indexing_then_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_index(*small_corpus(tmp_path / "c", 2), tmp_path / "ix", "--max-drop", "1.5") == 2
+    assert "max drop must be a share in [0, 1]" in one_line_error(capsys.readouterr().err, "index")
+    assert not (tmp_path / "ix").exists()

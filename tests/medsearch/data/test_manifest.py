@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from medsearch import storage
-from medsearch.data.manifest import Record, read_manifest, write_manifest
+from medsearch.data.manifest import (
+    CAPTION_BYTES_FIELD,
+    MAX_CAPTION_BYTES,
+    Record,
+    read_manifest,
+    truncate_caption,
+    write_manifest,
+)
 from medsearch.errors import ManifestError
 
 
@@ -146,3 +153,105 @@ def test_given_medpix_manifest_when_read_then_1850_valid_records(medpix_dir: Pat
     assert all(Path(r.image).is_absolute() and r.image.endswith(".jpg") for r in records)
     assert Path(records[0].image).is_file()
     assert all("modality" in r.metadata for r in records)
+
+
+# --- what would lose or merge rows is refused, with the line -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # An unterminated quote at the end: the csv module would read the rest as one caption.
+        ('image_id,image,caption\na,a.png,"first\nb,b.png,second\nc,c.png,third\n',
+         r"m\.csv:2: not valid CSV .*a quote is never closed"),
+        # Closed again rows later: rows b and c would be folded into a's caption.
+        ('image_id,image,caption\na,a.png,"first\nb,b.png,second\nc,c.png,third"\nd,d.png,x\n',
+         r"m\.csv:2: a field spans lines"),
+        ('image_id,image,caption\na,a.png,"ok"x\n', r"m\.csv:2: not valid CSV"),
+        ("image_id,image,caption\na,a.png,CT chest, axial\n", r"m\.csv:2: 4 fields, the header"),
+        ("image_id,image,caption\na,a.png\n", r"m\.csv:2: 2 fields, the header has 3"),
+        ("image_id,image,caption,caption\na,a.png,x,y\n", r"m\.csv:1: column 'caption' is named"),
+        ("id,image,caption\na,a.png,x\n", r"m\.csv:1: no column image_id in the header"),
+        ("image_id,image,caption\nok,ok.png,x\nb,b.png,x\x00y\n", r"m\.csv:3: b: a NUL character"),
+    ],
+)  # fmt: skip
+def test_given_a_csv_that_would_lose_rows_when_read_then_error_names_the_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(text, encoding="utf-8", newline="")
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(manifest)
+
+
+def test_given_csv_with_crlf_and_blank_lines_when_read_then_every_row(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(b'image_id,image,caption\r\na,a.png,"x, y"\r\n\r\nb,b.png,z\r\n')
+    assert [(r.image_id, r.caption) for r in read_manifest(manifest)] == [("a", "x, y"), ("b", "z")]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"image_id": "a", "image": "a.png", "age": NaN}', r"m\.jsonl:2: NaN is not a number"),
+        ('{"image_id": "a", "image": "a.png", "x": -Infinity}', r"m\.jsonl:2: -Infinity"),
+        ('{"image_id": "a", "image": "a.png", "caption": "x\\u0000y"}', r"m\.jsonl:2: a: a NUL"),
+        ('{"image_id": "a", "image": "a.png", "tags": ["\\u0000"]}', r"m\.jsonl:2: a: a NUL"),
+    ],
+)
+def test_given_jsonl_with_values_no_engine_keeps_when_read_then_error_names_the_line(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"image_id": "ok", "image": "ok.png"}\n' + line + "\n")
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(manifest)
+
+
+def test_given_captions_with_unicode_line_separators_when_written_and_read_then_one_record_each(
+    tmp_path: Path,
+) -> None:
+    # write_manifest keeps U+2028, U+0085 and \x0c raw (ensure_ascii=False); str.splitlines
+    # would split the line there and call the manifest broken.
+    records = [
+        Record("a", str(tmp_path / "a.png"), "left\u2028right"),
+        Record("b", str(tmp_path / "b.png"), "next\x85line\x0cfeed", metadata={"n": "x\u2029y"}),
+    ]
+    write_manifest(tmp_path / "m.jsonl", records)
+    assert read_manifest(tmp_path / "m.jsonl") == records
+
+
+# --- caption size -------------------------------------------------------------------------------
+
+
+def test_given_a_huge_caption_when_read_then_cut_at_a_word_with_its_size_recorded(
+    tmp_path: Path,
+) -> None:
+    caption = "chest " * 2_000_000  # 12 MB
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        {"image_id": "a", "image": "a.png", "caption": caption, "modality": "CT"},
+        {"image_id": "b", "image": "b.png", "caption": "short"},
+    ])  # fmt: skip
+    big, small = read_manifest(manifest)
+    assert big.caption is not None
+    assert len(big.caption.encode()) <= MAX_CAPTION_BYTES
+    assert len(big.caption.encode()) > 0.99 * MAX_CAPTION_BYTES
+    assert big.caption.endswith("chest") and caption.startswith(big.caption)
+    assert big.metadata == {"modality": "CT", CAPTION_BYTES_FIELD: len(caption.strip())}
+    assert small.caption == "short" and small.metadata == {}
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("é" * 10, "é" * 4),  # 2-byte characters: never half of one
+        ("ab 🫁🫁🫁", "ab 🫁"),  # a 4-byte character cut: dropped whole
+        ("abcdefgh ij", "abcdefgh"),  # the last space within the limit keeps >= 3/4 of it
+        ("abc defghijkl", "abc defgh"),  # a space too early: cut mid-word instead
+        ("short", "short"),
+    ],
+)
+def test_given_a_caption_over_the_limit_when_truncated_then_utf8_and_word_boundaries_hold(
+    caption: str, expected: str
+) -> None:
+    assert truncate_caption(caption, limit=9) == expected

@@ -31,6 +31,7 @@ from medsearch.errors import ImageDecodeError, InvalidInputError
 from medsearch.evaluate import IN_BATCH_SIZE, caption_groups, full_pool_metrics, in_batch_mrr
 from medsearch.model.encoder import TorchEncoder, _eval_mode, pooled
 from medsearch.model.preprocess import FastImageProcessor, OriginalImageProcessor, fast_processor
+from medsearch.train.config import DEFAULT_VALIDATION_LIMIT
 from medsearch.vectors import normalize
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,6 @@ log = logging.getLogger(__name__)
 # side can be 0.83 of the image's: a draft at 1/0.8 of the resize target still leaves the exact
 # resize downscaling, never upscaling a drafted image.
 AUGMENT_DRAFT_MARGIN = 1.25
-# Validation pool size: large enough that R@1/5/10 move by whole per-mille steps and land in the
-# range of the usual retrieval protocols (Flickr30k 1k, COCO 5k test images), small enough to keep
-# in memory (2,000 x 150,528 bytes = 301 MB of uint8 at 224 px) and to encode in seconds per epoch.
-DEFAULT_VALIDATION_LIMIT = 2000
 
 
 def augment_image(image: Image.Image, rng: random.Random) -> Image.Image:
@@ -76,6 +73,45 @@ def drop_words(caption: str, rate: float, rng: random.Random) -> str:
     return " ".join(kept) if kept else rng.choice(words)
 
 
+def epoch_order(n: int, *, seed: int, epoch: int, exclude: set[int], limit: int) -> list[int]:
+    """Return one epoch's sample order: a seeded permutation without replacement, cut to limit."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = [i for i in torch.randperm(n, generator=generator).tolist() if i not in exclude]
+    return order[:limit] if limit else order
+
+
+class EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
+    """One epoch's order as ``(index, epoch)`` keys for :class:`PairDataset`.
+
+    The sampler lives in the main process, so one data loader (with persistent workers) serves
+    every epoch: :meth:`set_epoch` picks the next permutation, and ``exclude`` is read when an
+    epoch starts, so records found unreadable are left out of the following epochs.
+    """
+
+    def __init__(self, n: int, *, seed: int, exclude: set[int], limit: int = 0) -> None:
+        self.n = n
+        self.seed = seed
+        self.exclude = exclude
+        self.limit = limit
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose permutation the next iteration yields."""
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        """The current epoch's record indices, in order."""
+        return epoch_order(
+            self.n, seed=self.seed, epoch=self.epoch, exclude=self.exclude, limit=self.limit
+        )
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(index, self.epoch) for index in self.order()])
+
+    def __len__(self) -> int:
+        return len(self.order())
+
+
 @dataclass
 class Item:
     """One loaded pair, or a bad record's reason (``pixels`` is then ``None``)."""
@@ -89,6 +125,9 @@ class Item:
 class PairDataset(torch.utils.data.Dataset):
     """Records as image-caption pairs; augmentation is seeded per (seed, epoch, index).
 
+    Items are asked for by ``(index, epoch)`` (as :class:`EpochSampler` yields them), so the
+    epoch travels with each request: data-loader workers that live across epochs hold their own
+    copy of the dataset and would never see an epoch set on it. A bare index reads epoch 0.
     ``draft`` lets large JPEGs decode at a reduced DCT scale (training only; off for exact pixels).
     """
 
@@ -112,16 +151,12 @@ class PairDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.caption_dropout = caption_dropout
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch, so augmentation differs per epoch but repeats on a resumed run."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Item:
+    def __getitem__(self, key: int | tuple[int, int]) -> Item:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         record = self.records[index]
         caption = record.caption or ""
         bad: list[BadRecord] = []
@@ -130,10 +165,10 @@ class PairDataset(torch.utils.data.Dataset):
             return Item(index, None, caption, bad[0].reason if bad else "unreadable image")
         image = loaded[0][1]
         if self.augment:
-            image = augment_image(image, random.Random(f"{self.seed}:{self.epoch}:{index}"))
+            image = augment_image(image, random.Random(f"{self.seed}:{epoch}:{index}"))
         pixels = self.processor([image])[0]
         if self.caption_dropout:
-            rng = random.Random(f"caption:{self.seed}:{self.epoch}:{index}")
+            rng = random.Random(f"caption:{self.seed}:{epoch}:{index}")
             caption = drop_words(caption, self.caption_dropout, rng)
         return Item(index, pixels, caption)
 

@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from medsearch.cli import main
+from medsearch.data import images
 from medsearch.data.manifest import Record, read_manifest
 from medsearch.errors import ConfigError, ImageDecodeError
 from medsearch.model.loading import load_clip, save_clip
 from medsearch.model.tiny import build_tiny_clip
 from medsearch.train import TrainConfig, load_train_config, train
+from medsearch.train import data as train_data
+from medsearch.train.data import choose_validation
 from medsearch.train.loop import MAX_LOGIT_SCALE, autocast_dtype, split_records
 
 # Small and quick: a few steps per epoch on the shared synthetic corpus.
@@ -169,10 +172,37 @@ def test_given_interrupted_run_when_resumed_then_identical_to_uninterrupted(
 def test_given_workers_when_trained_then_same_losses_as_in_process_loading(
     synth_corpus: Path, tmp_path: Path
 ) -> None:
-    # Augmentation is seeded per (seed, epoch, record), so worker processes change nothing.
-    inline = train(_config(synth_corpus, tmp_path / "inline", epochs=1, num_workers=0))
-    workers = train(_config(synth_corpus, tmp_path / "workers", epochs=1, num_workers=2))
+    # Augmentation is seeded per (seed, epoch, record), so worker processes change nothing; the
+    # workers live across epochs, so the second epoch shows whether they see its number.
+    inline = train(_config(synth_corpus, tmp_path / "inline", epochs=2, num_workers=0))
+    workers = train(_config(synth_corpus, tmp_path / "workers", epochs=2, num_workers=2))
     assert [r["loss"] for r in workers.history] == [r["loss"] for r in inline.history]
+    _assert_same(_weights(tmp_path / "inline"), _weights(tmp_path / "workers"))
+
+
+def test_given_validation_each_epoch_when_trained_then_validation_images_decoded_once(
+    synth_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a run that validates after each of 3 epochs (and scores the base first)
+    decoded: list[str] = []
+    real = images.load_record_images
+
+    def counting(records: list[Record], **kwargs: object) -> list[tuple[Record, object]]:
+        decoded.extend(r.image_id for r in records)
+        return real(records, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(images, "load_record_images", counting)
+    monkeypatch.setattr(train_data, "load_record_images", counting)
+    config = _config(synth_corpus, tmp_path / "out", epochs=3, eval_each_epoch=True, val_limit=20)
+    result = train(config)
+    # Then each chosen validation image was decoded once, not once per scoring
+    _, validation = split_records(read_manifest(synth_corpus))
+    chosen = {r.image_id for r in choose_validation(validation, 20, seed=0)}
+    val_decodes = [i for i in decoded if i in {r.image_id for r in validation}]
+    assert sorted(val_decodes) == sorted(chosen)
+    # and every epoch, the base's row included, was scored
+    assert [row["epoch"] for row in result.history] == [0, 1, 2, 3]
+    assert all(row["val"]["text_to_image"]["r@10"] is not None for row in result.history)
 
 
 def test_given_resume_without_checkpoint_when_trained_then_starts_fresh(
@@ -338,7 +368,8 @@ def test_given_plain_adam_flags_when_trained_then_same_weights_as_a_plain_adam_l
     # The earlier recipe: torch's Adam at a constant 5e-5, no decay, no warm-up, no clipping.
     # A plain loop over the same batches must give bit-identical weights.
     from medsearch.train.data import Collate, PairDataset
-    from medsearch.train.loop import contrastive_loss, epoch_order
+    from medsearch.train.data import epoch_order
+    from medsearch.train.loop import contrastive_loss
 
     flags = {"optimizer": "adam", "weight_decay": 0.0, "schedule": "constant", "lr": 5e-5}
     options = {**flags, "epochs": 2, "augment": False, "caption_dropout": 0.0}

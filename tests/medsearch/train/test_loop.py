@@ -367,8 +367,7 @@ def test_given_plain_adam_flags_when_trained_then_same_weights_as_a_plain_adam_l
 ) -> None:
     # The earlier recipe: torch's Adam at a constant 5e-5, no decay, no warm-up, no clipping.
     # A plain loop over the same batches must give bit-identical weights.
-    from medsearch.train.data import Collate, PairDataset
-    from medsearch.train.data import epoch_order
+    from medsearch.train.data import Collate, PairDataset, epoch_order
     from medsearch.train.loop import contrastive_loss
 
     flags = {"optimizer": "adam", "weight_decay": 0.0, "schedule": "constant", "lr": 5e-5}

@@ -13,10 +13,11 @@ manifest record ends up in the index. Documents the index rejected leave the obj
 (:attr:`LoadResult.ok` is false), so the handler has its notification delivered again. After each
 object a small report is written beside it (``<object>.loaded.json``); when the reports account
 for every manifest record, the loader publishes the run: restores the index settings, checks the
-document count, asks the run index one text query and one kNN query with a stored vector (a run
-index that cannot answer never goes live) and moves the read alias to the new index in one atomic
-request (blue/green), pruning old runs. :meth:`IndexLoader.run_status` tells a caller that waits
-for a run (the pipeline) how far its loading is.
+document count (and that the run is not empty or much smaller than the live one: the shared
+:mod:`medsearch.publish_guard`), asks the run index one text query and one kNN query with a
+stored vector (a run index that cannot answer never goes live) and moves the read alias to the
+new index in one atomic request (blue/green), pruning old runs. :meth:`IndexLoader.run_status`
+tells a caller that waits for a run (the pipeline) how far its loading is.
 
 The loader works on object URLs (:meth:`IndexLoader.load_objects`, then
 :meth:`IndexLoader.publish_completed`); which objects an S3, SQS or SNS event names is the Lambda
@@ -43,7 +44,8 @@ from medsearch import storage
 from medsearch.constants import TRANSFORM_OUTPUT_SUFFIX, VECTORS_PREFIX
 from medsearch.data.manifest import BadRecord, Record, read_manifest
 from medsearch.errors import InvalidInputError, MedsearchError, MergeRunning, SearchIndexError
-from medsearch.index.base import Document, SearchIndex, SearchQuery, UpsertResult
+from medsearch.index.base import Document, IndexModel, SearchIndex, SearchQuery, UpsertResult
+from medsearch.publish_guard import DEFAULT_MAX_DROP, PublishGuardConfig, check_publish
 from medsearch.vectors import normalize
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,15 @@ class RunIndex(SearchIndex, Protocol):
 
     name: str
 
-    def create(self, dim: int, *, loading: bool = True, alias: str | None = None) -> bool:
-        """Create the index (idempotent)."""
+    def create(
+        self,
+        dim: int,
+        *,
+        loading: bool = True,
+        alias: str | None = None,
+        model: IndexModel | None = None,
+    ) -> bool:
+        """Create the index (idempotent; refused where it holds another model's vectors)."""
         ...
 
     def finish_load(self, *, merge_wait: float | None = None) -> None:
@@ -100,8 +109,11 @@ class LoaderConfig:
     run_pattern: str = DEFAULT_RUN_PATTERN
     auto_publish: bool = True
     batch_docs: int = 500
+    # Share of the live run's documents a new run may lack before publishing needs force.
+    max_drop: float = DEFAULT_MAX_DROP
 
     def __post_init__(self) -> None:
+        PublishGuardConfig(max_drop=self.max_drop)  # refuses a share outside [0, 1]
         try:
             pattern = re.compile(self.run_pattern)
         except re.error as exc:
@@ -136,6 +148,7 @@ class ObjectReport:
     unknown: list[str] = field(default_factory=list)
     failed: list[BadRecord] = field(default_factory=list)
     model: str | None = None
+    fingerprint: str | None = None
     dim: int | None = None
 
     @property
@@ -152,6 +165,7 @@ class ObjectReport:
             "lines": self.lines,
             "written": self.written,
             "model": self.model,
+            "fingerprint": self.fingerprint,
             "dim": self.dim,
             "vector_errors": [b.to_json() for b in self.vector_errors],
             "malformed": [b.to_json() for b in self.malformed],
@@ -189,11 +203,12 @@ def is_output_object(url: str) -> bool:
 
 @dataclass(frozen=True)
 class VectorLine:
-    """One good output line: an id, its vector, and the model that made it."""
+    """One good output line: an id, its vector, and the model (and weights) that made it."""
 
     image_id: str
     vector: list[float]
     model: str | None
+    fingerprint: str | None = None
 
 
 def parse_line(line: str, where: str) -> VectorLine | BadRecord:
@@ -221,8 +236,13 @@ def parse_line(line: str, where: str) -> VectorLine | BadRecord:
     dim = raw.get("dim")
     if dim is not None and dim != len(vector):
         return BadRecord(image_id, f"malformed line {where}: dim {dim} but {len(vector)} values")
-    model = raw.get("model")
-    return VectorLine(image_id, vector, model if isinstance(model, str) else None)
+    model, fingerprint = raw.get("model"), raw.get("fingerprint")
+    return VectorLine(
+        image_id,
+        vector,
+        model if isinstance(model, str) else None,
+        fingerprint if isinstance(fingerprint, str) and fingerprint else None,
+    )
 
 
 def _lines(url: str) -> Iterator[tuple[int, str]]:
@@ -255,7 +275,7 @@ class IndexLoader:
         self._name = index_name
         self._read_manifest = manifest_reader
         self._manifests: dict[str, dict[str, Record]] = {}
-        self._created: set[str] = set()
+        self._created: set[tuple[str, str | None]] = set()
 
     def manifest(self, run_id: str) -> dict[str, Record]:
         """Return the run's manifest by id, read once and cached."""
@@ -284,9 +304,16 @@ class IndexLoader:
             parsed = parse_line(line, f"{url}:{number}")
             if isinstance(parsed, VectorLine) and report.dim is None:
                 report.dim, report.model = len(parsed.vector), parsed.model
+                report.fingerprint = parsed.fingerprint
             if isinstance(parsed, VectorLine) and len(parsed.vector) != report.dim:
                 parsed = BadRecord(
                     parsed.image_id, f"{len(parsed.vector)}-d vector, expected {report.dim}"
+                )
+            elif isinstance(parsed, VectorLine) and parsed.fingerprint != report.fingerprint:
+                # One index, one model: a vector of other weights would rank in another space.
+                parsed = BadRecord(
+                    parsed.image_id,
+                    f"vector of weights {parsed.fingerprint}, expected {report.fingerprint}",
                 )
             record = manifest.get(parsed.image_id)
             if record is None:
@@ -315,23 +342,30 @@ class IndexLoader:
         storage.write_text(url + REPORT_SUFFIX, json.dumps(report.to_json()) + "\n")
         return report
 
-    def _ensure_index(self, index: RunIndex, dim: int | None) -> None:
-        """Create the run's index once (sized by the first vector), or find it already there."""
-        if index.name in self._created:
+    def _ensure_index(self, index: RunIndex, report: ObjectReport) -> None:
+        """Create the run's index once per model (sized by the first vector), or find it there.
+
+        The model id and weight fingerprint of the vectors go into the index; an object of other
+        weights than the index records is refused by ``create``, so one run never mixes models.
+        """
+        key = (index.name, report.fingerprint)
+        if key in self._created:
             return
+        dim = report.dim
         if dim is None:
             dim = index.dim
             if dim is None:
                 raise SearchIndexError(
                     f"{index.name} does not exist and no vector has sized it yet; retry later"
                 )
-        index.create(dim, loading=True, alias=self.config.alias)
-        self._created.add(index.name)
+        model = IndexModel(report.model, report.fingerprint) if report.dim is not None else None
+        index.create(dim, loading=True, alias=self.config.alias, model=model)
+        self._created.add(key)
 
     def _write(
         self, index: RunIndex, batch: list[Document], report: ObjectReport, written: set[str]
     ) -> None:
-        self._ensure_index(index, report.dim)
+        self._ensure_index(index, report)
         result: UpsertResult = index.upsert(batch)
         failed = {image_id for image_id, _ in result.failed}
         written.update(d.image_id for d in batch if d.image_id not in failed)
@@ -431,8 +465,10 @@ class IndexLoader:
         the manifest check (a transform over part of the manifest) and allows publishing an
         older run over a newer one (a rollback); without it, a late redelivery of an old run
         never replaces a newer live run. Raises if the index holds a different number of
-        documents than the reports wrote, or does not answer :meth:`check_answers`; the alias
-        stays where it was. A merge longer than ``merge_wait`` seconds raises
+        documents than the reports wrote, does not answer :meth:`check_answers`, or is empty or
+        holds more than ``max_drop`` fewer documents than the live run
+        (:mod:`medsearch.publish_guard`; ``force`` publishes it anyway); the alias stays where
+        it was. A merge longer than ``merge_wait`` seconds raises
         :class:`MergeRunning` (the alias stays; publishing again waits for the merge).
         """
         status = self.run_status(run_id, prefix)
@@ -458,6 +494,9 @@ class IndexLoader:
                 f"{status.written}; not publishing"
             )
         self.check_answers(run_id, index)
+        live = self.live_count(index, alias)
+        guard = PublishGuardConfig(max_drop=self.config.max_drop, allow_empty=force, force=force)
+        check_publish(live, count, guard, what=f"alias {alias}", flags=("force", "force"))
         pruned = index.swap_alias(alias)  # the index's own config says how many runs to keep
         log.info(
             "published run %s: alias %s -> %s (%d documents); pruned %s",
@@ -468,6 +507,11 @@ class IndexLoader:
             ", ".join(pruned) or "nothing",
         )
         return True
+
+    def live_count(self, index: RunIndex, alias: str) -> int | None:
+        """Return the documents behind ``alias`` now (None: the alias points nowhere yet)."""
+        targets = index.alias_targets(alias)
+        return sum(self._open(target).count() for target in targets) if targets else None
 
     def check_answers(self, run_id: str, index: RunIndex) -> None:
         """Raise unless the run index answers a text query and, when the run has vectors, a kNN

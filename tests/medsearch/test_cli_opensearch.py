@@ -322,6 +322,47 @@ def test_given_a_crash_mid_load_when_loading_then_the_run_index_is_deleted(
     assert "ms-r1" not in fake_cluster.indexes and "ms" not in fake_cluster.aliases
 
 
+def small_run(folder: Path, n: int) -> tuple[Path, Path]:
+    """A manifest of ``n`` captioned records and batch-transform vectors for them."""
+    folder.mkdir(parents=True)
+    ids = [f"img-{i}" for i in range(n)]
+    rows = [{"image_id": i, "image": f"{i}.png", "caption": f"CT chest {i}"} for i in ids]
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    rng = np.random.default_rng(n)
+    return manifest, write_jsonl_vectors(folder / "v", ids, rng.normal(size=(n, 4)) + 0.1)
+
+
+@live
+def test_given_a_live_alias_when_loading_an_empty_or_much_smaller_run_then_refused_unless_asked(
+    alias: str,
+    opensearch_url: str,
+    opensearch_client: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given an alias serving 10 documents
+    full = small_run(tmp_path / "full", 10)
+    assert main(load_argv(opensearch_url, *full, alias, "--run-id", "r1")) == 0
+    capsys.readouterr()
+    reader = OpenSearchIndex(opensearch_client, alias)
+    # When an empty manifest, or one with half the records, is loaded
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(load_argv(opensearch_url, empty, full[1], alias, "--run-id", "r2")) == 2
+    assert "--allow-empty" in one_line_error(capsys.readouterr().err, "load")
+    half = small_run(tmp_path / "half", 5)
+    assert main(load_argv(opensearch_url, *half, alias, "--run-id", "r3")) == 2
+    line = one_line_error(capsys.readouterr().err, "load")
+    # Then nothing was created and the alias still serves the 10
+    assert f"alias {alias} ({alias}-r1) holds 10" in line and "--force" in line
+    assert run_indexes(opensearch_client, alias) == [f"{alias}-r1"]
+    assert reader.alias_targets(alias) == [f"{alias}-r1"] and reader.count() == 10
+    # And --force publishes the smaller run on purpose
+    assert main(load_argv(opensearch_url, *half, alias, "--run-id", "r4", "--force")) == 0
+    assert reader.alias_targets(alias) == [f"{alias}-r4"] and reader.count() == 5
+
+
 # --- search / evaluate-search on the alias -----------------------------------------------------
 
 

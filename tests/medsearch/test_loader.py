@@ -15,6 +15,7 @@ import pytest
 from medsearch import storage
 from medsearch.data.manifest import BadRecord
 from medsearch.errors import InvalidInputError
+from medsearch.index.base import IndexModel
 from medsearch.index.opensearch import OpenSearchConfig, OpenSearchIndex, run_index_name
 from medsearch.loader import (
     REPORT_SUFFIX,
@@ -267,6 +268,56 @@ def test_acceptance_malformed_lines_and_unknown_ids_are_reported_not_fatal(
     assert published == ["medsearch-run-1"]
 
 
+def _fingerprinted_object(bucket: str, part: int, weights: dict[int, str]) -> str:
+    """Write output object ``part`` of run-1 whose line ``i`` names the weights ``weights[i]``."""
+    lines = [
+        json.dumps(
+            {"image_id": f"img-{i:03d}", "vector": vector_for(i), "model": "m", "fingerprint": fp}
+        )
+        for i, fp in weights.items()
+    ]
+    key = f"vectors/run-1/part-{part}.jsonl.out"
+    storage.write_text(f"s3://{bucket}/{key}", "\n".join(lines) + "\n")
+    return key
+
+
+def test_given_fingerprinted_lines_when_loaded_then_the_index_records_the_model_and_weights(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    write_run(s3_bucket)
+    # Given an object whose lines name weights "aaa", but one line names other weights
+    key = _fingerprinted_object(s3_bucket, 0, {0: "aaa", 3: "bbb", 6: "aaa"})
+    result, _ = load(make_loader(cluster), s3_bucket, [key])
+    # Then the index records the model and weights of the object's vectors
+    (report,) = result.reports
+    assert report.fingerprint == "aaa"
+    index = OpenSearchIndex(fake_client(cluster), "medsearch-run-1")
+    assert index.indexed_model() == IndexModel("m", "aaa")
+    # and the vector of other weights is refused (its caption stays searchable without it)
+    assert [(b.image_id, b.reason) for b in report.malformed] == [
+        ("img-003", "vector of weights bbb, expected aaa")
+    ]
+    assert index.get("img-003").vector is None  # type: ignore[union-attr]
+    assert index.get("img-006").vector is not None  # type: ignore[union-attr]
+
+
+def test_given_a_run_index_of_other_weights_when_an_object_loads_then_it_is_refused(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    write_run(s3_bucket)
+    first = _fingerprinted_object(s3_bucket, 0, {0: "aaa", 3: "aaa"})
+    second = _fingerprinted_object(s3_bucket, 1, {1: "bbb", 4: "bbb"})
+    loader = make_loader(cluster)
+    assert load(loader, s3_bucket, [first])[0].ok
+    # When an object of other weights arrives for the same run (same container or a fresh one)
+    for fresh in (loader, make_loader(cluster)):
+        result, published = load(fresh, s3_bucket, [second])
+        # Then it is not loaded, and the error names both weights
+        assert not result.ok and published == []
+        assert "weights aaa" in result.errors[0] and "weights bbb" in result.errors[0]
+    assert "img-001" not in cluster.documents("medsearch-run-1")
+
+
 def test_vectorize_errors_index_the_caption_without_a_vector(
     s3_bucket: str, cluster: FakeCluster
 ) -> None:
@@ -391,3 +442,36 @@ def test_a_late_redelivery_of_an_old_run_never_replaces_a_newer_live_run(
     # And a forced publish rolls back on purpose
     assert make_loader(cluster).publish("run-1", f"s3://{s3_bucket}/vectors/run-1", force=True)
     assert cluster.aliases == {"medsearch": {"medsearch-run-1"}}
+
+
+def test_given_a_live_run_when_a_much_smaller_run_completes_then_not_published_unless_forced(
+    s3_bucket: str, cluster: FakeCluster
+) -> None:
+    # Given run 1 (12 documents) live
+    load(make_loader(cluster), s3_bucket, write_run(s3_bucket, run_id="run-1"))
+    # When run 2, whose manifest was cut to 5 records upstream, loads completely
+    rows = [record_line(i) for i in range(5)]
+    storage.write_text(
+        f"s3://{s3_bucket}/data/run-2/manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows)
+    )
+    lines = [
+        json.dumps({"image_id": r["image_id"], "vector": vector_for(i), "model": "tiny"})
+        for i, r in enumerate(rows)
+    ]
+    key = "vectors/run-2/part-0.jsonl.out"
+    storage.write_text(f"s3://{s3_bucket}/{key}", "\n".join(lines) + "\n")
+    result, published = load(make_loader(cluster), s3_bucket, [key])
+    # Then it is loaded but not published: the alias still serves run 1's 12 documents
+    assert result.ok and published == []
+    assert cluster.aliases == {"medsearch": {"medsearch-run-1"}}
+    loader = make_loader(cluster)
+    with pytest.raises(InvalidInputError, match="would hold 5 documents, alias medsearch holds 12"):
+        loader.publish("run-2", f"s3://{s3_bucket}/vectors/run-2")
+    # And a forced publish (removing records on purpose) goes through
+    assert loader.publish("run-2", f"s3://{s3_bucket}/vectors/run-2", force=True)
+    assert cluster.aliases == {"medsearch": {"medsearch-run-2"}}
+
+
+def test_given_a_max_drop_outside_0_1_when_configuring_the_loader_then_refused() -> None:
+    with pytest.raises(InvalidInputError, match="max drop must be a share in"):
+        LoaderConfig(manifest_url=MANIFEST, max_drop=-0.1)

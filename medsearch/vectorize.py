@@ -10,7 +10,12 @@ Output folder layout (what :func:`read_vectors` and the indexer read)::
     vectors.jsonl      optional: {"image_id", "vector"} per line (the batch-transform shape)
 
 Resume: every encoded batch is written at once to ``.partial/chunk-NNNNNN.npz`` (atomic rename),
-and the final files are assembled from the chunks at the end, ``meta.json`` last. A rerun reuses
+and the final files are assembled at the end aside, in ``.assembly/``, then moved into place; a
+``COMMIT`` file (the new set's file names, written last in ``.assembly/``) marks the new set
+complete, and whoever finds it (a rerun, :func:`read_vectors`) finishes the moves first. So a kill
+at any moment leaves the earlier complete output or the new one, never a folder without
+``meta.json`` whose vectors a rerun would have to encode again; ``.partial/`` goes only once the
+new output is in place. A rerun reuses
 the vectors of records whose ``(image_id, image)`` are unchanged and encodes only the rest, so an
 interrupted run loses at most one batch and a grown manifest only encodes what is new. Skipped
 (bad) records are retried by a rerun. Vectors of different models never mix: a run stores the
@@ -54,6 +59,10 @@ RUN = "run.json"
 BAD = "bad_records.jsonl"
 JSONL = "vectors.jsonl"
 PARTIAL = ".partial"
+ASSEMBLY = ".assembly"
+COMMIT = "COMMIT"
+# Every file of an output set, ``meta.json`` last (the order the new set is moved into place).
+OUTPUT_FILES = (VECTORS, IDS, RUN, BAD, JSONL, META)
 FORMAT = 1
 # A fixed text whose vector identifies the model's weights (its id may be an unchanged path).
 PROBE_TEXT = "medsearch vectorize probe: chest x-ray"
@@ -131,6 +140,7 @@ def vectorize(
                 encoded += len(good)
             bar.update(len(batch))
     count = _assemble(out, encoder, state, records, done, bad, jsonl)
+    _commit_assembly(out)
     shutil.rmtree(partial, ignore_errors=True)
     result = VectorizeResult(out, encoder.model_id, encoder.dim, count, encoded, reused, bad)
     log.info(
@@ -151,7 +161,7 @@ def read_vectors(path: Path) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     ``vectors.npy`` is read from its ``*.jsonl`` / ``*.jsonl.out`` files (batch-transform output).
     """
     path = Path(path)
-    if path.is_dir() and (path / VECTORS).exists():
+    if path.is_dir() and ((path / VECTORS).exists() or (path / ASSEMBLY / COMMIT).exists()):
         return _read_folder(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".jsonl.out")))
@@ -192,6 +202,7 @@ def _reusable(
     out: Path, state: dict[str, Any], records: Sequence[Record], overwrite: bool
 ) -> dict[str, np.ndarray]:
     """Return finished vectors in ``out`` that this run may keep (or refuse a foreign folder)."""
+    _commit_assembly(out)  # a run killed while moving its output into place: finish it
     previous = []
     run = _load_json(out / RUN) if (out / META).exists() and (out / RUN).exists() else {}
     if (out / META).exists():
@@ -208,9 +219,10 @@ def _reusable(
                 f" this is {state['model']!r}, dim {state['dim']}: use a new folder or overwrite"
             )
         log.warning("vectorize: discarding %s of another model in %s", what, out)
-        for name in (VECTORS, IDS, META, RUN, BAD, JSONL):
+        for name in OUTPUT_FILES:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
+        shutil.rmtree(out / ASSEMBLY, ignore_errors=True)
         return {}
     done: dict[str, np.ndarray] = {}
     if (out / META).exists():
@@ -299,8 +311,8 @@ def _assemble(
     bad: list[BadRecord],
     jsonl: bool,
 ) -> int:
-    """Write the final files from finished vectors, in manifest order, ``meta.json`` last;
-    return the number of vectors written."""
+    """Write the new output set aside, in ``out/.assembly/``, ``COMMIT`` last; return the number
+    of vectors in it. ``out`` itself is not touched: :func:`_commit_assembly` moves the set in."""
     ordered = [r for r in records if r.image_id in done]
     ids = [r.image_id for r in ordered]
     dim = int(state["dim"])
@@ -309,16 +321,16 @@ def _assemble(
         if ids
         else np.zeros((0, dim), dtype=np.float32)
     )
-    (out / META).unlink(missing_ok=True)  # the folder is incomplete until meta.json returns
-    _save_npy(out / VECTORS, vectors)
-    storage.write_text(out / IDS, json.dumps(ids))
-    write_report(out / BAD, bad)
+    aside = out / ASSEMBLY
+    shutil.rmtree(aside, ignore_errors=True)  # an assembly killed before its COMMIT: redo it
+    aside.mkdir()
+    _save_npy(aside / VECTORS, vectors)
+    storage.write_text(aside / IDS, json.dumps(ids))
+    write_report(aside / BAD, bad)
     if jsonl:
-        storage.write_text(out / JSONL, "".join(_jsonl_lines(ids, vectors)))
-    else:
-        (out / JSONL).unlink(missing_ok=True)  # never leave vectors of an earlier run beside
+        storage.write_text(aside / JSONL, "".join(_jsonl_lines(ids, vectors)))
     run = {**state, "images": {r.image_id: r.image for r in ordered}}
-    storage.write_text(out / RUN, json.dumps(run))
+    storage.write_text(aside / RUN, json.dumps(run))
     meta = {
         "format": FORMAT,
         "model": encoder.model_id,
@@ -330,8 +342,38 @@ def _assemble(
         "normalized": True,
         "bad": len(bad),
     }
-    storage.write_text(out / META, json.dumps(meta, indent=2) + "\n")
+    storage.write_text(aside / META, json.dumps(meta, indent=2) + "\n")
+    files = [name for name in OUTPUT_FILES if (aside / name).exists()]
+    storage.write_text(aside / COMMIT, json.dumps(files))
     return len(ids)
+
+
+def _commit_assembly(out: Path) -> None:
+    """Move a complete assembled set (one with ``COMMIT``) into ``out``, ``meta.json`` last.
+
+    Idempotent, so it finishes a commit a kill interrupted: files already moved are not in
+    ``.assembly/`` any more, and those of the earlier output that the new set lacks (a
+    ``vectors.jsonl`` not asked for again) are removed before ``meta.json`` moves. Until then
+    the folder is read through this function, so no reader sees the two sets mixed.
+    """
+    aside = out / ASSEMBLY
+    if not (aside / COMMIT).exists():
+        return
+    try:
+        files = json.loads(storage.read_text(aside / COMMIT))
+        for name in OUTPUT_FILES:
+            if name == META:
+                continue
+            if name in files:
+                if (aside / name).exists():
+                    os.replace(aside / name, out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
+        if (aside / META).exists():
+            os.replace(aside / META, out / META)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{out}: cannot finish moving the new vectors in ({exc})") from exc
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _jsonl_lines(ids: Sequence[str], vectors: np.ndarray) -> Iterator[str]:
@@ -340,6 +382,7 @@ def _jsonl_lines(ids: Sequence[str], vectors: np.ndarray) -> Iterator[str]:
 
 
 def _read_folder(path: Path) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    _commit_assembly(path)
     if not (path / META).exists():
         raise InvalidInputError(f"{path}: no {META} (an unfinished vectorize run?)")
     meta = _load_json(path / META)

@@ -363,3 +363,69 @@ def test_given_the_cli_when_vectorize_runs_then_it_writes_the_folder(
     # And a rerun reuses everything
     assert main(args) == 0
     assert "0 encoded, 3 reused" in capsys.readouterr().out
+
+
+# A vectorize run in its own process that SIGKILLs itself when a file is renamed onto
+# ``out/<kill_at>`` (before that rename happens): a kill at an exact point of the assembly.
+_KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+from medsearch.data.manifest import read_manifest
+from medsearch.vectorize import vectorize
+from tests.medsearch.test_vectorize import HashEncoder
+
+manifest, out, kill_at = sys.argv[1:4]
+target = os.path.join(out, kill_at)
+real_replace = os.replace
+
+def replace(src, dst, *args, **kwargs):
+    if os.fspath(dst) == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+
+os.replace = replace
+vectorize(HashEncoder(), read_manifest(manifest), Path(out), batch_size=2)
+"""
+
+
+@pytest.mark.parametrize(
+    "kill_at",
+    [
+        ".assembly/vectors.npy",  # while the new set is written aside
+        ".assembly/COMMIT",  # the new set complete but not marked so
+        "vectors.npy",  # the first file moved into place
+        "meta.json",  # the last one
+    ],
+)
+def test_given_an_incremental_run_killed_while_assembling_when_rerun_then_every_vector_is_reused(
+    tmp_path: Path, kill_at: str
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    # Given a finished run over 3 images, and the manifest grown to 5
+    out = tmp_path / "vectors"
+    vectorize(HashEncoder(), read_manifest(make_manifest(tmp_path / "data", 3, bad=False)), out)
+    manifest = make_manifest(tmp_path / "data", 5, bad=False)
+    # When the incremental run is killed (SIGKILL) at a point of its assembly
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, str(manifest), str(out), kill_at],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr
+    # Then the folder reads as the earlier complete output or the new one, never neither
+    ids, vectors, meta = read_vectors(out)
+    assert len(ids) == meta["count"] == len(vectors)
+    assert ids in (["g0", "g1", "g2"], ["g0", "g1", "g2", "g3", "g4"])
+    # and a rerun encodes nothing: the 3 earlier vectors and the 2 the killed run made are kept
+    encoder = HashEncoder()
+    result = vectorize(encoder, read_manifest(manifest), out)
+    assert (result.encoded, result.reused, result.count) == (0, 5, 5)
+    assert encoder.images_encoded == 0
+    assert read_vectors(out)[0] == ["g0", "g1", "g2", "g3", "g4"]
+    assert not (out / ".assembly").exists() and not (out / ".partial").exists()

@@ -58,6 +58,14 @@ class ServiceSettings(BaseSettings):
         ),
     )
     root_path: str = Field("", description="path prefix the API is served under (API stage)")
+    public_base_url: str | None = Field(
+        None,
+        description=(
+            "the API's public URL (https://search.example.org/prod): result image links are "
+            "made absolute with it; unset, they are relative to the API's base URL. Never "
+            "taken from a request's Host header, which any client sets"
+        ),
+    )
     opensearch_url: str | None = Field(None, description="OpenSearch endpoint URL")
     opensearch_index: str = Field("medsearch", description="OpenSearch index or alias")
     opensearch_auth: Literal["sigv4", "basic", "none"] = "sigv4"
@@ -82,6 +90,25 @@ class ServiceSettings(BaseSettings):
     def _clean_root_path(cls, value: str) -> str:
         value = value.strip().rstrip("/")
         return value if not value or value.startswith("/") else f"/{value}"
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_public_base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value.strip())
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValueError(
+                "must be an http(s) URL with a host and no query, e.g. https://host/prod"
+            )
+        return value.strip().rstrip("/")
 
     @model_validator(mode="after")
     def _engine_needs(self) -> ServiceSettings:

@@ -21,10 +21,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Path, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -49,6 +49,8 @@ from medsearch.search import (
     MAX_OFFSET,
     MAX_QUERY_CHARS,
     MAX_UPLOAD_BYTES,
+    QUERY_PATTERN,
+    RESERVED_PARAMS,
     SIMILAR_MODES,
     TEXT_MODES,
     Health,
@@ -56,6 +58,7 @@ from medsearch.search import (
     ImageUrl,
     SearchResponse,
     SearchService,
+    api_image_path,
 )
 from medsearch.settings import ServiceSettings, load_settings
 
@@ -83,16 +86,19 @@ _TOO_LARGE = f"request body too large: uploads are limited to {MAX_UPLOAD_BYTES}
 # After a failed start, requests get 503 for a while instead of retrying a slow load each time.
 RETRY_START_SECONDS = 10.0
 # Parameters of each endpoint; every other query parameter is a metadata filter.
-SEARCH_PARAMS = frozenset({"q", "mode", "alpha", "k", "offset"})
+SEARCH_PARAMS = RESERVED_PARAMS
 SIMILAR_PARAMS = frozenset({"mode", "alpha", "k", "offset"})
 UPLOAD_PARAMS = frozenset({"q", "alpha", "k", "offset"})
+# An image id as the schema states it (the rule of medsearch.data.manifest.validate_image_id).
+IMAGE_ID_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9._-]{1,128}$"
 
 
 class StagePath:
     """Tell the app the path prefix it is served under (an API Gateway stage such as ``/prod``).
 
     Mangum strips the stage from the path and leaves ``root_path`` empty; with the prefix put
-    back into ``root_path``, image URLs and the docs' links point at the stage again. The prefix
+    back into ``root_path``, the docs' links point at the stage again (image links are relative,
+    or absolute under the configured ``public_base_url``: never made from the request). The prefix
     is fixed (configured), or worked out per request from its scope (the Lambda edge reads it
     from the API Gateway event).
     """
@@ -160,10 +166,16 @@ def image_url_for(settings: ServiceSettings) -> ImageUrl | None:
 
     ``image_base_url`` may be a template with ``{image_id}`` and/or ``{name}`` (the stored file's
     name), e.g. ``https://cdn.example.org/images/{name}``; a plain base gets the name appended.
+    Without one, links go to the API's file route: absolute under ``public_base_url`` when it is
+    configured, else relative to the API's base URL. They are never built from a request's
+    ``Host`` header: a client could point every link of a shared or cached answer anywhere.
     """
     template = settings.image_base_url
     if not template:
-        return None
+        public = settings.public_base_url
+        if not public:
+            return None
+        return lambda document: f"{public}/{api_image_path(document)}"
     if "{" not in template:
         template = template.rstrip("/") + "/{name}"
 
@@ -272,19 +284,6 @@ def _filters(request: Request, own: frozenset[str]) -> list[tuple[str, str]]:
     return [(name, value) for name, value in request.query_params.multi_items() if name not in own]
 
 
-def _absolute(url: str | None, request: Request) -> str | None:
-    """Make the API's relative image paths absolute (stage path included) for any page."""
-    if url is None or "://" in url or url.startswith("/"):
-        return url
-    return f"{request.base_url}{url}"
-
-
-def _with_urls(response: SearchResponse, request: Request) -> SearchResponse:
-    for result in response.results:
-        result.image_url = _absolute(result.image_url, request)
-    return response
-
-
 def _range(low: float, high: float) -> dict[str, Any]:
     """OpenAPI bounds of a parameter whose rule the service enforces (documented, not doubled)."""
     return {"minimum": low, "maximum": high}
@@ -293,8 +292,18 @@ def _range(low: float, high: float) -> dict[str, Any]:
 Q = Annotated[
     str,
     Query(
-        description=f"search text, 1-{MAX_QUERY_CHARS} characters",
-        json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS},
+        description=(
+            f"search text, 1-{MAX_QUERY_CHARS} characters, not only whitespace; no control "
+            "characters but tab, newline and carriage return (read as spaces)"
+        ),
+        json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS, "pattern": QUERY_PATTERN},
+    ),
+]
+ImageId = Annotated[
+    str,
+    Path(
+        description="1-128 characters from A-Z a-z 0-9 . _ - (not . or ..)",
+        json_schema_extra={"pattern": IMAGE_ID_PATTERN, "minLength": 1, "maxLength": 128},
     ),
 ]
 Alpha = Annotated[
@@ -352,10 +361,13 @@ def create_app(
         )
     _add_routes(app)
     web_dir = settings.web_dir
-    if web_dir is not None and Path(web_dir).is_dir():
+    if web_dir is not None and FilePath(web_dir).is_dir():
         from fastapi.staticfiles import StaticFiles
 
-        app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
+        # The page answers only what no API route does: as the router's fallback rather than a
+        # mount at "/", a wrong method on an API path (GET /search/image) is the API's 405 with
+        # its Allow header, not the static files' 404 or 405.
+        app.router.default = StaticFiles(directory=web_dir, html=True)
     else:
 
         @app.get("/", include_in_schema=False)
@@ -391,7 +403,7 @@ def _add_routes(app: FastAPI) -> None:
         response = service.search(
             q, mode=mode, alpha=alpha, k=k, offset=offset, filters=_filters(request, SEARCH_PARAMS)
         )
-        return _with_urls(response, request)
+        return response
 
     @app.post(
         "/search/image",
@@ -399,6 +411,7 @@ def _add_routes(app: FastAPI) -> None:
         tags=["search"],
         responses={
             **ERROR_RESPONSES,
+            400: {"description": "malformed multipart body"},
             413: {"description": f"file over {MAX_UPLOAD_BYTES} bytes"},
             415: {"description": "file is not a JPEG, PNG or DICOM image"},
         },
@@ -429,16 +442,14 @@ def _add_routes(app: FastAPI) -> None:
             offset=_first(offset_form, offset, 0),
             filters=_filters(request, UPLOAD_PARAMS),
         )
-        return _with_urls(response, request)
+        return response
 
     @app.get(
         "/images/{image_id}", response_model=ImageRecord, tags=["images"], responses=ERROR_RESPONSES
     )
-    def image_record(request: Request, service: ServiceDep, image_id: str) -> ImageRecord:
+    def image_record(service: ServiceDep, image_id: ImageId) -> ImageRecord:
         """One image's record: caption, metadata and image URL."""
-        record = service.record(image_id)
-        record.image_url = _absolute(record.image_url, request)
-        return record
+        return service.record(image_id)
 
     @app.get(
         "/images/{image_id}/file",
@@ -446,7 +457,7 @@ def _add_routes(app: FastAPI) -> None:
         responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "image/jpeg": {}}}},
         response_class=Response,
     )
-    def image_file(service: ServiceDep, image_id: str) -> Response:
+    def image_file(service: ServiceDep, image_id: ImageId) -> Response:
         """The image itself (JPEG or PNG; DICOM is rendered to PNG)."""
         data, media_type = service.image_file(image_id)
         return Response(
@@ -464,7 +475,7 @@ def _add_routes(app: FastAPI) -> None:
     def similar(
         request: Request,
         service: ServiceDep,
-        image_id: str,
+        image_id: ImageId,
         mode: Annotated[
             str,
             Query(
@@ -485,7 +496,7 @@ def _add_routes(app: FastAPI) -> None:
             offset=offset,
             filters=_filters(request, SIMILAR_PARAMS),
         )
-        return _with_urls(response, request)
+        return response
 
     @app.get("/facets", tags=["search"], responses=ERROR_RESPONSES)
     def facets(service: ServiceDep) -> dict[str, dict[str, int]]:

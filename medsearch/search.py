@@ -25,7 +25,8 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Literal
+from pathlib import PurePosixPath
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -69,6 +70,16 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_FILTER_FIELDS = 20
 MAX_FILTER_VALUES = 50
 MAX_FILTER_VALUE_CHARS = 256
+# Request parameters of the search endpoints: a metadata field of one of these names can never be
+# a filter (the parameter takes it), so it is neither offered as a facet nor accepted as a filter.
+RESERVED_PARAMS = frozenset({"q", "mode", "alpha", "k", "offset"})
+# A hit shows at most this much of its caption (the image record has all of it), so a page's
+# size has a known bound: k <= MAX_K hits of at most this many characters each.
+MAX_HIT_CAPTION_CHARS = 1000
+# The characters a query may hold, as the OpenAPI schema states it: no control characters except
+# tab, newline and carriage return (read as spaces), and at least one that is not whitespace.
+_QUERY_CHAR = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]"
+QUERY_PATTERN = rf"^{_QUERY_CHAR}*[^\s\x00-\x1f\x7f-\x9f\ud800-\udfff]{_QUERY_CHAR}*$"
 # How often an unknown filter field may trigger a fresh look at the index's fields.
 FIELD_REFRESH_SECONDS = 5.0
 # Tab, newline and carriage return in a query are whitespace (pasted text); other controls are not.
@@ -86,7 +97,13 @@ class SearchResult(BaseModel):
     """One hit: the image, its caption (null when captionless), the fused and component scores."""
 
     image_id: str
-    caption: str | None = Field(description="null for a captionless image")
+    caption: str | None = Field(
+        description=f"null for a captionless image; at most {MAX_HIT_CAPTION_CHARS} characters"
+    )
+    caption_truncated: bool = Field(
+        default=False,
+        description="the caption was cut to its first characters: GET /images/{image_id} has all",
+    )
     score: float = Field(description="ranking score (raw BM25, cosine, or the fused score)")
     bm25_score: float | None = Field(description="raw BM25 score; null if not in the text list")
     vector_score: float | None = Field(description="cosine similarity; null if not in the kNN list")
@@ -97,7 +114,12 @@ class SearchResult(BaseModel):
 class SearchResponse(BaseModel):
     """A page of results with the query as it was run and the total number of matches."""
 
-    query: str | None = Field(description="text searched for (image_text: the source caption)")
+    query: str | None = Field(
+        description=(
+            "text searched for (image_text: the source caption, cut to "
+            f"{MAX_HIT_CAPTION_CHARS} characters)"
+        )
+    )
     mode: str
     alpha: float | None = Field(description="vector weight of a fused query; null if not fused")
     image_id: str | None = Field(default=None, description="source image of image modes")
@@ -136,23 +158,28 @@ class Health(BaseModel):
 
 
 def validate_query(q: object, *, name: str = "q") -> str:
-    """Return the query stripped, or raise: 1-512 characters, no control characters."""
+    """Return the query stripped, or raise: 1-512 characters, not all whitespace, no control
+    characters but tab, newline and carriage return (:data:`QUERY_PATTERN`, as the schema says).
+
+    The rules hold for the text as sent, before stripping, so what the schema calls invalid is
+    refused (a control character at an end is not stripped away into a valid query).
+    """
     if not isinstance(q, str):
         raise InvalidInputError(f"{name} must be a text string")
+    if len(q) > MAX_QUERY_CHARS:
+        raise InvalidInputError(
+            f"{name} is {len(q)} characters long; shorten it to at most {MAX_QUERY_CHARS}"
+        )
     for control, space in _WHITESPACE_CONTROLS.items():
         q = q.replace(control, space)
-    text = q.strip()
-    if not text:
-        raise InvalidInputError(f"{name} must not be empty: give 1-{MAX_QUERY_CHARS} characters")
-    if len(text) > MAX_QUERY_CHARS:
-        raise InvalidInputError(
-            f"{name} is {len(text)} characters long; shorten it to at most {MAX_QUERY_CHARS}"
-        )
-    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cs")), None)
+    bad = next((c for c in q if unicodedata.category(c) in ("Cc", "Cs")), None)
     if bad is not None:
         raise InvalidInputError(
             f"{name} contains the control character U+{ord(bad):04X}; remove it"
         )
+    text = q.strip()
+    if not text:
+        raise InvalidInputError(f"{name} must not be empty: give 1-{MAX_QUERY_CHARS} characters")
     return text
 
 
@@ -253,6 +280,34 @@ def validate_upload(data: object) -> bytes:
             f"upload one of {', '.join(sorted(ACCEPTED_MEDIA_TYPES))}"
         )
     return data
+
+
+def shown_model_name(model_id: str | None) -> str | None:
+    """Return a model id fit to show clients: a Hugging Face id as it is, a folder or ``s3://``
+    prefix by its last part only (where it lies on the server's disk or in which bucket is not
+    the clients' business)."""
+    if not model_id:
+        return model_id
+    local = model_id.startswith(("/", ".", "~")) or "\\" in model_id or ":" in model_id
+    if not local and model_id.count("/") <= 1:
+        return model_id  # org/name on the hub
+    return PurePosixPath(model_id.replace("\\", "/").rstrip("/")).name or None
+
+
+def cut_caption(caption: str | None) -> tuple[str | None, bool]:
+    """Return a caption cut to :data:`MAX_HIT_CAPTION_CHARS` and whether it was cut."""
+    if caption is None or len(caption) <= MAX_HIT_CAPTION_CHARS:
+        return caption, False
+    return caption[: MAX_HIT_CAPTION_CHARS - 1] + "…", True
+
+
+@runtime_checkable
+class ListsFilterFields(Protocol):
+    """An index that can name every metadata field it filters on, facet or not (both engines)."""
+
+    def filter_fields(self) -> list[str]:
+        """Return the metadata fields whose values can be filtered on."""
+        ...
 
 
 def api_image_path(document: Document) -> str:
@@ -376,28 +431,37 @@ class SearchService:
         return Health(
             status="ok",
             documents=self.index.count(),
-            model=self.model_id,
+            model=shown_model_name(self.model_id),
             dim=self.index.dim,
             modes=self.modes,
         )
 
     def facets(self) -> dict[str, dict[str, int]]:
-        """Return filterable metadata fields with their values and document counts."""
-        facets = self.index.facets()
-        with self._fields_lock:
-            self._fields = frozenset(facets)
-            self._fields_at = time.monotonic()
-        return facets
+        """Return the index's facet fields with their values and document counts; a field named
+        like a request parameter (``q``, ``k``, ``mode``...) is left out, as it cannot filter."""
+        return {
+            name: values
+            for name, values in self.index.facets().items()
+            if name not in RESERVED_PARAMS
+        }
 
     def filter_fields(self, *, refresh: bool = False) -> frozenset[str]:
-        """Return the filterable fields' names (cached; refreshed at most every few seconds)."""
+        """Return the filterable fields' names (cached; refreshed at most every few seconds).
+
+        Every metadata field with scalar values filters by exact value, facet or not (a number
+        by its JSON form: ``size_cm=4.6``), on both engines; request parameter names excepted.
+        """
         with self._fields_lock:
             fresh = time.monotonic() - self._fields_at < FIELD_REFRESH_SECONDS
             if self._fields is not None and (not refresh or fresh):
                 return self._fields
-        self.facets()
-        assert self._fields is not None
-        return self._fields
+        index = self.index
+        names = index.filter_fields() if isinstance(index, ListsFilterFields) else index.facets()
+        fields = frozenset(names) - RESERVED_PARAMS
+        with self._fields_lock:
+            self._fields = fields
+            self._fields_at = time.monotonic()
+        return fields
 
     def check_filters(self, filters: RawFilters) -> dict[str, list[str]]:
         """Return cleaned filters, or raise naming unknown fields (a typo must not mean 0 hits)."""
@@ -468,7 +532,8 @@ class SearchService:
     ) -> SearchResponse:
         """Search by text: ``text`` (BM25), ``vector`` (CLIP text vector) or ``hybrid``."""
         started = time.perf_counter()
-        mode = validate_mode(mode or self.default_mode, TEXT_MODES)
+        # An empty mode is not "the default": the schema's enum does not hold it.
+        mode = validate_mode(self.default_mode if mode is None else mode, TEXT_MODES)
         text = validate_query(q)
         page = self._page(alpha, k, offset, filters)
         vector = None
@@ -597,10 +662,12 @@ class SearchService:
             document = documents.get(hit.image_id)
             if document is None:  # deleted between the search and the lookup
                 continue
+            caption, truncated = cut_caption(document.caption)
             results.append(
                 SearchResult(
                     image_id=hit.image_id,
-                    caption=document.caption,
+                    caption=caption,
+                    caption_truncated=truncated,
                     score=_score(hit.score) or 0.0,
                     bm25_score=_score(hit.text_score),
                     vector_score=_score(hit.vector_score),
@@ -609,7 +676,7 @@ class SearchService:
                 )
             )
         return SearchResponse(
-            query=shown_query,
+            query=cut_caption(shown_query)[0],
             mode=mode,
             alpha=query.alpha if fused else None,
             image_id=image_id,

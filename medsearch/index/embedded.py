@@ -564,6 +564,11 @@ class EmbeddedIndex:
         names = gen.meta.get("facet_fields", []) if fields is None else fields
         return {name: dict(gen.value_counts.get(name, {})) for name in names}
 
+    def filter_fields(self) -> list[str]:
+        """Return every metadata field with scalar values: each filters by exact value (a number
+        by its JSON form), facet or not, as on the OpenSearch engine."""
+        return sorted(self._gen.value_counts)
+
     def search(self, query: SearchQuery) -> SearchPage:
         """Rank documents for a text, vector or hybrid query (see :class:`SearchPage` for total)."""
         gen = self._gen

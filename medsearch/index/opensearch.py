@@ -1366,6 +1366,11 @@ class OpenSearchIndex:
                 out[name] = values
         return out
 
+    def filter_fields(self) -> list[str]:
+        """Return every metadata field with scalar values: each is a keyword, so each filters by
+        exact value (a number by its JSON form), as on the embedded engine."""
+        return self._metadata_fields()
+
     def _metadata_fields(self) -> list[str]:
         """Return the keyword fields under ``metadata`` (dotted paths for nested objects): from
         the index record (read each time: the alias may have moved to a run with other fields),

@@ -121,5 +121,6 @@ def test_given_settings_when_the_app_builds_its_own_service_then_it_serves_the_e
         body = httpx.get(f"{url}/search", params={"q": "knee meniscus"}).json()
         assert body["mode"] == "text" and ids(body)[0] in {"blue-01", "blue-02"}
         assert httpx.get(f"{url}/search", params={"q": "knee", "mode": "vector"}).status_code == 422
-        file = httpx.get(body["results"][0]["image_url"])
+        # image links are relative to the API's base URL
+        file = httpx.get(f"{url}/{body['results'][0]['image_url']}")
         assert file.status_code == 200 and file.headers["content-type"] == "image/png"

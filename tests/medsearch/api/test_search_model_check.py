@@ -140,7 +140,7 @@ def test_given_the_api_factory_when_the_model_has_other_weights_then_the_service
     assert str(tiny_model_dir) in detail and str(other_model_dir) in detail
     # While the model the index was built with starts
     good = ServiceSettings(index_dir=str(index_dir), model=str(tiny_model_dir))
-    assert TestClient(create_app(good)).get("/health").json()["model"] == str(tiny_model_dir)
+    assert TestClient(create_app(good)).get("/health").json()["model"] == tiny_model_dir.name
 
 
 def test_given_the_cli_when_searching_or_serving_with_other_weights_then_one_line_and_exit_2(

@@ -298,7 +298,7 @@ def test_query_rule_strips_and_accepts_1_to_512_characters() -> None:
     assert validate_query("  knee  ") == "knee"
     assert validate_query("a\tb\nc") == "a b c"
     assert validate_query("x" * MAX_QUERY_CHARS) == "x" * MAX_QUERY_CHARS
-    assert validate_query(" " + "x" * MAX_QUERY_CHARS + " ") == "x" * MAX_QUERY_CHARS
+    assert validate_query(" " + "x" * (MAX_QUERY_CHARS - 2) + " ") == "x" * (MAX_QUERY_CHARS - 2)
 
 
 @pytest.mark.parametrize(
@@ -310,6 +310,10 @@ def test_query_rule_strips_and_accepts_1_to_512_characters() -> None:
         ("lung\x00nodule", "U\\+0000"),
         ("lung\x1bnodule", "U\\+001B"),
         ("lung\x7fnodule", "U\\+007F"),
+        # the schema's length and character rules hold for the text as sent, before stripping
+        (" " + "x" * MAX_QUERY_CHARS, "at most 512"),
+        ("nodule\x1c", "U\\+001C"),
+        ("\x85nodule", "U\\+0085"),
         (None, "text string"),
         (42, "text string"),
     ],

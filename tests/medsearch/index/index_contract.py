@@ -24,6 +24,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -359,6 +360,34 @@ class SearchIndexContract:
         assert [h.image_id for p in pages for h in p.hits] == [h.image_id for h in whole.hits]
         beyond = index.search(SearchQuery(text=text, vector=vector, k=10, offset=whole.total))
         assert beyond.hits == [] and beyond.total == whole.total
+
+    @pytest.mark.parametrize("mode", ["text", "vector", "hybrid"])
+    def test_every_scalar_metadata_field_is_named_and_filters_by_exact_value(
+        self, make_index: MakeIndex, mode: str
+    ) -> None:
+        # Given numbers and booleans in the metadata, fields no engine offers as facets
+        sizes = [4.6, 12, 4.6, 0.5, 12, 4.6]
+        docs = [
+            replace(d, metadata={**d.metadata, "size_cm": sizes[i % 6], "contrast": i % 2 == 0})
+            for i, d in enumerate(corpus())
+        ]
+        index = make_index(docs)
+        # Then the engine names them as filterable
+        assert {"modality", "region", "size_cm", "contrast"} <= set(index.filter_fields())  # type: ignore[attr-defined]
+        # And a number filters by its JSON form, a boolean by true/false, on every engine alike
+        text = "fracture lung nodule effusion MRI" if mode != "vector" else None
+        vector = unit(np.ones(DIM)) if mode != "text" else None
+        for filters, keep in [
+            ({"size_cm": ["4.6"]}, lambda m: m["size_cm"] == 4.6),
+            ({"size_cm": ["12", "0.5"]}, lambda m: m["size_cm"] in (12, 0.5)),
+            (
+                {"contrast": ["true"], "size_cm": ["4.6"]},
+                lambda m: m["contrast"] and m["size_cm"] == 4.6,
+            ),
+        ]:
+            page = index.search(SearchQuery(text=text, vector=vector, k=100, filters=filters))
+            allowed = {d.image_id for d in docs if keep(d.metadata)}
+            assert page.hits and {h.image_id for h in page.hits} <= allowed, filters
 
     def test_facets_count_metadata_values(self, index: SearchIndex) -> None:
         facets = index.facets()

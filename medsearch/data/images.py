@@ -1,4 +1,4 @@
-"""Image decoding: JPEG, PNG (and whatever else Pillow reads) and DICOM, always to 8-bit RGB.
+"""Image decoding: JPEG, PNG, TIFF, BMP, GIF, WebP and DICOM, always to 8-bit RGB.
 
 One decoder for every pipeline (train, evaluate, vectorize) and for uploads, so a model sees the
 same pixels in training and in serving:
@@ -14,7 +14,20 @@ same pixels in training and in serving:
   inverted so bone is bright as in MONOCHROME2. Multi-frame files give their first frame.
 - The decompression-bomb limit (``max_pixels``, default 50 MP) is checked from the header before
   any pixel is decoded. Empty, truncated and non-image files raise :class:`ImageDecodeError`
-  naming the record.
+  naming the record; so does anything else a file makes a decoder raise (pydicom and Pillow's
+  plugins raise ``struct.error``, ``NotImplementedError``, ``IndexError``... on malformed headers),
+  so a hostile file is one bad record, never an aborted run or an HTTP 500.
+- Only the formats above are opened (:data:`PILLOW_FORMATS`): Pillow's other plugins (EPS runs
+  Ghostscript, PSD, FITS...) are no medical input and only widen what a hostile upload can reach.
+- **Bounded aspect ratio.** The long side is centre-cropped to :data:`MAX_ASPECT` times the short
+  side. Every encoder resizes the short side to its input size keeping the ratio, so a 177-byte
+  100000x1 PNG would otherwise become a 6,400,000x64 image (4.6 GB) before the centre crop. Every
+  pipeline and every encoder (torch, ONNX, the training processor) decodes here, so this is the one
+  place that bounds them all. The crop keeps only the centre anyway: beyond the ratio nothing of an
+  encoder's input changes but a sub-pixel offset, and no medical image comes near 20:1.
+- Memory: the min-max stretch and the DICOM window work on blocks of rows, so the float64
+  temporaries stay a few MB whatever the image size; the peak is the decoded pixels themselves
+  (a few bytes a pixel, up to ``max_pixels``).
 - ``draft_size`` (training only; off by default): a JPEG at least twice that size in both
   dimensions is decoded at 1/2, 1/4 or 1/8 scale in the DCT, the largest that keeps it at least
   that size. An 800x600 JPEG decodes to 400x300 in 0.8 ms instead of 2.6 ms in full, and a
@@ -25,6 +38,8 @@ from __future__ import annotations
 
 import io
 import logging
+import math
+import re
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -40,6 +55,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 50_000_000
 ACCEPTED_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "application/dicom"})
+# The Pillow plugins a record may open (the JPEG one also opens multi-picture MPO files).
+PILLOW_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP")
+
+# Long side at most 20x the short side (see the module docstring). Wide enough that no medical image
+# meets it (panoramic dental films are about 2:1, whole-spine and long-leg films 3-4:1, ECG strips
+# under 10:1), small enough to bound every encoder's resize buffer to 20 x its input size squared.
+MAX_ASPECT = 20.0
+
+# Rows of pixels per block in the float64 stretch and window: about 8 MB of float64 at a time.
+_BLOCK_PIXELS = 1 << 20
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -71,8 +96,24 @@ def decode_image(
     if not data:
         raise ImageDecodeError("empty file (0 bytes)", record=name)
     if sniff_media_type(data) == "application/dicom":
-        return _decode_dicom(data, name, max_pixels)
-    return _decode_pillow(data, name, max_pixels, draft_size)
+        image = _decode_dicom(data, name, max_pixels)
+    else:
+        image = _decode_pillow(data, name, max_pixels, draft_size)
+    return bound_aspect(image)
+
+
+def bound_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """Centre-crop the long side to ``max_aspect`` times the short side (no-op within it)."""
+    width, height = image.size
+    short = min(width, height)
+    limit = max(1, math.floor(short * max_aspect))
+    if max(width, height) <= limit:
+        return image
+    if width > height:
+        left = (width - limit) // 2
+        return image.crop((left, 0, left + limit, height))
+    top = (height - limit) // 2
+    return image.crop((0, top, width, top + limit))
 
 
 def load_image(
@@ -143,15 +184,24 @@ def _decode_pillow(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image: Image.Image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
         except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(f"image too large: {exc}", record=name) from None
+            # Pillow's message quotes its own limit, not ours: say the size and our limit.
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{int(found.group(1)):,} pixels, over" if found else "over"
+            raise ImageTooLargeError(
+                f"image is {size} the limit of {max_pixels:,} (possible decompression bomb)",
+                record=name,
+            ) from None
         except UnidentifiedImageError:
             raise ImageDecodeError(
-                "not a recognised image (expected JPEG, PNG or DICOM)", record=name
+                "not a recognised image (expected JPEG, PNG, TIFF, BMP, GIF, WebP or DICOM)",
+                record=name,
             ) from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageDecodeError(f"cannot read image header: {exc}", record=name) from None
+        except Exception as exc:  # plugins raise many types on malformed headers (module doc)
+            raise ImageDecodeError(
+                f"cannot read image header: {_reason(exc)}", record=name
+            ) from None
         _check_size(image.width, image.height, 1, name, max_pixels)
         try:
             if draft_size is not None and image.format == "JPEG":
@@ -160,17 +210,42 @@ def _decode_pillow(
             image.load()
             image = ImageOps.exif_transpose(image) or image
             return _to_rgb(image)
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageDecodeError(f"corrupt or truncated image: {exc}", record=name) from None
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(f"image too large: {_reason(exc)}", record=name) from None
+        except Exception as exc:  # as above: any decoder failure is this record's error
+            raise ImageDecodeError(
+                f"corrupt or truncated image: {_reason(exc)}", record=name
+            ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one short line for a record's error (some carry no message at all)."""
+    text = " ".join(str(exc).split())[:300]
+    return text or type(exc).__name__
+
+
+def _blocks(array: np.ndarray) -> Iterable[slice]:
+    """Slices of the first axis holding about :data:`_BLOCK_PIXELS` values each."""
+    row = max(1, math.prod(array.shape[1:]))
+    step = max(1, _BLOCK_PIXELS // row)
+    return (slice(start, start + step) for start in range(0, max(array.shape[0], 1), step))
 
 
 def _stretch(array: np.ndarray) -> np.ndarray:
-    """Min-max scale any numeric array to uint8 (a constant image becomes black)."""
-    values = array.astype(np.float64)
-    low, high = float(np.min(values)), float(np.max(values))
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((values - low) / (high - low) * 255.0).astype(np.uint8)
+    """Min-max scale any numeric array to uint8 (a constant image becomes black).
+
+    Block by block, so the float64 arithmetic never holds a copy of the whole image.
+    """
+    if array.ndim == 0 or array.size == 0:
+        return np.zeros(array.shape, dtype=np.uint8)
+    low, high = float(np.min(array)), float(np.max(array))
+    out = np.zeros(array.shape, dtype=np.uint8)
+    if not (high > low) or not math.isfinite(high - low):
+        return out
+    for block in _blocks(array):
+        values = array[block].astype(np.float64)
+        out[block] = np.round((values - low) / (high - low) * 255.0).astype(np.uint8)
+    return out
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -207,43 +282,88 @@ def _first(value: Any) -> float | None:
 
 def _decode_dicom(data: bytes, name: str | None, max_pixels: int) -> Image.Image:
     import pydicom  # only where DICOM is actually met
-    from pydicom.errors import InvalidDicomError
 
+    # pydicom parses lazily: a malformed element raises (NotImplementedError for an unknown VR,
+    # BytesLengthException, struct.error, ValueError, TypeError for a multi-valued Rows...) when
+    # it is first read, so the header and the pixels are read in the same guard as the file.
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
-        raise ImageDecodeError(f"unreadable DICOM file: {exc}", record=name) from None
-    if "PixelData" not in dataset:
+        has_pixels = "PixelData" in dataset
+        if has_pixels:
+            rows = _count(dataset.get("Rows", 0))
+            columns = _count(dataset.get("Columns", 0))
+            frames = _count(dataset.get("NumberOfFrames", 1)) or 1
+            samples = _count(dataset.get("SamplesPerPixel", 1)) or 1
+            photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
+            slope = _first(dataset.get("RescaleSlope"))
+            intercept = _first(dataset.get("RescaleIntercept"))
+            centre = _first(dataset.get("WindowCenter"))
+            width = _first(dataset.get("WindowWidth"))
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # see above: any parse failure is this record's error
+        raise ImageDecodeError(f"unreadable DICOM file: {_reason(exc)}", record=name) from None
+    if not has_pixels:
         raise ImageDecodeError("DICOM file has no pixel data", record=name)
-    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if rows < 1 or columns < 1:
         raise ImageDecodeError("DICOM file has no image size (Rows/Columns)", record=name)
     _check_size(columns, rows, frames, name, max_pixels)
     try:
         pixels = np.asarray(dataset.pixel_array)
     except Exception as exc:  # pydicom raises many types for truncated or unsupported data
-        raise ImageDecodeError(f"cannot decode DICOM pixel data: {exc}", record=name) from None
-    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
-    if frames > 1:
+        raise ImageDecodeError(
+            f"cannot decode DICOM pixel data: {_reason(exc)}", record=name
+        ) from None
+    if frames > 1 and pixels.ndim > 2:
         pixels = pixels[0]
-    if samples == 3:
+    if samples == 3 and pixels.ndim == 3 and pixels.shape[-1] == 3:
         rgb = pixels if pixels.dtype == np.uint8 else _stretch(pixels)
         return Image.fromarray(np.ascontiguousarray(rgb))
-    if pixels.ndim != 2:
+    if pixels.ndim != 2 or not np.issubdtype(pixels.dtype, np.number):
         raise ImageDecodeError(f"unexpected DICOM pixel shape {pixels.shape}", record=name)
-    values = pixels.astype(np.float64)
-    slope = _first(dataset.get("RescaleSlope"))
-    intercept = _first(dataset.get("RescaleIntercept"))
-    values = values * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
-    centre = _first(dataset.get("WindowCenter"))
-    width = _first(dataset.get("WindowWidth"))
     if centre is not None and width is not None and width >= 1:
-        # DICOM PS3.3 C.11.2.1.2.1, the linear VOI function.
-        scaled = ((values - (centre - 0.5)) / max(width - 1.0, 1.0) + 0.5).clip(0.0, 1.0)
-        gray = np.round(scaled * 255.0).astype(np.uint8)
+        gray = _window(pixels, slope, intercept, centre, width)
     else:
-        gray = _stretch(values)
-    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        gray = _stretch(_rescale(pixels, slope, intercept))
+    if photometric == "MONOCHROME1":
         gray = 255 - gray
     return Image.fromarray(gray).convert("RGB")
+
+
+def _count(value: Any) -> int:
+    """A DICOM size element (Rows, Columns, NumberOfFrames...) as an int; malformed raises."""
+    if value is None or value == "":
+        return 0
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        raise ValueError(f"expected one value, got {len(value)}")
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"negative size {number}")
+    return number
+
+
+def _rescale(pixels: np.ndarray, slope: float | None, intercept: float | None) -> np.ndarray:
+    """The modality rescale (slope/intercept); the stored values where there is none."""
+    if slope is None and intercept is None:
+        return pixels
+    out = np.empty(pixels.shape, dtype=np.float64)
+    for block in _blocks(pixels):
+        out[block] = pixels[block].astype(np.float64) * (1.0 if slope is None else slope) + (
+            0.0 if intercept is None else intercept
+        )
+    return out
+
+
+def _window(
+    pixels: np.ndarray, slope: float | None, intercept: float | None, centre: float, width: float
+) -> np.ndarray:
+    """Rescale, then DICOM PS3.3 C.11.2.1.2.1, the linear VOI function, block by block."""
+    gray = np.empty(pixels.shape, dtype=np.uint8)
+    for block in _blocks(pixels):
+        values = pixels[block].astype(np.float64)
+        values = values * (1.0 if slope is None else slope) + (
+            0.0 if intercept is None else intercept
+        )
+        scaled = ((values - (centre - 0.5)) / max(width - 1.0, 1.0) + 0.5).clip(0.0, 1.0)
+        gray[block] = np.round(scaled * 255.0).astype(np.uint8)
+    return gray

@@ -11,7 +11,9 @@ Two things the original does not do:
 
 - **Bounded aspect ratio.** A resize to the shortest edge blows a long thin image up in
   proportion: a 100000x1 strip would become 22,400,000x224 pixels (15 GB) before the crop. The
-  long side is first centre-cropped to :data:`MAX_ASPECT` times the short side. The crop keeps
+  long side is first centre-cropped to :data:`MAX_ASPECT` times the short side, by the decoder's
+  own :func:`~medsearch.data.images.bound_aspect` (which every decoded image has been through
+  already; this repeats it for images that come from elsewhere). The crop keeps
   only the centre anyway, so beyond that ratio nothing of the output changes but a sub-pixel
   offset, and the resize buffer stays below ``MAX_ASPECT * edge**2`` pixels (3 MB at 224 px).
 - **JPEG draft decoding** (:meth:`FastImageProcessor.draft_size`, used by the decoder in
@@ -36,12 +38,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-log = logging.getLogger(__name__)
+# Re-exported: the bound is the decoder's, and this module documents why the fast path keeps it.
+from medsearch.data.images import MAX_ASPECT as MAX_ASPECT
+from medsearch.data.images import bound_aspect as bound_aspect
 
-# Long side at most 20x the short side before the resize (see the module docstring). Wide enough
-# that no medical image meets it (panoramic dental films are about 2:1, whole-spine and long-leg
-# films 3-4:1, ECG strips under 10:1), small enough to bound the resize buffer.
-MAX_ASPECT = 20.0
+log = logging.getLogger(__name__)
 
 # Pillow's two-step resize (a box reduce by an integer factor, then the filter) for images this
 # many times larger than the output. Measured on MedPix images scaled up, at 224 px: identical
@@ -156,20 +157,6 @@ def pixel_table(config: PreprocessConfig) -> torch.Tensor:
         mean = np.array(config.mean, dtype=np.float32)
         out = (out - mean) / np.array(config.std, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(out.T, dtype=np.float32))
-
-
-def bound_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
-    """Centre-crop the long side to ``max_aspect`` times the short side (no-op within it)."""
-    width, height = image.size
-    short = min(width, height)
-    limit = max(1, math.floor(short * max_aspect))
-    if max(width, height) <= limit:
-        return image
-    if width > height:
-        left = (width - limit) // 2
-        return image.crop((left, 0, left + limit, height))
-    top = (height - limit) // 2
-    return image.crop((0, top, width, top + limit))
 
 
 def resize_and_crop(

@@ -4,9 +4,11 @@ The logic behind ``batch_vectorize/inference.py`` (SageMaker batch transform, ``
 ``BatchStrategy=MultiRecord``). A request body holds one or more manifest lines, each
 ``{"image_id", "image": "s3://…"}`` or ``{"image_id", "image_b64": "…"}`` (other keys are ignored,
 so a run's manifest can be fed as is). The answer has exactly one line per input line, in the same
-order: ``{"image_id", "vector", "model", "dim"}``, or ``{"image_id", "error"}`` for a line whose
-image cannot be read or decoded, so one bad image never fails the batch. Good images are encoded
-in batches; vectors are unit length (the encoder normalises).
+order: ``{"image_id", "vector", "model", "fingerprint", "dim"}``, or ``{"image_id", "error"}`` for
+a line whose image cannot be read or decoded, so one bad image never fails the batch. Good images
+are encoded in batches; vectors are unit length (the encoder normalises). ``fingerprint`` names
+the encoder's weights; the loader records it in the index, so the search service can refuse a
+model with other weights.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from medsearch.errors import (
     MedsearchError,
     UnsupportedMediaTypeError,
 )
-from medsearch.vectors import Encoder
+from medsearch.vectors import Encoder, encoder_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +82,12 @@ def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
 
 @dataclass
 class TransformModel:
-    """A loaded encoder and the model name written into every output line."""
+    """A loaded encoder and the model name and weight fingerprint written into every line."""
 
     encoder: Encoder
     model_id: str
     config: TransformConfig
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ def load_transform_model(
         encoder = load_encoder(str(folder))
     model_id = read_onnx_manifest(export).model_id if export is not None else encoder.model_id
     log.info("batch transform encoder: %s (%s, dim %d)", model_id, choice, encoder.dim)
-    return TransformModel(encoder, model_id, config)
+    return TransformModel(encoder, model_id, config, encoder_fingerprint(encoder))
 
 
 def _cuda_available() -> bool:
@@ -208,6 +211,7 @@ def embed_lines(lines: Sequence[InputLine], model: TransformModel) -> list[dict[
                     "image_id": lines[index].image_id,
                     "vector": vector.tolist(),
                     "model": model.model_id,
+                    "fingerprint": model.fingerprint,
                     "dim": int(vector.shape[0]),
                 }
     return [row for row in rows if row is not None]

@@ -15,6 +15,8 @@ from PIL import Image
 from batch_vectorize.inference import input_fn, model_fn, output_fn, predict_fn
 from medsearch import storage
 from medsearch.errors import ConfigError, UnsupportedMediaTypeError
+from medsearch.model.encoder import weights_fingerprint
+from medsearch.model.loading import load_clip
 from medsearch.model.onnx_encoder import OnnxEncoder
 from medsearch.model.onnx_export import export_onnx
 
@@ -125,6 +127,9 @@ def test_given_torch_encoder_chosen_then_same_vectors_and_model_name(
     torch_row = _transform(model_dir, [line])[0]
     assert torch_row["model"] == onnx_row["model"] == "tiny-bt"
     assert float(np.dot(torch_row["vector"], onnx_row["vector"])) >= 0.999
+    # and both name the same weights: the export carries the model's fingerprint
+    fingerprint = weights_fingerprint(load_clip(str(model_dir)).model)
+    assert torch_row["fingerprint"] == onnx_row["fingerprint"] == fingerprint
 
 
 def test_given_other_content_types_then_rejected_and_charset_accepted(model_dir: Path) -> None:

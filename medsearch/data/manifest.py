@@ -200,6 +200,10 @@ def _refuse_constant(name: str) -> Any:
 
 def _csv_rows(text: str, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (location, row) of a CSV manifest, refusing what would lose or merge rows."""
+    # The csv module refuses fields over 128 KiB (a process-wide limit); a long caption is cut
+    # like one in JSON Lines instead. Raised only, to the size of a text already in memory.
+    if csv.field_size_limit() < len(text):
+        csv.field_size_limit(len(text))
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     line = 1  # where the current row starts (reader.line_num is where it ends)
     try:

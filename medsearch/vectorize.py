@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from medsearch import storage
 from medsearch.data.images import load_record_images
 from medsearch.data.manifest import BadRecord, Record, write_report
-from medsearch.errors import InvalidInputError
+from medsearch.errors import InvalidInputError, StorageError
 from medsearch.vectors import SIMILARITY, Encoder, encoder_fingerprint, normalize
 
 log = logging.getLogger(__name__)
@@ -292,6 +292,19 @@ def _load_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _load_ids(path: Path) -> list[str]:
+    """The image ids of a vectors folder; a damaged or foreign file is a one-line error."""
+    try:
+        ids = json.loads(storage.read_text(path))
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{path}: not valid JSON ({exc.msg})") from None
+    except StorageError as exc:
+        raise InvalidInputError(str(exc)) from None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InvalidInputError(f"{path}: expected a JSON list of image ids")
+    return ids
+
+
 # --- assembly and reading ------------------------------------------------------------------------
 
 
@@ -390,9 +403,7 @@ def _read_folder(path: Path) -> tuple[list[str], np.ndarray, dict[str, Any]]:
         vectors = np.load(path / VECTORS, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"{path / VECTORS}: unreadable ({exc})") from None
-    ids = json.loads(storage.read_text(path / IDS))
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise InvalidInputError(f"{path / IDS}: expected a JSON list of image ids")
+    ids = _load_ids(path / IDS)
     dim = meta.get("dim")
     if vectors.ndim != 2 or vectors.shape[0] != len(ids) or vectors.shape[0] != meta.get("count"):
         raise InvalidInputError(

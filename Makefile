@@ -53,6 +53,7 @@ format: install
 # bench/cold_start.py exports a ViT-B/32-sized CLIP once (build/bench/) and times the search API's
 # cold start in fresh processes, also on the built package where python3.12 is installed.
 # bench/train_data.py times the training data path and validation epoch (quick; --full for more).
+# bench/gpu.py measures training, loading and vectorizing on a GPU (says so and ends without one).
 bench: install lambda-package
 	$(BIN)/python bench/search_latency.py
 	$(BIN)/python bench/load.py
@@ -60,6 +61,7 @@ bench: install lambda-package
 	$(BIN)/python bench/fusion_depth.py
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/train_data.py
+	$(BIN)/python bench/gpu.py
 
 # The Lambdas' zip content, build/search_api/, build/index_loader/ and build/pipeline/ (wheels for
 # the python3.12 runtime, manylinux_2_28 or older; no torch), each checked: unzipped size within the 250 MB

@@ -26,6 +26,7 @@ in ``bench/results.json`` (other sections are kept).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
@@ -48,7 +49,7 @@ from medsearch.data.manifest import Record  # noqa: E402
 from medsearch.data.synth import sample_attributes, write_caption  # noqa: E402
 from medsearch.model.encoder import TorchEncoder, pooled  # noqa: E402
 from medsearch.model.loading import load_clip  # noqa: E402
-from medsearch.model.preprocess import fast_processor  # noqa: E402
+from medsearch.model.preprocess import FastImageProcessor, fast_processor  # noqa: E402
 from medsearch.train.config import TrainConfig  # noqa: E402
 from medsearch.train.data import Collate, PairDataset  # noqa: E402
 from medsearch.train.loop import _step  # noqa: E402
@@ -67,7 +68,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(device: torch.device, run: Callable[[], None], repeats: int) -> float:
+def _timed(device: torch.device, run: Callable[[], object], repeats: int) -> float:
     """Seconds per call of ``run`` (device work included), median of ``repeats`` calls."""
     times = []
     for _ in range(repeats):
@@ -131,18 +132,10 @@ def measure_train(
                 torch.ones(batch, 77, dtype=torch.long, device=device),
                 torch.randn(batch, 3, size, size, device=device),
             )
+            step = functools.partial(
+                _step, model, inputs, optimizer, scheduler, scaler, config, device, dtype
+            )
             try:
-
-                def step(
-                    model: Any = model,
-                    optimizer: Any = optimizer,
-                    scheduler: Any = scheduler,
-                    scaler: Any = scaler,
-                    inputs: _TrainBatch = inputs,
-                    dtype: torch.dtype | None = dtype,
-                ) -> None:
-                    _step(model, inputs, optimizer, scheduler, scaler, config, device, dtype)
-
                 for _ in range(3):  # warm-up: kernels chosen, allocator settled
                     step()
                 seconds = _timed(device, step, steps)
@@ -228,7 +221,7 @@ class _Pixels(torch.utils.data.Dataset):
 
     def __init__(self, records: list[Record], image_processor: Any) -> None:
         self.records = records
-        self.processor = fast_processor(image_processor, reducing_gap=None)
+        self.processor = _exact_processor(image_processor)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -238,11 +231,18 @@ class _Pixels(torch.utils.data.Dataset):
             return self.processor.to_uint8([image.convert("RGB")])[0]
 
 
+def _exact_processor(image_processor: Any) -> FastImageProcessor:
+    processor = fast_processor(image_processor, reducing_gap=None)
+    if not isinstance(processor, FastImageProcessor):
+        raise SystemExit("gpu: the model's image processor is not one the fast path reproduces")
+    return processor
+
+
 def _pipelined(
     encoder: TorchEncoder, records: list[Record], workers: int, batch: int
 ) -> Iterator[np.ndarray]:
     device = encoder.device
-    processor = fast_processor(encoder.bundle.image_processor, reducing_gap=None)
+    processor = _exact_processor(encoder.bundle.image_processor)
     loader = torch.utils.data.DataLoader(
         _Pixels(records, encoder.bundle.image_processor),
         batch_size=batch,

@@ -10,7 +10,8 @@ fold the rows after it into one caption (the index then silently lacks them), so
 not span lines (a caption with line breaks goes in a JSON Lines manifest), every row has the
 header's number of fields, and the header names each column once. JSON Lines are split on
 ``\n`` only, so a caption holding U+2028 or another Unicode line separator stays one record.
-NUL characters and non-finite numbers (``NaN``) are refused: no engine stores them faithfully.
+NUL characters and non-finite numbers (``NaN``) are refused: no engine stores them faithfully;
+so is a JSON object naming a key twice (JSON parsers keep one value silently).
 A caption over :data:`MAX_CAPTION_BYTES` (UTF-8) is cut at a word boundary, and the record's
 metadata keeps its original size as :data:`CAPTION_BYTES_FIELD`, so every engine stores a bounded
 caption and a hit says that its caption was cut.
@@ -186,11 +187,25 @@ def iter_rows(manifest: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str,
         if not line.strip():
             continue
         try:
-            yield f"{name}:{number}", json.loads(line, parse_constant=_refuse_constant)
+            yield (
+                f"{name}:{number}",
+                json.loads(line, parse_constant=_refuse_constant, object_pairs_hook=_one_value),
+            )
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
         except ValueError as exc:
             raise ManifestError(f"{name}:{number}: {exc}") from None
+
+
+def _one_value(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build a JSON object, refusing a key given twice (json keeps the last one silently, so a
+    second ``caption`` would replace the first unseen, as a CSV column named twice would)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"key {key!r} is given twice in one object")
+        obj[key] = value
+    return obj
 
 
 def _refuse_constant(name: str) -> Any:

@@ -257,6 +257,11 @@ CASES: tuple[ManifestCase, ...] = (
         error=r"manifest\.jsonl:1: not valid JSON \(Extra data\)",
     ),
     ManifestCase(
+        "jsonl-key-given-twice", "manifest.jsonl",
+        jsonl(row("a"), '{"image_id": "b", "image": "b.png", "caption": "x", "caption": "y"}'),
+        error=r"manifest\.jsonl:2: key 'caption' is given twice",
+    ),
+    ManifestCase(
         "jsonl-array-line", "manifest.jsonl", jsonl(row("a"), ["b", "b.png"]),
         error=r"manifest\.jsonl:2: a record must be a JSON object",
     ),

@@ -13,6 +13,12 @@ from medsearch.storage import ObjectInfo
 # Parts fetched at once for one large object; a few files download side by side, and botocore's
 # connection pool holds 10 by default.
 _DOWNLOAD_THREADS = 4
+# botocore waits 60 s to connect and 60 s between two reads of a stalled response, and retries:
+# a black-holed endpoint would hold an ingestion for minutes per image. Connections are made in
+# milliseconds within a region and a stall of a few seconds is dead; retries stay (standard mode).
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 30.0
+MAX_ATTEMPTS = 3  # in all, the first included
 
 
 class Boto3Store:
@@ -21,8 +27,14 @@ class Boto3Store:
     def __init__(self, client: Any | None = None) -> None:
         if client is None:
             import boto3
+            from botocore.config import Config
 
-            client = boto3.client("s3")
+            config = Config(
+                connect_timeout=CONNECT_TIMEOUT_S,
+                read_timeout=READ_TIMEOUT_S,
+                retries={"total_max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+            )
+            client = boto3.client("s3", config=config)
         self._client = client
 
     def get(self, bucket: str, key: str) -> bytes:

@@ -8,6 +8,10 @@ store offers ``open`` and ``put_stream`` (the boto3 adapter does); other stores 
 ``get`` and ``put``. :func:`list_objects` and :func:`download_file` serve caches that must tell a
 changed object from an unchanged one (ETags, where the store offers ``list_info``) and fetch large
 objects straight to disk (``download``, where offered; else the ``open`` stream).
+
+:func:`read_bytes` (and :func:`read_text`) read locations that manifests and requests name, so
+they are guarded: regular files only, opened without blocking, read no further than a ceiling
+(:data:`DEFAULT_MAX_READ_BYTES` unless the caller gives a lower one).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import io
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -27,6 +32,10 @@ from medsearch.errors import StorageError
 log = logging.getLogger(__name__)
 
 S3_SCHEME = "s3://"
+# The most :func:`read_bytes` reads whole into memory unless told otherwise: far above any
+# manifest, JSON file or image, far below what takes a worker down. Images have their own,
+# lower ceiling (``medsearch.data.images.DEFAULT_MAX_IMAGE_BYTES``).
+DEFAULT_MAX_READ_BYTES = 1 << 30
 
 
 class ObjectStore(Protocol):
@@ -96,19 +105,100 @@ def join(base: str | os.PathLike[str], *parts: str) -> str:
     return str(Path(base).joinpath(*parts))
 
 
-def read_bytes(url: str | os.PathLike[str]) -> bytes:
-    """Read a whole file or object."""
+def read_bytes(url: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_READ_BYTES) -> bytes:
+    """Read a whole file or object of at most ``max_bytes``; anything else is a ``StorageError``.
+
+    Locations come from manifests and requests, so the read is guarded: a local path must be a
+    regular file (``/dev/zero`` would be read until memory runs out, a FIFO would block the
+    run forever), opened without blocking, and both it and an object are read no further than
+    one byte past the ceiling, whatever size they claim.
+    """
     if is_s3(url):
-        return object_store().get(*split_s3(str(url)))
+        return _read_object(str(url), max_bytes)
+    return _read_file(url, max_bytes)
+
+
+def _too_large(url: str | os.PathLike[str], size: int | None, max_bytes: int) -> StorageError:
+    shown = f"{size:,} bytes" if size is not None else f"over {max_bytes:,} bytes"
+    return StorageError(f"cannot read {url}: it is {shown}, over the limit of {max_bytes:,} bytes")
+
+
+def _read_file(url: str | os.PathLike[str], max_bytes: int) -> bytes:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer; it changes
+    # nothing for a regular file, and anything else is refused before a byte is read.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        return Path(url).read_bytes()
+        fd = os.open(url, flags)
     except OSError as exc:
         raise StorageError(f"cannot read {url}: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StorageError(f"cannot read {url}: not a regular file ({_kind(info.st_mode)})")
+        if info.st_size > max_bytes:
+            raise _too_large(url, info.st_size, max_bytes)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        try:
+            # The stated size plus one byte first (one read, no copy), then more in bounded
+            # steps: a file may grow while it is read, and /proc files state a size of 0.
+            return _read_bounded(handle, info.st_size + 1, max_bytes, url)
+        except OSError as exc:
+            raise StorageError(f"cannot read {url}: {exc.strerror or exc}") from exc
 
 
-def read_text(url: str | os.PathLike[str]) -> str:
-    """Read a UTF-8 text file or object."""
-    data = read_bytes(url)
+def _read_bounded(handle: IO[bytes], first: int, max_bytes: int, url: object) -> bytes:
+    """Read ``handle`` to its end, failing once more than ``max_bytes`` have come."""
+    parts: list[bytes] = []
+    total, step = 0, first
+    while True:
+        chunk = handle.read(min(step, max_bytes + 1 - total))
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            raise _too_large(str(url), None, max_bytes)
+        step = 1 << 20
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def _read_object(url: str, max_bytes: int) -> bytes:
+    """An object, streamed where the store can so that no more than the ceiling is held."""
+    bucket, key = split_s3(url)
+    store = object_store()
+    opener = getattr(store, "open", None)
+    if opener is None:
+        data = store.get(bucket, key)
+        if len(data) > max_bytes:
+            raise _too_large(url, len(data), max_bytes)
+        return data
+    stream: BinaryIO = opener(bucket, key)
+    try:
+        return _read_bounded(stream, 1 << 20, max_bytes, url)
+    except OSError as exc:
+        raise StorageError(f"cannot read {url}: {exc}") from exc
+    finally:
+        stream.close()
+
+
+def read_text(url: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_READ_BYTES) -> str:
+    """Read a UTF-8 text file or object (of at most ``max_bytes``, as :func:`read_bytes`)."""
+    data = read_bytes(url, max_bytes=max_bytes)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

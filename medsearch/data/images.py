@@ -28,6 +28,9 @@ same pixels in training and in serving:
 - Memory: the min-max stretch and the DICOM window work on blocks of rows, so the float64
   temporaries stay a few MB whatever the image size; the peak is the decoded pixels themselves
   (a few bytes a pixel, up to ``max_pixels``).
+- Files are read through :func:`medsearch.storage.read_bytes`, which reads regular files only
+  (not ``/dev/zero``, not a FIFO) and no further than ``max_bytes`` (default
+  :data:`DEFAULT_MAX_IMAGE_BYTES`, 320 MB); a file it refuses is a bad record like any other.
 - ``draft_size`` (training only; off by default): a JPEG at least twice that size in both
   dimensions is decoded at 1/2, 1/4 or 1/8 scale in the DCT, the largest that keeps it at least
   that size. An 800x600 JPEG decodes to 400x300 in 0.8 ms instead of 2.6 ms in full, and a
@@ -54,6 +57,9 @@ from medsearch.errors import ImageDecodeError, ImageTooLargeError, StorageError
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# The largest image file read from a path or an object (see the module docstring): a 50 MP image
+# stored uncompressed as 16-bit RGB is 300 MB, every real medical file is far below.
+DEFAULT_MAX_IMAGE_BYTES = 320 << 20
 ACCEPTED_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "application/dicom"})
 # The Pillow plugins a record may open (the JPEG one also opens multi-picture MPO files).
 PILLOW_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP")
@@ -122,9 +128,13 @@ def load_image(
     name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> Image.Image:
-    """Read (local path or ``s3://``) and decode an image; errors name ``name`` or the location."""
-    data = storage.read_bytes(location)
+    """Read (local path or ``s3://``) and decode an image; errors name ``name`` or the location.
+
+    A file over ``max_bytes``, or no regular file at all, is a ``StorageError`` before decoding.
+    """
+    data = storage.read_bytes(location, max_bytes=max_bytes)
     return decode_image(data, name=name or location, max_pixels=max_pixels, draft_size=draft_size)
 
 
@@ -135,6 +145,7 @@ def load_record_images(
     bad: list[BadRecord],
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> list[tuple[Record, Image.Image]]:
     """Decode the records' images, skipping unreadable ones into ``bad`` (or raising if strict).
 
@@ -144,7 +155,11 @@ def load_record_images(
     for record in records:
         try:
             image = load_image(
-                record.image, name=record.image_id, max_pixels=max_pixels, draft_size=draft_size
+                record.image,
+                name=record.image_id,
+                max_pixels=max_pixels,
+                draft_size=draft_size,
+                max_bytes=max_bytes,
             )
         except ImageDecodeError as exc:
             if strict:

@@ -1,9 +1,10 @@
 """The hostile image corpus (``tests/support/hostile/images.py``) through every door it can enter.
 
-Each case goes through ``decode_image`` (its size or its error), through ``medsearch vectorize``
-(a decode error is one bad record and the run goes on; the rest are vectorised) and, from the
-folder that run wrote, through ``medsearch index`` and the served upload endpoint of a real
-server on 127.0.0.1 with the tiny CLIP's torch encoder (a 4xx with a message, never a 500).
+Each case goes through ``decode_image`` (its size or its error); through ``medsearch vectorize``,
+with the file cases (``/dev/zero``, a FIFO, a directory, an oversized file) as further records
+(each failure is one bad record, the run goes on and vectorises the rest); and through the upload
+endpoint of a real server on 127.0.0.1 with the tiny CLIP's torch encoder, over an index that
+``medsearch index`` built of the good cases (200, or a 4xx with a message, never a 500).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from medsearch.api import background_server, create_app
 from medsearch.cli import main
 from medsearch.data.images import MAX_ASPECT, decode_image
 from medsearch.settings import ServiceSettings
-from tests.support.hostile.images import CASES, ImageCase, upload_status
+from tests.support.hostile.images import CASES, FILE_CASES, ImageCase, upload_status
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns on bad values
 
@@ -68,7 +69,16 @@ def write_manifest(root: Path, cases: tuple[ImageCase, ...]) -> Path:
 
 @pytest.fixture(scope="module")
 def hostile_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_manifest(tmp_path_factory.mktemp("hostile"), CASES)
+    """The image cases, then the file cases (``/dev/zero``, a FIFO...) as records' locations."""
+    root = tmp_path_factory.mktemp("hostile")
+    manifest = write_manifest(root, CASES)
+    (root / "files").mkdir()
+    with manifest.open("a") as handle:
+        for case in FILE_CASES:
+            location = case.make(root / "files")
+            record = {"image_id": case.name, "image": location, "caption": case.name}
+            handle.write(json.dumps(record) + "\n")
+    return manifest
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +96,11 @@ def test_given_the_corpus_when_vectorized_then_each_decode_error_is_one_bad_reco
     hostile_vectors: Path,
 ) -> None:
     bad = _bad_records(hostile_vectors)
-    expected_bad = {case.name: case for case in CASES if case.error is not None}
+    expected_bad = {case.name: case.message for case in CASES if case.error is not None}
+    expected_bad.update({case.name: case.message for case in FILE_CASES})
     assert set(bad) == set(expected_bad)
     for name, reason in bad.items():
-        assert expected_bad[name].message in reason, (name, reason)
+        assert expected_bad[name] in reason, (name, reason)
     ids = json.loads((hostile_vectors / "ids.json").read_text())
     assert ids == [case.name for case in CASES if case.error is None]
 

@@ -1,9 +1,12 @@
 """Image files a decoder, an upload or an ingestion may meet, built here, each with its outcome.
 
-Every case is a name, a builder of its bytes and what :func:`medsearch.data.images.decode_image`
-must do with them: decode to a given size, or raise a given error class whose message holds a
-given fragment. :func:`upload_status` says what ``POST /search/image`` answers for the same bytes.
-The fuzzers under ``tests/fuzz/`` seed from these cases; a crash a fuzzer finds becomes one here.
+:data:`CASES` are files' bytes, each with a name, a builder and what
+:func:`medsearch.data.images.decode_image` must do with them: decode to a given size, or raise a
+given error class whose message holds a given fragment; :func:`upload_status` says what
+``POST /search/image`` answers for the same bytes. :data:`FILE_CASES` are locations that are no
+file to read whole (``/dev/zero``, a FIFO, a directory, a file over the size ceiling), for the
+readers. The fuzzers under ``tests/fuzz/`` seed from these cases; a crash a fuzzer finds becomes
+one here.
 
 Built at test time, not committed: a few KB in all, and each builder says how its file is hostile.
 """
@@ -12,10 +15,12 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -353,6 +358,56 @@ CASES: tuple[ImageCase, ...] = (
         error=ImageDecodeError,
         message="DICOM",
     ),
+)
+
+
+@dataclass(frozen=True)
+class FileCase:
+    """A location an ingestion may be pointed at that is no image file to read whole: ``make``
+    creates it under a folder and returns its path; reading it is a ``StorageError`` whose
+    message holds ``message``, and in a run it is one bad record."""
+
+    name: str
+    make: Callable[[Path], str] = field(repr=False)
+    message: str
+
+
+def _fifo(folder: Path) -> str:
+    # Opened for reading without the guard, a FIFO blocks until a writer comes: forever.
+    path = folder / "fifo.png"
+    os.mkfifo(path)
+    return str(path)
+
+
+def _directory(folder: Path) -> str:
+    (folder / "dir.png").mkdir()
+    return str(folder / "dir.png")
+
+
+def _link_to_dev_zero(folder: Path) -> str:
+    (folder / "zero.png").symlink_to("/dev/zero")
+    return str(folder / "zero.png")
+
+
+def _over_ceiling(folder: Path) -> str:
+    # Sparse: a size over the image ceiling that takes no disk space.
+    from medsearch.data.images import DEFAULT_MAX_IMAGE_BYTES
+
+    path = folder / "huge.png"
+    with path.open("wb") as handle:
+        handle.write(PNG_SIGNATURE)
+        handle.truncate(DEFAULT_MAX_IMAGE_BYTES + 1)
+    return str(path)
+
+
+FILE_CASES: tuple[FileCase, ...] = (
+    # Read whole without the guard, /dev/zero fills memory until a MemoryError.
+    FileCase("dev-zero", lambda folder: "/dev/zero", message="not a regular file"),
+    FileCase("link-to-dev-zero", _link_to_dev_zero, message="not a regular file"),
+    FileCase("fifo", _fifo, message="not a regular file (a FIFO)"),
+    FileCase("directory", _directory, message="not a regular file (a directory)"),
+    FileCase("over-ceiling", _over_ceiling, message="over the limit"),
+    FileCase("missing", lambda folder: str(folder / "missing.png"), message="No such file"),
 )
 
 

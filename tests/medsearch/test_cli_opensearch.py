@@ -363,6 +363,28 @@ def test_given_a_live_alias_when_loading_an_empty_or_much_smaller_run_then_refus
     assert reader.alias_targets(alias) == [f"{alias}-r4"] and reader.count() == 5
 
 
+@live
+def test_given_a_huge_caption_when_loading_then_the_cluster_stores_it_cut_with_its_size(
+    alias: str, opensearch_url: str, opensearch_client: Any, tmp_path: Path
+) -> None:
+    # Given a manifest whose first caption is 3 MB
+    manifest, vectors = small_run(tmp_path / "run", 3)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    huge = "pleural effusion " * 180_000
+    rows[0]["caption"] = huge
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # When it is loaded
+    run = run_cli(load_argv(opensearch_url, manifest, vectors, alias))
+    # Then the stored caption is cut to 16 KiB, its original size kept, and the summary says so
+    assert run.code == 0, run.err
+    assert "captions cut to 16 KiB: 1" in run.out
+    stored = OpenSearchIndex(opensearch_client, alias).get("img-0")
+    assert stored is not None and stored.caption is not None
+    assert 15 * 1024 < len(stored.caption.encode()) <= 16 * 1024
+    assert huge.startswith(stored.caption)
+    assert stored.metadata["caption_original_bytes"] == len(huge.strip().encode())
+
+
 # --- search / evaluate-search on the alias -----------------------------------------------------
 
 

@@ -30,7 +30,7 @@ log = logging.getLogger("medsearch")
 
 Handler = Callable[[argparse.Namespace], int]
 # The password of basic auth comes from the environment only: a flag would show in `ps`.
-PASSWORD_ENV = "MEDSEARCH_OPENSEARCH_PASSWORD"
+PASSWORD_ENV = "MEDSEARCH_OPENSEARCH_PASSWORD"  # noqa: S105 (the variable's name)
 
 
 # --- synth / import ------------------------------------------------------------------------------

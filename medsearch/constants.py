@@ -50,7 +50,8 @@ TRANSFORM_OUTPUT_SUFFIX: Final = ".out"
 # --- Search API Lambda --------------------------------------------------------------------------
 
 # Model artifacts (the ONNX folder) are downloaded once per container into this folder.
-LAMBDA_MODEL_DIR: Final = "/tmp/medsearch-model"
+# /tmp is the only writable path in a Lambda, and each container has its own.
+LAMBDA_MODEL_DIR: Final = "/tmp/medsearch-model"  # noqa: S108
 # API Gateway ends an integration after 29 s; one API call makes at most three OpenSearch
 # requests in a row (search, the score breakdown, the page's documents), so each request, its
 # retries included, gets 8 s: the answer (or a clear 503) comes before the gateway's 504.

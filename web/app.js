@@ -5,8 +5,10 @@
  *   similar — GET  /images/{id}/similar?mode=image|image_text&alpha=&k=&offset=
  *   upload  — POST /search/image (multipart file, optional q → hybrid)
  * Everything but the uploaded file lives in the URL, so a search can be shared, reloaded and
- * walked with back/forward (history.pushState + popstate). The API base URL comes from
- * config.json ("" = same origin), so these files can be hosted apart from the API.
+ * walked with back/forward (history.pushState + popstate). An open image detail is one more
+ * parameter (?image=ID, from GET /images/{id}) over whichever view is behind it, so its link opens
+ * it directly. The API base URL (and example queries) come from config.json ("" = same origin),
+ * so these files can be hosted apart from the API.
  */
 "use strict";
 
@@ -17,7 +19,19 @@
   const MAX_K = 100;
   const MAX_OFFSET = 1000; // the API's deepest page start
   // Page-URL parameters that are not metadata filters; every other parameter is a filter.
-  const RESERVED = new Set(["q", "mode", "alpha", "k", "offset", "similar", "smode", "upload"]);
+  const RESERVED = new Set(["q", "mode", "alpha", "k", "offset", "similar", "smode", "upload", "image"]);
+  // An image id as the API states it: 1-128 of A-Z a-z 0-9 . _ - (not "." or "..").
+  const IMAGE_ID = /^(?!\.\.?$)[A-Za-z0-9._-]{1,128}$/;
+  // An uploaded image whose nearest indexed vector is this close is the same picture.
+  const DUPLICATE_COSINE = 0.995;
+  // While the API is unreachable its health is asked again this often.
+  const HEALTH_RETRY_MS = 5000;
+  const EXAMPLES = [
+    "axial CT of the chest with a pulmonary nodule",
+    "brain MRI with a ring-enhancing lesion",
+    "fracture of the distal radius",
+    "abdominal ultrasound of the liver",
+  ];
   const FACET_PREVIEW = 6; // values shown per filter group before "Show all"
   const FACET_MAX_RENDER = 200; // a group with more values gets a search box instead of a long list
   // Metadata shown as chips on a card (first three present); the full record is one click away.
@@ -51,6 +65,35 @@
     docsLink: $("docs-link"),
     brand: $("brand-link"),
     template: $("card-template"),
+    retry: $("retry"),
+    advanced: $("advanced"),
+    imageRef: $("image-ref"),
+    imageRefGo: $("image-ref-go"),
+    imageRefError: $("image-ref-error"),
+    activeFilters: $("active-filters"),
+    notice: $("notice"),
+    pages: $("pages"),
+    detail: $("detail"),
+    detailTitle: $("detail-title"),
+    detailPosition: $("detail-position"),
+    detailPrev: $("detail-prev"),
+    detailNext: $("detail-next"),
+    detailClose: $("detail-close"),
+    detailFigure: $("detail-figure"),
+    detailImg: $("detail-img"),
+    detailZoom: $("detail-zoom"),
+    detailSize: $("detail-size"),
+    detailMessage: $("detail-message"),
+    detailCaption: $("detail-caption"),
+    detailWhy: $("detail-why"),
+    detailMeta: $("detail-meta"),
+    detailId: $("detail-id"),
+    copyId: $("copy-id"),
+    copyLink: $("copy-link"),
+    copyStatus: $("copy-status"),
+    download: $("download"),
+    similarImage: $("similar-image"),
+    similarImageText: $("similar-image-text"),
   };
 
   let apiBase = "";
@@ -59,6 +102,14 @@
   let upload = null; // {file, previewUrl} — a File cannot travel in a URL
   let requestSeq = 0;
   let inflight = null;
+  let examples = EXAMPLES;
+  let lastRunKey = null; // the results view last run: opening or closing a detail does not rerun it
+  let lastHits = new Map(); // image id → hit of the results shown (the detail shows its scores)
+  let lastPage = null;
+  let detailSeq = 0;
+  let detailReturnId = null; // the card that opened the detail gets focus back when it closes
+  let apiDown = false;
+  let healthTimer = null;
   const facetUi = {}; // field → {expanded, filter}
 
   // --- state ⇄ URL --------------------------------------------------------------------------
@@ -74,6 +125,7 @@
       similar: null,
       smode: DEFAULTS.smode,
       upload: null,
+      image: null,
     };
   }
 
@@ -95,6 +147,7 @@
     s.similar = p.get("similar") || null;
     s.smode = SIMILAR_MODES.includes(p.get("smode")) ? p.get("smode") : DEFAULTS.smode;
     s.upload = p.get("upload") || null;
+    s.image = IMAGE_ID.test(p.get("image") || "") ? p.get("image") : null;
     for (const [key, value] of p) {
       if (RESERVED.has(key) || value === "") continue;
       (s.filters[key] ||= []);
@@ -118,6 +171,7 @@
     for (const [field, values] of Object.entries(s.filters)) {
       for (const v of values) p.append(field, v);
     }
+    if (s.image) p.set("image", s.image);
     const qs = p.toString();
     return location.pathname + (qs ? `?${qs}` : "");
   }
@@ -146,8 +200,9 @@
   }
 
   /** Move to a new state: record it in the history (push or replace) and run it. */
-  function navigate(next, { replace = false } = {}) {
+  function navigate(next, { replace = false, force = false } = {}) {
     state = next;
+    if (force) lastRunKey = null;
     const url = urlFromState(state);
     const hist = { upload: state.upload && upload ? upload.file : null };
     try {
@@ -159,7 +214,17 @@
       else history.pushState(null, "", url);
     }
     syncControls();
-    run();
+    update();
+  }
+
+  /** Run the results view if it changed, then show or hide the image detail. */
+  function update() {
+    const key = urlFromState({ ...state, image: null }) + (upload ? `#${upload.previewUrl}` : "");
+    if (key !== lastRunKey) {
+      lastRunKey = key;
+      run();
+    }
+    syncDetail();
   }
 
   function withChanges(changes) {
@@ -179,12 +244,18 @@
     return /^[a-z][a-z0-9+.-]*:/i.test(url) || url.startsWith("//");
   }
 
-  /** Join the API base and a path; absolute URLs (e.g. presigned S3 links) pass through. */
+  /** Join the API base and a path; absolute http(s) URLs (e.g. presigned S3 links) pass
+   * through, any other scheme (javascript:, data:...) in an API answer is refused (null). */
   function apiUrl(path) {
-    if (!path) return path;
-    if (isAbsolute(path) || path.startsWith("blob:") || path.startsWith("data:")) return path;
+    if (!path) return null;
+    if (isAbsolute(path)) return /^https?:\/\//i.test(path) ? path : null;
     const base = apiBase.replace(/\/+$/, "");
     return `${base}/${path.replace(/^\/+/, "")}`;
+  }
+
+  /** The link of an image's file: the API's image_url, else the API's own file route. */
+  function fileUrl(id, imageUrl) {
+    return (imageUrl && apiUrl(imageUrl)) || apiUrl(`images/${encodeURIComponent(id)}/file`);
   }
 
   function appendFilters(params, filters) {
@@ -224,11 +295,13 @@
       });
     } catch (err) {
       if (err.name === "AbortError") throw err;
+      setApiDown(true, err);
       throw new ApiError(
         `Cannot reach the search API${apiBase ? ` at ${apiBase}` : ""}. Is the server running?`,
         0,
       );
     }
+    if (apiDown) setApiDown(false);
     let data = null;
     const text = await response.text();
     if (text) {
@@ -318,6 +391,7 @@
     el.results.classList.remove("is-loading");
     el.region.removeAttribute("aria-busy");
     el.pager.hidden = true;
+    el.notice.hidden = true;
   }
 
   function showMessage(kind, title, text, extra) {
@@ -361,7 +435,29 @@
       li.append(b, ` — ${text}`);
       list.append(li);
     }
+    const box = document.createElement("div");
+    box.className = "examples";
+    const h = document.createElement("h3");
+    h.id = "examples-title";
+    h.textContent = "Try an example";
+    const ul = document.createElement("ul");
+    ul.setAttribute("aria-labelledby", "examples-title");
+    for (const text of examples) {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "example";
+      b.textContent = text;
+      b.addEventListener("click", () => {
+        el.q.value = text;
+        navigate(withChanges({ q: text, offset: 0, similar: null, upload: null, image: null }), { force: true });
+      });
+      li.append(b);
+      ul.append(li);
+    }
+    box.append(h, ul);
     showMessage("intro", "Search the image collection", "Type a description and press Enter.", list);
+    el.message.append(box);
   }
 
   function showLoading(s) {
@@ -416,6 +512,8 @@
     const totalText = total.toLocaleString() + (page.total_relation === "gte" ? "+" : "");
     const offset = typeof page.offset === "number" ? page.offset : s.offset;
     const took = fmt(page.took_ms, page.took_ms < 10 ? 1 : 0);
+    lastPage = page;
+    lastHits = new Map(hits.map((hit) => [String(hit.image_id), hit]));
     if (!hits.length) {
       const tips = document.createElement("ul");
       tips.className = "tips";
@@ -431,6 +529,7 @@
         tips.append(li);
       }
       const what = view(s) === "search" ? `for “${s.q}”` : "for this image";
+      el.notice.hidden = true;
       showMessage("empty", "No images found", `Nothing matched ${what}.`, tips);
       return;
     }
@@ -438,15 +537,107 @@
     const from = offset + 1;
     const to = offset + hits.length;
     el.status.textContent =
-      `${from}–${to} of ${totalText} · ${modeLabel(s, page)}` + (took ? ` · ${took} ms` : "");
-    const cards = hits.map((hit, i) => renderCard(hit, offset + i + 1));
+      `${from}–${to} of ${totalText}` +
+      (page.total_relation === "gte" ? " (at least: counting stopped there)" : "") +
+      ` · ${modeLabel(s, page)}` + (took ? ` · ${took} ms` : "");
+    const bestText = Math.max(0, ...hits.map((h) => (typeof h.bm25_score === "number" ? h.bm25_score : 0)));
+    const cards = hits.map((hit, i) => renderCard(hit, offset + i + 1, page, bestText));
     el.results.replaceChildren(...cards);
     el.results.dataset.ids = cards.map((card) => card.dataset.imageId).join(" ");
     el.range.textContent = `${from}–${to} of ${totalText}`;
     el.prev.disabled = offset === 0;
     el.next.disabled = to >= total || offset + s.k > MAX_OFFSET;
+    renderPages(s, page, total);
     el.pager.hidden = false;
+    renderNotice(s, page, hits);
     setPhase("done");
+    syncDetailPosition();
+  }
+
+  /** Numbered pages around the current one; the API pages by offset (at most MAX_OFFSET). */
+  function renderPages(s, page, total) {
+    const k = s.k;
+    const offset = typeof page.offset === "number" ? page.offset : s.offset;
+    const current = Math.floor(offset / k) + 1;
+    const reachable = Math.floor(MAX_OFFSET / k) + 1;
+    const known = Math.max(1, Math.ceil(total / k));
+    const last = Math.min(known, reachable);
+    const open = page.total_relation === "gte" && known < reachable; // more pages than counted
+    const numbers = new Set([1, last, current - 2, current - 1, current, current + 1, current + 2]);
+    const shown = [...numbers].filter((n) => n >= 1 && n <= last).sort((a, b) => a - b);
+    const items = [];
+    let prev = 0;
+    for (const n of shown) {
+      if (n - prev > 1) items.push(gap());
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "btn btn-ghost btn-small page-number";
+      b.textContent = String(n);
+      b.setAttribute("aria-label", `Page ${n}`);
+      if (n === current) b.setAttribute("aria-current", "page");
+      b.addEventListener("click", () => goToOffset((n - 1) * k));
+      li.append(b);
+      items.push(li);
+      prev = n;
+    }
+    if (open) items.push(gap());
+    el.pages.replaceChildren(...items);
+    function gap() {
+      const li = document.createElement("li");
+      li.className = "page-gap";
+      li.setAttribute("aria-hidden", "true");
+      li.textContent = "…";
+      return li;
+    }
+  }
+
+  /** Say what the scores tell about the page as a whole: weak matches, an image already indexed. */
+  function renderNotice(s, page, hits) {
+    const parts = [];
+    const mode = page.mode;
+    const textAsked = typeof page.query === "string" && page.query !== "" && mode !== "vector";
+    if (textAsked && hits.length && hits.every((h) => typeof h.bm25_score !== "number")) {
+      parts.push({
+        kind: "weak",
+        text:
+          mode === "image_text"
+            ? "No other caption shares words with this image's caption: these results come from the image vector alone."
+            : "No caption contains the words of your query: these results are the nearest images by vector alone and may not match well.",
+      });
+    } else if (mode === "vector" && (page.offset || 0) === 0) {
+      parts.push({
+        kind: "info",
+        text: "Vector search always returns the nearest images, close or not: there is no cut-off for a poor match.",
+      });
+    }
+    const top = hits[0];
+    if (mode === "upload" && (page.offset || 0) === 0 && top && typeof top.vector_score === "number" && top.vector_score >= DUPLICATE_COSINE) {
+      parts.push({ kind: "duplicate", id: String(top.image_id), cosine: top.vector_score });
+    }
+    el.notice.replaceChildren();
+    el.notice.hidden = !parts.length;
+    el.notice.dataset.kinds = parts.map((p) => p.kind).join(" ");
+    for (const part of parts) {
+      const p = document.createElement("p");
+      p.className = `notice-${part.kind}`;
+      if (part.kind === "duplicate") {
+        p.append(`This image is already in the collection (cosine ${part.cosine.toFixed(3)}): `);
+        const open = document.createElement("a");
+        open.href = urlFromState(withChanges({ image: part.id }));
+        open.textContent = part.id;
+        open.className = "notice-open";
+        open.addEventListener("click", (e) => {
+          if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+          e.preventDefault();
+          openDetail(part.id);
+        });
+        p.append(open, ".");
+      } else {
+        p.textContent = part.text;
+      }
+      el.notice.append(p);
+    }
   }
 
   function metadataSummary(meta) {
@@ -471,7 +662,7 @@
     row.append(idChip);
   }
 
-  function renderCard(hit, rank) {
+  function renderCard(hit, rank, page, bestText) {
     const node = el.template.content.firstElementChild.cloneNode(true);
     const id = String(hit.image_id);
     const captionless = hit.caption === null || hit.caption === undefined || hit.caption === "";
@@ -479,22 +670,19 @@
     if (captionless) node.classList.add("captionless");
 
     const link = node.querySelector(".card-link");
-    const target = withChanges({ similar: id, offset: 0, upload: null });
-    link.href = urlFromState(target);
+    link.href = urlFromState(withChanges({ image: id }));
     link.setAttribute(
       "aria-label",
-      `Result ${rank}: ${captionless ? "captionless image" : hit.caption} (${id}). Show similar images.`,
+      `Result ${rank}: ${captionless ? "captionless image" : hit.caption} (${id}). Open details.`,
     );
     link.addEventListener("click", (e) => {
       if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
       e.preventDefault();
-      navigate(target);
-      el.region.focus({ preventScroll: true });
-      el.region.scrollIntoView({ block: "start", behavior: "smooth" });
+      openDetail(id);
     });
 
     const img = node.querySelector("img");
-    img.src = apiUrl(hit.image_url || `images/${encodeURIComponent(id)}/file`);
+    img.src = fileUrl(id, hit.image_url);
     img.alt = captionless ? `Captionless image ${id}` : hit.caption;
     img.addEventListener("error", () => {
       img.replaceWith(Object.assign(document.createElement("span"), { className: "thumb-missing", textContent: "Image unavailable" }));
@@ -522,7 +710,71 @@
     node.querySelector(".card-foot").title =
       `Score ${fmt(hit.score, 4) ?? "—"}; BM25 (raw) ${fmt(bm25, 4) ?? "not matched"}; ` +
       `cosine ${fmt(hit.vector_score, 4) ?? "not in vector list"}`;
+    const why = node.querySelector(".why");
+    if (isFused(page)) why.replaceWith(whyBars(hit, page.alpha, bestText));
+    else why.remove();
     return node;
+  }
+
+  /** A fused score's two sources: each hit carries raw BM25 and cosine plus the weight alpha. */
+  function isFused(page) {
+    return page && typeof page.alpha === "number";
+  }
+
+  /** Two small meters, text and vector, for one fused hit. The API returns the raw scores, not
+   * the min-max normalised parts it summed, so each meter shows its own raw signal: BM25 as a
+   * share of the best BM25 on this page, the cosine on 0-1; each labelled with its weight. */
+  function whyBars(hit, alpha, bestText) {
+    const wrap = document.createElement("div");
+    wrap.className = "why";
+    wrap.setAttribute("role", "group");
+    wrap.setAttribute("aria-label", "Why it matched");
+    const bm25 = typeof hit.bm25_score === "number" ? hit.bm25_score : null;
+    const cos = typeof hit.vector_score === "number" ? hit.vector_score : null;
+    wrap.append(
+      meter(
+        "text",
+        "Text",
+        bm25 === null ? null : bestText > 0 ? bm25 / bestText : 1,
+        bm25 === null ? "no query term in the caption" : `BM25 ${bm25.toFixed(2)} (${Math.round((bm25 / (bestText || bm25 || 1)) * 100)}% of this page's best)`,
+        1 - alpha,
+      ),
+      meter(
+        "vector",
+        "Vector",
+        cos === null ? null : Math.max(0, Math.min(1, cos)),
+        cos === null ? "not among the nearest vectors" : `cosine ${cos.toFixed(3)}`,
+        alpha,
+      ),
+    );
+    return wrap;
+  }
+
+  function meter(kind, name, fraction, text, weight) {
+    const row = document.createElement("div");
+    row.className = `why-row why-${kind}`;
+    row.dataset.matched = fraction === null ? "false" : "true";
+    const label = document.createElement("span");
+    label.className = "why-label";
+    label.textContent = `${name} ×${weight.toFixed(2)}`;
+    const bar = document.createElement("span");
+    bar.className = "why-bar";
+    bar.setAttribute("role", "meter");
+    bar.setAttribute("aria-label", `${name} match, weight ${weight.toFixed(2)}: ${text}`);
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", "100");
+    const pct = fraction === null ? 0 : Math.round(fraction * 100);
+    bar.setAttribute("aria-valuenow", String(pct));
+    bar.title = text;
+    const fill = document.createElement("span");
+    fill.className = "why-fill";
+    fill.style.width = `${pct}%`;
+    bar.append(fill);
+    const value = document.createElement("span");
+    value.className = "why-value";
+    value.textContent = fraction === null ? "none" : text.split(" (")[0];
+    row.append(label, bar, value);
+    return row;
   }
 
   /** The banner above the results in the similar and upload views. */
@@ -600,7 +852,7 @@
         if (el.context.dataset.for !== `similar:${id}`) return;
         caption.textContent = rec.caption || "No caption";
         caption.classList.toggle("muted", !rec.caption);
-        if (rec.image_url && img) img.src = apiUrl(rec.image_url);
+        if (img) img.src = fileUrl(id, rec.image_url);
         if (img) img.alt = rec.caption ? `Query image: ${rec.caption}` : `Query image ${id} (no caption)`;
         appendMetaChips(meta, rec.metadata, id);
       })
@@ -638,6 +890,309 @@
   function humanize(field) {
     const s = String(field).replace(/[_-]+/g, " ").trim();
     return s.charAt(0).toUpperCase() + s.slice(1);
+  }
+
+  // --- image detail -------------------------------------------------------------------------
+
+  function openDetail(id) {
+    detailReturnId = id;
+    navigate(withChanges({ image: id }));
+  }
+
+  function closeDetail() {
+    navigate(withChanges({ image: null }));
+  }
+
+  /** Show the detail of state.image (fetching its record), or close the dialog. */
+  function syncDetail() {
+    const id = state.image;
+    if (!id) {
+      if (el.detail.open) el.detail.close();
+      el.detail.dataset.state = "closed";
+      el.detail.dataset.imageId = "";
+      return;
+    }
+    if (!el.detail.open) {
+      el.detail.showModal();
+      el.detailClose.focus();
+    }
+    if (el.detail.dataset.imageId === id) return;
+    el.detail.dataset.imageId = id;
+    renderDetail(id);
+  }
+
+  function renderDetail(id) {
+    const seq = ++detailSeq;
+    el.detail.dataset.state = "loading";
+    el.detailTitle.textContent = `Image ${id}`;
+    el.detailId.textContent = id;
+    el.detailMessage.hidden = true;
+    el.detailCaption.textContent = "Loading…";
+    el.detailCaption.classList.add("muted");
+    el.detailMeta.replaceChildren();
+    el.copyStatus.textContent = "";
+    setZoom(false);
+    el.detailSize.textContent = "";
+    const hit = lastHits.get(id);
+    el.detailImg.src = fileUrl(id, hit && hit.image_url);
+    el.detailImg.alt = `Image ${id}`;
+    el.download.href = el.detailImg.src;
+    el.download.setAttribute("download", id);
+    renderDetailWhy(hit);
+    syncDetailPosition();
+    api(`images/${encodeURIComponent(id)}`)
+      .then((rec) => {
+        if (seq !== detailSeq) return;
+        const caption = typeof rec.caption === "string" && rec.caption ? rec.caption : null;
+        el.detailCaption.textContent = caption || "No caption";
+        el.detailCaption.classList.toggle("muted", !caption);
+        el.detailImg.alt = caption ? caption : `Captionless image ${id}`;
+        const src = fileUrl(id, rec.image_url);
+        if (el.detailImg.src !== new URL(src, location.href).href) el.detailImg.src = src;
+        el.download.href = src;
+        renderDetailMeta(rec);
+        el.detail.dataset.state = "done";
+      })
+      .catch((err) => {
+        if (seq !== detailSeq) return;
+        el.detailCaption.textContent = "";
+        el.detailMessage.hidden = false;
+        el.detailMessage.className = "message message-error";
+        el.detailMessage.setAttribute("role", "alert");
+        const h = document.createElement("h3");
+        h.textContent = err.status === 404 ? "Image not found" : "The image record did not load";
+        const p = document.createElement("p");
+        p.textContent = err.message;
+        el.detailMessage.replaceChildren(h, p);
+        el.detail.dataset.state = "error";
+      });
+  }
+
+  function renderDetailMeta(rec) {
+    const rows = [];
+    const meta = rec.metadata && typeof rec.metadata === "object" ? rec.metadata : {};
+    for (const [key, value] of Object.entries(meta)) {
+      const dt = document.createElement("dt");
+      dt.textContent = humanize(key);
+      dt.title = key;
+      const dd = document.createElement("dd");
+      dd.dataset.field = key;
+      dd.textContent = value === null || value === undefined ? "—" : typeof value === "object" ? JSON.stringify(value) : String(value);
+      rows.push(dt, dd);
+    }
+    const dt = document.createElement("dt");
+    dt.textContent = "Vector";
+    const dd = document.createElement("dd");
+    dd.dataset.field = "has_vector";
+    dd.textContent = rec.has_vector ? "indexed" : "none (found by caption only)";
+    rows.push(dt, dd);
+    el.detailMeta.replaceChildren(...rows);
+    el.similarImage.disabled = !rec.has_vector;
+    el.similarImageText.disabled = !rec.has_vector;
+  }
+
+  function renderDetailWhy(hit) {
+    el.detailWhy.replaceChildren();
+    el.detailWhy.hidden = true;
+    if (!hit || !lastPage) return;
+    const h = document.createElement("h3");
+    h.textContent = `Score ${fmt(hit.score, 3) ?? "—"} in these results`;
+    el.detailWhy.append(h);
+    if (isFused(lastPage)) {
+      const best = Math.max(0, ...[...lastHits.values()].map((x) => (typeof x.bm25_score === "number" ? x.bm25_score : 0)));
+      el.detailWhy.append(whyBars(hit, lastPage.alpha, best));
+    }
+    el.detailWhy.hidden = false;
+  }
+
+  function resultIds() {
+    const ids = el.results.dataset.ids;
+    return ids ? ids.split(" ") : [];
+  }
+
+  function syncDetailPosition() {
+    if (!state.image) return;
+    const ids = resultIds();
+    const i = ids.indexOf(state.image);
+    el.detailPosition.textContent = i >= 0 ? `${(lastPage?.offset || 0) + i + 1} of ${lastPage?.total ?? ids.length}${lastPage?.total_relation === "gte" ? "+" : ""}` : "";
+    el.detailPrev.disabled = i <= 0;
+    el.detailNext.disabled = i < 0 || i >= ids.length - 1;
+    if (i >= 0) renderDetailWhy(lastHits.get(state.image));
+  }
+
+  /** Move the detail to the previous or next result of the grid (history replaced, not stacked). */
+  function stepDetail(direction) {
+    const ids = resultIds();
+    const i = ids.indexOf(state.image);
+    const next = ids[i + direction];
+    if (i < 0 || !next) return;
+    detailReturnId = next;
+    navigate(withChanges({ image: next }), { replace: true });
+  }
+
+  function setZoom(on) {
+    el.detailFigure.classList.toggle("is-zoomed", on);
+    el.detailZoom.setAttribute("aria-pressed", String(on));
+    el.detailZoom.textContent = on ? "Fit to panel" : "Full size";
+  }
+
+  async function copyText(text, what) {
+    let ok = false;
+    try {
+      await navigator.clipboard.writeText(text);
+      ok = true;
+    } catch {
+      // No clipboard API (insecure origin) or permission: the old way, through a selection.
+      const area = document.createElement("textarea");
+      area.value = text;
+      area.setAttribute("readonly", "");
+      area.className = "visually-hidden";
+      el.detail.append(area);
+      area.select();
+      try {
+        ok = document.execCommand("copy");
+      } catch {
+        ok = false;
+      }
+      area.remove();
+    }
+    el.copyStatus.textContent = ok ? `${what} copied.` : `Could not copy: ${text}`;
+  }
+
+  function imageLink(id) {
+    return `${location.origin}${location.pathname}?image=${encodeURIComponent(id)}`;
+  }
+
+  function findSimilar(smode) {
+    const id = state.image;
+    if (!id) return;
+    clearUpload();
+    detailReturnId = null;
+    navigate(withChanges({ similar: id, smode, image: null, upload: null, offset: 0 }));
+    el.region.focus({ preventScroll: true });
+  }
+
+  function bindDetail() {
+    el.detailClose.addEventListener("click", closeDetail);
+    el.detailPrev.addEventListener("click", () => stepDetail(-1));
+    el.detailNext.addEventListener("click", () => stepDetail(1));
+    // Esc: the dialog's own cancel; the URL follows, so back/forward and links stay right.
+    el.detail.addEventListener("cancel", (e) => {
+      e.preventDefault();
+      closeDetail();
+    });
+    el.detail.addEventListener("close", () => {
+      if (state.image) closeDetail();
+      const card = detailReturnId && [...el.results.children].find((c) => c.dataset.imageId === detailReturnId);
+      (card?.querySelector(".card-link") || el.region).focus({ preventScroll: Boolean(!card) });
+    });
+    // A click on the backdrop (outside the panel) closes, as people expect of an overlay.
+    el.detail.addEventListener("click", (e) => {
+      if (e.target === el.detail) closeDetail();
+    });
+    el.detail.addEventListener("keydown", (e) => {
+      if (e.key !== "ArrowLeft" && e.key !== "ArrowRight") return;
+      if (/^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement?.tagName || "")) return;
+      e.preventDefault();
+      stepDetail(e.key === "ArrowLeft" ? -1 : 1);
+    });
+    el.detailZoom.addEventListener("click", () => setZoom(!el.detailFigure.classList.contains("is-zoomed")));
+    el.detailImg.addEventListener("click", () => setZoom(!el.detailFigure.classList.contains("is-zoomed")));
+    el.detailImg.addEventListener("load", () => {
+      el.detailSize.textContent = `${el.detailImg.naturalWidth} × ${el.detailImg.naturalHeight} px`;
+    });
+    el.copyId.addEventListener("click", () => copyText(state.image, "Image id"));
+    el.copyLink.addEventListener("click", () => copyText(imageLink(state.image), "Link"));
+    el.similarImage.addEventListener("click", () => findSimilar("image"));
+    el.similarImageText.addEventListener("click", () => findSimilar("image_text"));
+  }
+
+  // --- image id search ----------------------------------------------------------------------
+
+  /** Read an image id from what was typed or pasted: an id, or a link to one of this
+   * collection's images (…/images/ID, …/images/ID/file, or a page link with ?image= / ?similar=). */
+  function parseImageRef(raw) {
+    const text = String(raw || "").trim();
+    if (!text) return null;
+    if (IMAGE_ID.test(text)) return text;
+    let url;
+    try {
+      url = new URL(text, location.href);
+    } catch {
+      return null;
+    }
+    for (const name of ["image", "similar"]) {
+      const v = url.searchParams.get(name);
+      if (v && IMAGE_ID.test(v)) return v;
+    }
+    const m = url.pathname.match(/\/images\/([^/]+)(?:\/(?:file|similar))?\/?$/);
+    if (m) {
+      const id = decodeURIComponent(m[1]);
+      if (IMAGE_ID.test(id)) return id;
+    }
+    return null;
+  }
+
+  function searchImageRef() {
+    const id = parseImageRef(el.imageRef.value);
+    if (!id) {
+      el.imageRefError.hidden = false;
+      el.imageRefError.textContent =
+        "Not an image id or image link: ids are 1–128 characters from A–Z a–z 0–9 . _ -";
+      el.imageRef.setAttribute("aria-invalid", "true");
+      el.imageRef.focus();
+      return;
+    }
+    el.imageRefError.hidden = true;
+    el.imageRef.removeAttribute("aria-invalid");
+    clearUpload();
+    navigate(withChanges({ similar: id, image: null, upload: null, offset: 0 }));
+  }
+
+  // --- active filters -----------------------------------------------------------------------
+
+  function renderActiveFilters() {
+    const chips = [];
+    for (const [field, values] of Object.entries(state.filters)) {
+      for (const value of values) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "filter-chip";
+        b.dataset.field = field;
+        b.dataset.value = value;
+        b.setAttribute("aria-label", `Remove filter ${humanize(field)}: ${value}`);
+        const name = document.createElement("span");
+        name.className = "filter-chip-field";
+        name.textContent = `${humanize(field)}:`;
+        const x = document.createElement("span");
+        x.setAttribute("aria-hidden", "true");
+        x.className = "filter-chip-x";
+        x.textContent = "×";
+        b.append(name, ` ${value} `, x);
+        b.addEventListener("click", () => {
+          const all = [...el.activeFilters.querySelectorAll(".filter-chip")];
+          const i = all.indexOf(b);
+          toggleFilter(field, value, false);
+          // Keep the keyboard where it was: the chip that took this one's place, else the results.
+          const rest = [...el.activeFilters.querySelectorAll(".filter-chip")];
+          (rest[Math.min(i, rest.length - 1)] || el.region).focus({ preventScroll: true });
+        });
+        chips.push(b);
+      }
+    }
+    if (chips.length > 1) {
+      const all = document.createElement("button");
+      all.type = "button";
+      all.className = "btn btn-link btn-small";
+      all.textContent = "Clear all";
+      all.addEventListener("click", () => {
+        navigate(withChanges({ filters: {}, offset: 0 }));
+        el.region.focus({ preventScroll: true });
+      });
+      chips.push(all);
+    }
+    el.activeFilters.replaceChildren(...chips);
+    el.activeFilters.hidden = !chips.length;
   }
 
   // --- facets -------------------------------------------------------------------------------
@@ -766,6 +1321,7 @@
     const n = Object.values(state.filters).reduce((sum, vs) => sum + vs.length, 0);
     el.filterCount.textContent = n ? `${n} active` : "";
     el.clearFilters.hidden = n === 0;
+    renderActiveFilters();
   }
 
   function syncFacetChecks() {
@@ -789,7 +1345,10 @@
     }
     el.k.value = kValue;
     syncFacetChecks();
-    document.title = state.similar
+    renderActiveFilters();
+    document.title = state.image
+      ? `Image ${state.image} — medsearch`
+      : state.similar
       ? `Similar to ${state.similar} — medsearch`
       : state.q
         ? `${state.q} — medsearch`
@@ -819,8 +1378,23 @@
       const q = el.q.value.trim();
       // With an image chosen, text refines it (hybrid); otherwise it is a new text search.
       const keepUpload = Boolean(state.upload && upload);
-      navigate(withChanges({ q, offset: 0, similar: null, upload: keepUpload ? state.upload : null }));
+      navigate(
+        withChanges({ q, offset: 0, similar: null, image: null, upload: keepUpload ? state.upload : null }),
+        { force: true },
+      );
     });
+    el.imageRefGo.addEventListener("click", searchImageRef);
+    el.imageRef.addEventListener("keydown", (e) => {
+      if (e.key !== "Enter") return;
+      e.preventDefault(); // not the text search's submit
+      searchImageRef();
+    });
+    el.imageRef.addEventListener("input", () => {
+      el.imageRefError.hidden = true;
+      el.imageRef.removeAttribute("aria-invalid");
+    });
+    el.retry.addEventListener("click", retry);
+    bindDetail();
     for (const r of el.form.querySelectorAll('input[name="mode"]')) {
       r.addEventListener("change", () => {
         if (!r.checked) return;
@@ -885,7 +1459,7 @@
       const file = e.state && e.state.upload;
       if (state.upload && file instanceof File && (!upload || upload.file !== file)) setUpload(file);
       syncControls();
-      run();
+      update();
     });
   }
 
@@ -894,8 +1468,11 @@
   }
 
   function page(direction) {
-    const offset = Math.max(0, state.offset + direction * state.k);
-    navigate(withChanges({ offset }));
+    goToOffset(Math.max(0, state.offset + direction * state.k));
+  }
+
+  function goToOffset(offset) {
+    navigate(withChanges({ offset: Math.min(offset, MAX_OFFSET) }));
     el.region.focus({ preventScroll: true });
     el.region.scrollIntoView({ block: "start", behavior: "smooth" });
   }
@@ -908,6 +1485,10 @@
       if (!response.ok) return;
       const config = await response.json();
       if (config && typeof config.apiBaseUrl === "string") apiBase = config.apiBaseUrl.trim();
+      if (config && Array.isArray(config.exampleQueries)) {
+        const given = config.exampleQueries.filter((q) => typeof q === "string" && q.trim()).slice(0, 8);
+        if (given.length) examples = given;
+      }
     } catch {
       // No config: the API is on the same origin as the page.
     }
@@ -917,20 +1498,58 @@
     try {
       const h = await api("health");
       const count = h.documents;
-      const model = h.model;
       const bits = [];
       if (typeof count === "number") bits.push(`${count.toLocaleString()} images`);
-      // A model given as a folder path shows as its last part; the full id is in the tooltip.
-      if (model) bits.push(`model ${String(model).replace(/\/+$/, "").split("/").pop()}`);
+      // The API names the model fit to show (a hub id as it is, a folder by its name only).
+      const model = typeof h.model === "string" && h.model ? h.model : null;
+      bits.push(model ? `model ${model}` : "text search only (no model)");
       el.health.title = model ? `Model: ${model}` : "";
       el.health.textContent = bits.join(" · ");
       if (Array.isArray(h.modes)) applyModes(h.modes);
-      el.health.classList.toggle("is-down", h.status && h.status !== "ok");
+      el.health.classList.toggle("is-down", Boolean(h.status && h.status !== "ok"));
     } catch (err) {
-      el.health.textContent = "API unreachable";
-      el.health.title = err.message;
-      el.health.classList.add("is-down");
+      if (err.status !== 0) {
+        // Reachable but not ready (503: index or model down): the API's own reason.
+        el.health.textContent = "Search service unavailable";
+        el.health.title = err.message;
+        el.health.classList.add("is-down");
+        el.retry.hidden = false;
+      }
     }
+  }
+
+  /** The header's light: red with a Retry button while the API cannot be reached, asked again
+   * every few seconds; back to normal as soon as any answer arrives. */
+  function setApiDown(down, err) {
+    const was = apiDown;
+    apiDown = down;
+    clearTimeout(healthTimer);
+    if (down) {
+      el.health.textContent = "API unreachable";
+      el.health.title = err ? String(err.message || err) : "";
+      el.health.classList.add("is-down");
+      el.retry.hidden = false;
+      healthTimer = setTimeout(() => loadHealth(), HEALTH_RETRY_MS);
+      return;
+    }
+    el.retry.hidden = true;
+    el.health.classList.remove("is-down");
+    if (was) {
+      el.health.textContent = "API reachable again";
+      loadHealth();
+      if (facetData === null) loadFacets();
+    }
+  }
+
+  /** Ask the API again now, and rerun a view that failed. */
+  function retry() {
+    loadHealth();
+    if (facetData === null) loadFacets();
+    if (el.region.dataset.state === "error") {
+      lastRunKey = null;
+      update();
+    }
+    if (el.detail.dataset.state === "error" && state.image) renderDetail(state.image);
   }
 
   /** Disable what the service cannot run (a server without a model offers text search only). */
@@ -977,8 +1596,12 @@
     if (!state.q && typed.trim()) el.q.value = typed;
     loadHealth();
     loadFacets();
-    if (window.matchMedia("(max-width: 760px)").matches) $("filters-details").open = false;
-    run();
+    // On a phone the results come first: filters and search options start folded.
+    if (window.matchMedia("(max-width: 760px)").matches) {
+      $("filters-details").open = false;
+      el.advanced.open = false;
+    }
+    update();
   }
 
   start();

@@ -160,9 +160,11 @@ def test_similar_images_with_mode_switch_and_back_forward(
     search = search_api(web_server, q=QUERY, mode="hybrid", alpha="0.50", k=DEFAULT_K)
     expect_ids(page, ids_of(search))
     source = search["results"][0]["image_id"]
-    # When the user clicks the first result
+    # When the user opens the first result and asks for similar images
     page.locator(".card-link").first.click()
-    # Then the page shows the API's nearest images of it, without the image itself
+    expect(page.locator("#detail")).to_have_attribute("data-state", "done")
+    page.click("#similar-image")
+    # Then the detail closes and the page shows the API's nearest images of it, without the image itself
     status, similar = api_get(
         web_server, f"images/{source}/similar", [("mode", "image"), ("k", DEFAULT_K)]
     )
@@ -395,11 +397,15 @@ def test_keyboard_alone_searches_filters_and_opens_similar(page: Any, web_server
     focused = page.locator("fieldset.facet input[type=checkbox]:focus")
     expect(focused).to_have_attribute("value", value)
     expect(focused).to_be_checked()
-    # When Enter is pressed on the first result
+    # When Enter is pressed on the first result, then on "Find similar images" in its detail
     first = page.locator(".card").first.get_attribute("data-image-id")
     page.locator(".card-link").first.focus()
     page.keyboard.press("Enter")
+    expect(page.locator("#detail")).to_have_attribute("data-state", "done")
+    page.locator("#similar-image").focus()
+    page.keyboard.press("Enter")
     # Then its similar images open
+    expect(page.locator("#detail")).to_be_hidden()
     expect_phase(page, "done")
     expect(page.locator("#context .image-id")).to_have_text(first)
 

@@ -14,7 +14,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 
 .PHONY: install demo test test-fast lint format browser bench clean lambda-package \
-	sagemaker-sources synth
+	sagemaker-sources synth fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,15 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Fuzzing with large budgets (`make test` runs the same tests with small ones). Schemathesis runs
+# every phase (examples, coverage, fuzzing, stateful) and every check against the served schema
+# of a small real index on 127.0.0.1; FUZZ_EXAMPLES examples per operation, seed FUZZ_SEED.
+FUZZ_EXAMPLES ?= 300
+FUZZ_SEED ?= 0
+fuzz: install
+	MEDSEARCH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MEDSEARCH_FUZZ_SEED=$(FUZZ_SEED) \
+		$(BIN)/python -m pytest -q -s tests/fuzz/test_schemathesis.py
 
 # bench/opensearch.py starts a local OpenSearch node (Java 17 + Maven; skipped without them);
 # bench/fusion_depth.py measures hybrid depth on the demo (built in build/demo if missing) and MedPix.

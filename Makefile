@@ -54,11 +54,17 @@ format: install
 # Fuzzing with large budgets (`make test` runs the same tests with small ones). Schemathesis runs
 # every phase (examples, coverage, fuzzing, stateful) and every check against the served schema
 # of a small real index on 127.0.0.1; FUZZ_EXAMPLES examples per operation, seed FUZZ_SEED.
+# Atheris fuzzes the image decoder and the manifest reader for FUZZ_SECONDS each, seeded from
+# tests/support/hostile/; the corpus grows in build/fuzz/<name>/corpus/ from run to run, and a
+# crash stops the target with its input left in build/fuzz/<name>/.
 FUZZ_EXAMPLES ?= 300
 FUZZ_SEED ?= 0
+FUZZ_SECONDS ?= 300
 fuzz: install
 	MEDSEARCH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MEDSEARCH_FUZZ_SEED=$(FUZZ_SEED) \
 		$(BIN)/python -m pytest -q -s tests/fuzz/test_schemathesis.py
+	$(BIN)/python -m tests.fuzz.fuzz_images -max_total_time=$(FUZZ_SECONDS) -timeout=60 -rss_limit_mb=3072
+	$(BIN)/python -m tests.fuzz.fuzz_manifest -max_total_time=$(FUZZ_SECONDS) -timeout=60 -rss_limit_mb=3072
 
 # bench/opensearch.py starts a local OpenSearch node (Java 17 + Maven; skipped without them);
 # bench/fusion_depth.py measures hybrid depth on the demo (built in build/demo if missing) and MedPix.

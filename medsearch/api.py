@@ -49,6 +49,7 @@ from medsearch.search import (
     MAX_OFFSET,
     MAX_QUERY_CHARS,
     MAX_UPLOAD_BYTES,
+    OPTIONAL_QUERY_PATTERN,
     QUERY_PATTERN,
     RESERVED_PARAMS,
     SIMILAR_MODES,
@@ -59,6 +60,10 @@ from medsearch.search import (
     SearchResponse,
     SearchService,
     api_image_path,
+    validate_alpha,
+    validate_k,
+    validate_offset,
+    validate_optional_query,
 )
 from medsearch.settings import ServiceSettings, load_settings
 
@@ -289,6 +294,22 @@ def _range(low: float, high: float) -> dict[str, Any]:
     return {"minimum": low, "maximum": high}
 
 
+def _optional(extra: dict[str, Any]) -> Any:
+    """Schema of an optional form field or parameter: its type and ``extra``, without the null
+    branch pydantic adds for ``X | None`` (a form field or query string has no null: leaving
+    it out is how it is omitted, and a client sending "null" would be refused)."""
+
+    def edit(schema: dict[str, Any]) -> None:
+        branches = schema.pop("anyOf", None) or []
+        schema.update(next((b for b in branches if b.get("type") != "null"), {}))
+        schema.update(extra)
+
+    return edit
+
+
+UPLOAD_TEXT = {"maxLength": MAX_QUERY_CHARS, "pattern": OPTIONAL_QUERY_PATTERN}
+
+
 Q = Annotated[
     str,
     Query(
@@ -392,7 +413,7 @@ def _add_routes(app: FastAPI) -> None:
             str | None,
             Query(
                 description="text (BM25), vector (CLIP) or hybrid; default hybrid with a model",
-                json_schema_extra={"enum": list(TEXT_MODES)},
+                json_schema_extra=_optional({"enum": list(TEXT_MODES)}),
             ),
         ] = None,
         alpha: Alpha = DEFAULT_ALPHA,
@@ -420,17 +441,48 @@ def _add_routes(app: FastAPI) -> None:
         request: Request,
         service: ServiceDep,
         file: Annotated[UploadFile, File(description="JPEG, PNG or DICOM, at most 10 MB")],
-        q_form: Annotated[str | None, Form(alias="q", description="optional text: hybrid")] = None,
-        alpha_form: Annotated[float | None, Form(alias="alpha")] = None,
-        k_form: Annotated[int | None, Form(alias="k")] = None,
-        offset_form: Annotated[int | None, Form(alias="offset")] = None,
-        q: Annotated[str | None, Query(description="as the form field q")] = None,
-        alpha: Annotated[float | None, Query(description="as the form field alpha")] = None,
-        k: Annotated[int | None, Query(description="as the form field k")] = None,
-        offset: Annotated[int | None, Query(description="as the form field offset")] = None,
+        q_form: Annotated[
+            str | None,
+            Form(
+                alias="q",
+                description="optional text: hybrid (blank: none)",
+                json_schema_extra=_optional(UPLOAD_TEXT),
+            ),
+        ] = None,
+        alpha_form: Annotated[
+            float | None, Form(alias="alpha", json_schema_extra=_optional(_range(0, 1)))
+        ] = None,
+        k_form: Annotated[
+            int | None, Form(alias="k", json_schema_extra=_optional(_range(1, MAX_K)))
+        ] = None,
+        offset_form: Annotated[
+            int | None, Form(alias="offset", json_schema_extra=_optional(_range(0, MAX_OFFSET)))
+        ] = None,
+        q: Annotated[
+            str | None,
+            Query(description="as the form field q", json_schema_extra=_optional(UPLOAD_TEXT)),
+        ] = None,
+        alpha: Annotated[
+            float | None,
+            Query(description="as the form field alpha", json_schema_extra=_optional(_range(0, 1))),
+        ] = None,
+        k: Annotated[
+            int | None,
+            Query(description="as the form field k", json_schema_extra=_optional(_range(1, MAX_K))),
+        ] = None,
+        offset: Annotated[
+            int | None,
+            Query(
+                description="as the form field offset",
+                json_schema_extra=_optional(_range(0, MAX_OFFSET)),
+            ),
+        ] = None,
     ) -> SearchResponse:
         """Search by an uploaded image (multipart ``file``); ``q``, ``alpha``, ``k`` and ``offset``
         may be form fields or query parameters (form wins); other query parameters filter."""
+        # A value that loses to its form field is still checked: an invalid parameter is
+        # refused wherever it is, not silently ignored.
+        _check_unused(q=q, alpha=alpha, k=k, offset=offset)
         # Read one byte past the limit: enough to tell "too large" without holding more.
         data = file.file.read(MAX_UPLOAD_BYTES + 1)
         response = service.search_upload(
@@ -502,6 +554,17 @@ def _add_routes(app: FastAPI) -> None:
     def facets(service: ServiceDep) -> dict[str, dict[str, int]]:
         """Filterable metadata fields, each with its values and their document counts."""
         return service.facets()
+
+
+def _check_unused(*, q: str | None, alpha: float | None, k: int | None, offset: int | None) -> None:
+    """Validate an upload's query parameters by the service's rules, given or not a form value."""
+    validate_optional_query(q)
+    if alpha is not None:
+        validate_alpha(alpha)
+    if k is not None:
+        validate_k(k)
+    if offset is not None:
+        validate_offset(offset)
 
 
 def _first(*values: Any) -> Any:

@@ -78,8 +78,10 @@ RESERVED_PARAMS = frozenset({"q", "mode", "alpha", "k", "offset"})
 MAX_HIT_CAPTION_CHARS = 1000
 # The characters a query may hold, as the OpenAPI schema states it: no control characters except
 # tab, newline and carriage return (read as spaces), and at least one that is not whitespace.
-_QUERY_CHAR = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]"
-QUERY_PATTERN = rf"^{_QUERY_CHAR}*[^\s\x00-\x1f\x7f-\x9f\ud800-\udfff]{_QUERY_CHAR}*$"
+_QUERY_CHAR = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+QUERY_PATTERN = rf"^{_QUERY_CHAR}*[^\s\x00-\x1f\x7f-\x9f]{_QUERY_CHAR}*$"
+# An upload's optional text: the same characters, and blank means "no text".
+OPTIONAL_QUERY_PATTERN = rf"^{_QUERY_CHAR}*$"
 # How often an unknown filter field may trigger a fresh look at the index's fields.
 FIELD_REFRESH_SECONDS = 5.0
 # Tab, newline and carriage return in a query are whitespace (pasted text); other controls are not.
@@ -164,6 +166,23 @@ def validate_query(q: object, *, name: str = "q") -> str:
     The rules hold for the text as sent, before stripping, so what the schema calls invalid is
     refused (a control character at an end is not stripped away into a valid query).
     """
+    text = _query_characters(q, name).strip()
+    if not text:
+        raise InvalidInputError(f"{name} must not be empty: give 1-{MAX_QUERY_CHARS} characters")
+    return text
+
+
+def validate_optional_query(q: object, *, name: str = "q") -> str | None:
+    """Return an optional query stripped, None when absent or blank; the same character and
+    length rules as :func:`validate_query` (:data:`OPTIONAL_QUERY_PATTERN`)."""
+    if q is None:
+        return None
+    return _query_characters(q, name).strip() or None
+
+
+def _query_characters(q: object, name: str) -> str:
+    """Return the query with tab, newline and carriage return as spaces, or raise: a string of
+    at most 512 characters without other control characters."""
     if not isinstance(q, str):
         raise InvalidInputError(f"{name} must be a text string")
     if len(q) > MAX_QUERY_CHARS:
@@ -177,10 +196,7 @@ def validate_query(q: object, *, name: str = "q") -> str:
         raise InvalidInputError(
             f"{name} contains the control character U+{ord(bad):04X}; remove it"
         )
-    text = q.strip()
-    if not text:
-        raise InvalidInputError(f"{name} must not be empty: give 1-{MAX_QUERY_CHARS} characters")
-    return text
+    return q
 
 
 def validate_k(k: object) -> int:
@@ -587,7 +603,7 @@ class SearchService:
         from medsearch.data.images import decode_image
 
         started = time.perf_counter()
-        text = validate_query(q) if q is not None and q.strip() else None
+        text = validate_optional_query(q)
         page = self._page(alpha, k, offset, filters)
         payload = validate_upload(data)
         encoder = self._encoder("upload")

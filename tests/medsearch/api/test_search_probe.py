@@ -268,3 +268,30 @@ def test_given_a_plain_png_upload_when_searching_then_it_still_answers(
     data = png_bytes(Image.new("RGB", (16, 16), (220, 30, 30)))
     response = client_for(service).post("/search/image", files={"file": ("r.png", data)})
     assert response.status_code == 200 and response.json()["results"]
+
+
+def test_given_an_invalid_query_parameter_when_its_form_field_wins_then_still_422(
+    service: SearchService, make_upload: Any
+) -> None:
+    client = client_for(service)
+    files = {"file": ("a.png", make_upload("red"))}
+    for query in ("offset=1001", "k=0", "alpha=2", "q=a%01b"):
+        response = client.post(
+            f"/search/image?{query}", files=files, data={"offset": "0", "k": "3"}
+        )
+        assert response.status_code == 422, (query, response.text)
+    # a blank text is "no text", on the form or in the query
+    blank = client.post("/search/image?q=%20", files=files, data={"k": "3"})
+    assert blank.status_code == 200 and blank.json()["query"] is None
+
+
+def test_given_the_upload_schema_when_read_then_optional_fields_have_no_null_type(
+    service: SearchService,
+) -> None:
+    schema = client_for(service).get("/openapi.json").json()
+    body = next(v for k, v in schema["components"]["schemas"].items() if k.startswith("Body_"))
+    fields = body["properties"]
+    assert fields["alpha"]["type"] == "number" and "anyOf" not in fields["alpha"]
+    assert (fields["k"]["minimum"], fields["k"]["maximum"]) == (1, 100)
+    parameters = schema["paths"]["/search/image"]["post"]["parameters"]
+    assert all("anyOf" not in p["schema"] for p in parameters)

@@ -706,7 +706,8 @@
     if (t !== null) parts.push(`BM25 ${t}`);
     if (v !== null) parts.push(`cos ${v}`);
     const comp = node.querySelector(".components");
-    comp.textContent = parts.join(" · ");
+    // A fused hit's meters carry these numbers; other modes show them as text.
+    comp.textContent = isFused(page) ? "" : parts.join(" · ");
     node.querySelector(".card-foot").title =
       `Score ${fmt(hit.score, 4) ?? "—"}; BM25 (raw) ${fmt(bm25, 4) ?? "not matched"}; ` +
       `cosine ${fmt(hit.vector_score, 4) ?? "not in vector list"}`;
@@ -737,6 +738,7 @@
         "Text",
         bm25 === null ? null : bestText > 0 ? bm25 / bestText : 1,
         bm25 === null ? "no query term in the caption" : `BM25 ${bm25.toFixed(2)} (${Math.round((bm25 / (bestText || bm25 || 1)) * 100)}% of this page's best)`,
+        bm25 === null ? "none" : `BM25 ${bm25.toFixed(2)}`,
         1 - alpha,
       ),
       meter(
@@ -744,13 +746,14 @@
         "Vector",
         cos === null ? null : Math.max(0, Math.min(1, cos)),
         cos === null ? "not among the nearest vectors" : `cosine ${cos.toFixed(3)}`,
+        cos === null ? "none" : `cos ${cos.toFixed(3)}`,
         alpha,
       ),
     );
     return wrap;
   }
 
-  function meter(kind, name, fraction, text, weight) {
+  function meter(kind, name, fraction, text, short, weight) {
     const row = document.createElement("div");
     row.className = `why-row why-${kind}`;
     row.dataset.matched = fraction === null ? "false" : "true";
@@ -772,7 +775,7 @@
     bar.append(fill);
     const value = document.createElement("span");
     value.className = "why-value";
-    value.textContent = fraction === null ? "none" : text.split(" (")[0];
+    value.textContent = short;
     row.append(label, bar, value);
     return row;
   }

@@ -303,7 +303,7 @@ def test_given_pruning_fails_after_the_swap_when_loading_then_the_error_says_the
     url = "http://cluster:9200"
     assert main(load_argv(url, synth_corpus, folder, "ms", "--run-id", "r1")) == 0
     # When the second run is published but deleting the first one is refused
-    fake_cluster.fail_requests(status=403, path="ms-r1")
+    fake_cluster.fail_requests(status=403, path="ms-r1", method="DELETE")
     assert main(load_argv(url, synth_corpus, folder, "ms", "--run-id", "r2", "--keep", "1")) == 2
     # Then the error says the new run is live, and it is kept
     err = one_line_error(capsys.readouterr().err, "load")

@@ -142,6 +142,7 @@ class _Fault:
     remaining: int
     path: str
     body: str = ""
+    method: str = ""
 
 
 class FakeCluster:
@@ -177,11 +178,11 @@ class FakeCluster:
     # -- fault injection --
 
     def fail_requests(
-        self, status: int = 429, times: int = 1, path: str = "", body: str = ""
+        self, status: int = 429, times: int = 1, path: str = "", body: str = "", method: str = ""
     ) -> None:
         """Answer the next ``times`` requests whose path contains ``path`` (and whose body
-        contains ``body``) with ``status``."""
-        self._faults.append(_Fault(status, times, path, body))
+        contains ``body``, and whose method is ``method`` when given) with ``status``."""
+        self._faults.append(_Fault(status, times, path, body, method))
 
     def fail_items(self, image_ids: Iterable[str], status: int = 429, times: int = 1) -> None:
         """Reject these ids in bulk ``times`` times with ``status`` (400 = mapping error)."""
@@ -263,7 +264,12 @@ class FakeCluster:
         if refusal is not None:
             return 403, _error(403, "security_exception", refusal)
         for fault in self._faults:
-            if fault.remaining > 0 and fault.path in path and fault.body in (text or ""):
+            if (
+                fault.remaining > 0
+                and fault.path in path
+                and fault.body in (text or "")
+                and fault.method in ("", method)
+            ):
                 fault.remaining -= 1
                 self.injected[f"request {fault.status}"] += 1
                 return fault.status, _error(fault.status, "injected", "injected fault")

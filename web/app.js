@@ -416,7 +416,15 @@
         : status === 413 || status === 415 || status === 422 || status === 400
           ? "The request needs a change"
           : "Search failed";
-    showMessage("error", title, text);
+    let again = null;
+    if (status === 0 || status === 503) {
+      again = document.createElement("button");
+      again.type = "button";
+      again.className = "btn btn-ghost btn-small btn-retry";
+      again.textContent = "Try again";
+      again.addEventListener("click", retry);
+    }
+    showMessage("error", title, text, again);
     el.message.dataset.status = status ? String(status) : "";
   }
 

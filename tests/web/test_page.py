@@ -164,7 +164,8 @@ def test_similar_images_with_mode_switch_and_back_forward(
     page.locator(".card-link").first.click()
     expect(page.locator("#detail")).to_have_attribute("data-state", "done")
     page.click("#similar-image")
-    # Then the detail closes and the page shows the API's nearest images of it, without the image itself
+    # Then the detail closes and the page shows the API's nearest images of it, without the
+    # image itself
     status, similar = api_get(
         web_server, f"images/{source}/similar", [("mode", "image"), ("k", DEFAULT_K)]
     )

@@ -181,7 +181,7 @@ def test_given_an_open_detail_when_the_copy_buttons_are_used_then_the_clipboard_
     other.close()
 
 
-def test_given_an_open_detail_when_similar_by_image_and_caption_is_chosen_then_the_api_neighbours_show(
+def test_given_an_open_detail_when_similar_by_image_and_caption_then_the_api_neighbours_show(
     page: Any, web_server: str, artifacts: Path
 ) -> None:
     # Given the detail of an image opened from its link

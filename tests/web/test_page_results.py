@@ -93,14 +93,16 @@ def test_given_active_filters_when_a_chip_is_removed_then_that_filter_is_dropped
     chips = page.locator("#active-filters .filter-chip")
     expect(chips).to_have_count(3)
     expect(page.locator("#active-filters")).to_contain_text("Clear all")
-    chip = page.get_by_role("button", name=f"Remove filter {first.replace('_', ' ').capitalize()}: {values[0]}")
+    chip = page.get_by_role(
+        "button", name=f"Remove filter {first.replace('_', ' ').capitalize()}: {values[0]}"
+    )
     expect(chip).to_be_visible()
     page.screenshot(path=str(artifacts / "results-filter-chips.png"))
     # When the chip of the first value is clicked
     chip.click()
     # Then that value is gone from the URL, the boxes and the results; the others stay
     expected_params = [("q", QUERY), ("mode", "text"), (first, values[1]), (second, other)]
-    status, expected = api_get(web_server, "search", expected_params + [("k", DEFAULT_K)])
+    status, expected = api_get(web_server, "search", [*expected_params, ("k", DEFAULT_K)])
     assert status == 200, expected
     if expected["total"]:
         expect_ids(page, ids_of(expected))
@@ -128,7 +130,9 @@ def test_given_many_results_when_a_page_number_is_clicked_then_that_page_shows(
     pages = math.ceil(first["total"] / 10)
     assert pages >= 4, first["total"]
     # Then the pager numbers the first pages and the last one, the current one marked
-    expect(page.get_by_role("button", name="Page 1", exact=True)).to_have_attribute("aria-current", "page")
+    expect(page.get_by_role("button", name="Page 1", exact=True)).to_have_attribute(
+        "aria-current", "page"
+    )
     expect(page.get_by_role("button", name=f"Page {pages}", exact=True)).to_be_visible()
     # When page 3 is clicked
     page.get_by_role("button", name="Page 3", exact=True).click()
@@ -136,9 +140,15 @@ def test_given_many_results_when_a_page_number_is_clicked_then_that_page_shows(
     third = search_api(web_server, q=QUERY, mode="hybrid", alpha="0.50", k="10", offset="20")
     expect_ids(page, ids_of(third))
     assert page_params(page)["offset"] == ["20"]
-    expect(page.get_by_role("button", name="Page 3", exact=True)).to_have_attribute("aria-current", "page")
-    expect(page.get_by_role("button", name="Page 1", exact=True)).not_to_have_attribute("aria-current", "page")
-    expect(page.locator("#range")).to_have_text(f"21–{20 + len(third['results'])} of {first['total']}")
+    expect(page.get_by_role("button", name="Page 3", exact=True)).to_have_attribute(
+        "aria-current", "page"
+    )
+    expect(page.get_by_role("button", name="Page 1", exact=True)).not_to_have_attribute(
+        "aria-current", "page"
+    )
+    expect(page.locator("#range")).to_have_text(
+        f"21–{20 + len(third['results'])} of {first['total']}"
+    )
     page.locator("#pager").scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts / "results-page-numbers.png"))
     # When the last page number is clicked, then the last page shows and Next is off
@@ -171,7 +181,7 @@ def test_given_a_total_that_is_a_lower_bound_when_shown_then_pages_stay_open_pas
     page.screenshot(path=str(artifacts / "results-lower-bound-total.png"))
 
 
-def test_given_a_hybrid_query_no_caption_matches_when_shown_then_the_page_says_results_are_vector_only(
+def test_given_no_caption_matches_a_hybrid_query_when_shown_then_results_are_called_vector_only(
     page: Any, web_server: str, artifacts: Path
 ) -> None:
     # Given a hybrid query whose words are in no caption (BM25 finds nothing)
@@ -190,7 +200,9 @@ def test_given_a_hybrid_query_no_caption_matches_when_shown_then_the_page_says_r
     # When a query that captions do contain is searched, the warning goes
     page.fill("#q", QUERY)
     page.press("#q", "Enter")
-    expect_ids(page, ids_of(search_api(web_server, q=QUERY, mode="hybrid", alpha="0.50", k=DEFAULT_K)))
+    expect_ids(
+        page, ids_of(search_api(web_server, q=QUERY, mode="hybrid", alpha="0.50", k=DEFAULT_K))
+    )
     expect(page.locator("#notice .notice-weak")).to_have_count(0)
 
 
@@ -216,7 +228,7 @@ def test_given_a_corpus_image_when_uploaded_then_the_page_says_it_is_already_in_
     expect(page.locator("#detail")).to_have_attribute("data-state", "done")
 
 
-def test_given_an_upload_whose_nearest_image_is_not_the_same_when_shown_then_no_duplicate_is_claimed(
+def test_given_an_upload_not_in_the_collection_when_shown_then_no_duplicate_is_claimed(
     page: Any, web_server: str, synth_corpus: Path, artifacts: Path
 ) -> None:
     # Given an upload whose best cosine is 0.98 (close, but under the 0.995 of the same picture):

@@ -1,0 +1,174 @@
+"""The page's states in a real browser against the real app: the empty page's examples, the
+header's service light when the API goes away and comes back, and the phone layout."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import open_tab
+from playwright.sync_api import expect
+from test_page import (
+    DEFAULT_K,
+    QUERY,
+    api_get,
+    expect_ids,
+    expect_phase,
+    ids_of,
+    page_params,
+    search_api,
+    settle_images,
+)
+
+pytestmark = pytest.mark.slow
+
+# Every API path the page calls; the page's own files (/, app.js, config.json...) stay served.
+API_PATHS = re.compile(r"^[^?]*/(health|facets|search|images/[^?]*)(\?.*)?$")
+
+
+def test_given_the_empty_page_when_an_example_query_is_clicked_then_it_is_searched(
+    page: Any, web_server: str, artifacts: Path
+) -> None:
+    # Given the page with no query
+    page.goto("/")
+    expect_phase(page, "intro")
+    examples = page.locator("#message .examples button.example")
+    expect(examples.first).to_be_visible()
+    assert examples.count() >= 3
+    page.screenshot(path=str(artifacts / "states-empty-page-examples.png"))
+    text = examples.nth(2).inner_text()
+    # When an example is clicked
+    examples.nth(2).click()
+    # Then it is searched like a typed query: in the box, in the URL, and the API's results shown
+    expect(page.locator("#q")).to_have_value(text)
+    assert page_params(page)["q"] == [text]
+    expected = search_api(web_server, q=text, mode="hybrid", alpha="0.50", k=DEFAULT_K)
+    expect_ids(page, ids_of(expected))
+
+
+def test_given_the_api_unreachable_when_it_returns_and_retry_is_clicked_then_the_header_recovers(
+    page: Any, web_server: str, artifacts: Path
+) -> None:
+    # Given an API that cannot be reached (every API request fails at the network)
+    page.route(API_PATHS, lambda route: route.abort("connectionrefused"))
+    # When a search is opened
+    page.goto(f"/?q={urllib.parse.quote(QUERY)}&mode=text")
+    # Then the header's light is red, says so, and offers Retry; the search shows the error
+    health = page.locator("#health")
+    expect(health).to_have_class(re.compile(r"\bis-down\b"))
+    expect(health).to_have_text("API unreachable")
+    expect(page.locator("#retry")).to_be_visible()
+    expect_phase(page, "error")
+    expect(page.get_by_role("alert")).to_contain_text("Cannot reach the search API")
+    page.screenshot(path=str(artifacts / "states-api-unreachable.png"))
+    # When the API is back and Retry is clicked
+    page.unroute(API_PATHS)
+    page.click("#retry")
+    # Then the light is normal again with the index's size and model, and the search runs
+    status, body = api_get(web_server, "health")
+    assert status == 200, body
+    expect(health).not_to_have_class(re.compile(r"\bis-down\b"))
+    expect(health).to_have_text(f"{body['documents']} images · model {body['model']}")
+    expect(page.locator("#retry")).to_be_hidden()
+    expect_ids(page, ids_of(search_api(web_server, q=QUERY, mode="text", k=DEFAULT_K)))
+    expect(page.locator("fieldset.facet").first).to_be_visible()
+    page.screenshot(path=str(artifacts / "states-api-back.png"))
+
+
+def test_given_a_hub_model_id_when_the_header_shows_it_then_it_is_the_whole_name(
+    page: Any, web_server: str, artifacts: Path
+) -> None:
+    # Given an API that serves a model by its Hugging Face id (organisation/name)
+    status, body = api_get(web_server, "health")
+    assert status == 200, body
+    hub = {**body, "model": "medsearch/clip-medpix-ft"}
+    page.route(re.compile(r".*/health$"), lambda route: route.fulfill(json=hub))
+    # When the page starts
+    page.goto("/")
+    # Then the header names the model as the API gives it, organisation included
+    expect(page.locator("#health")).to_have_text(
+        f"{body['documents']} images · model medsearch/clip-medpix-ft"
+    )
+    page.screenshot(path=str(artifacts / "states-header-model-name.png"), clip=_header(page))
+
+
+def _header(page: Any) -> dict[str, float]:
+    box = page.locator("header.topbar").bounding_box()
+    assert box
+    return box
+
+
+@pytest.fixture
+def phone(browser: Any, web_server: str) -> Iterator[Any]:
+    """A tab sized and behaving like a phone (390×844, touch, mobile)."""
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
+        device_scale_factor=2,
+        base_url=web_server,
+    )
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.set_default_timeout(15_000)
+    yield tab
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_given_a_phone_when_results_show_then_they_are_on_screen_and_key_hints_hidden(
+    phone: Any, web_server: str, artifacts: Path
+) -> None:
+    # Given a phone
+    # When a search is opened
+    phone.goto(f"/?q={urllib.parse.quote(QUERY)}&mode=hybrid")
+    expected = search_api(web_server, q=QUERY, mode="hybrid", alpha="0.50", k=DEFAULT_K)
+    expect_ids(phone, ids_of(expected))
+    # Then the first result is on screen without scrolling: search options and filters folded
+    first = phone.locator(".card").first
+    expect(first).to_be_in_viewport()
+    expect(phone.locator("#advanced")).not_to_have_attribute("open", "")
+    expect(phone.locator("#filters-details")).not_to_have_attribute("open", "")
+    expect(phone.locator("#mode-group")).to_be_hidden()
+    box = first.bounding_box()
+    assert box and box["y"] + box["height"] / 2 < 844, box
+    assert phone.evaluate("window.scrollY") == 0
+    # And no keyboard shortcut hints are shown on a touch screen
+    for hint in phone.locator(".key-hint").all():
+        expect(hint).to_be_hidden()
+    settle_images(phone)
+    phone.screenshot(path=str(artifacts / "states-phone-results.png"))
+    # When "Search options" is tapped, the mode switch appears
+    phone.locator("#advanced summary").tap()
+    expect(phone.locator("#mode-group")).to_be_visible()
+    # When a result is tapped, its detail fills the screen, without keyboard hints
+    phone.locator("#advanced summary").tap()
+    first.locator(".card-link").tap()
+    expect(phone.locator("#detail")).to_have_attribute("data-state", "done")
+    expect(phone.locator("#detail .key-hint")).to_be_hidden()
+    expect(phone.locator("#detail-img")).to_be_in_viewport()
+    phone.screenshot(path=str(artifacts / "states-phone-detail.png"))
+
+
+def test_given_a_desktop_when_the_page_opens_then_options_are_open_and_key_hints_shown(
+    browser: Any, web_server: str, artifacts: Path
+) -> None:
+    # Given a desktop browser (mouse, wide window)
+    tab_iter = open_tab(browser, web_server)
+    page = next(tab_iter)
+    try:
+        # When the page opens
+        page.goto("/")
+        expect_phase(page, "intro")
+        # Then the search options are open with no toggle, and the keyboard hint is shown
+        expect(page.locator("#mode-group")).to_be_visible()
+        expect(page.locator("#advanced summary")).to_be_hidden()
+        expect(page.locator("#q-hint .key-hint")).to_be_visible()
+        page.screenshot(path=str(artifacts / "states-desktop-empty-page.png"))
+    finally:
+        next(tab_iter, None)

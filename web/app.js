@@ -26,6 +26,8 @@
   const DUPLICATE_COSINE = 0.995;
   // While the API is unreachable its health is asked again this often.
   const HEALTH_RETRY_MS = 5000;
+  // While it is reachable, a visible page asks now and then, so the light turns red unprompted.
+  const HEALTH_POLL_MS = 30000;
   const EXAMPLES = [
     "axial CT of the chest with a pulmonary nodule",
     "brain MRI with a ring-enhancing lesion",
@@ -110,6 +112,7 @@
   let detailReturnId = null; // the card that opened the detail gets focus back when it closes
   let apiDown = false;
   let healthTimer = null;
+  let pendingStep = 0; // the detail stepped past the page's end: show the first (1) or last (-1) hit of the next page
   const facetUi = {}; // field → {expanded, filter}
 
   // --- state ⇄ URL --------------------------------------------------------------------------
@@ -396,6 +399,7 @@
 
   function showMessage(kind, title, text, extra) {
     clearResults();
+    pendingStep = 0;
     el.status.textContent = "";
     el.message.hidden = false;
     el.message.className = `message message-${kind}`;
@@ -559,6 +563,16 @@
     el.pager.hidden = false;
     renderNotice(s, page, hits);
     setPhase("done");
+    if (pendingStep && state.image) {
+      const ids = resultIds();
+      const target = pendingStep > 0 ? ids[0] : ids[ids.length - 1];
+      pendingStep = 0;
+      if (target) {
+        detailReturnId = target;
+        navigate(withChanges({ image: target }), { replace: true });
+        return;
+      }
+    }
     syncDetailPosition();
   }
 
@@ -947,8 +961,7 @@
     const hit = lastHits.get(id);
     el.detailImg.src = fileUrl(id, hit && hit.image_url);
     el.detailImg.alt = `Image ${id}`;
-    el.download.href = el.detailImg.src;
-    el.download.setAttribute("download", id);
+    setDownload(el.detailImg.src, id);
     renderDetailWhy(hit);
     syncDetailPosition();
     api(`images/${encodeURIComponent(id)}`)
@@ -960,7 +973,7 @@
         el.detailImg.alt = caption ? caption : `Captionless image ${id}`;
         const src = fileUrl(id, rec.image_url);
         if (el.detailImg.src !== new URL(src, location.href).href) el.detailImg.src = src;
-        el.download.href = src;
+        setDownload(src, id);
         renderDetailMeta(rec);
         el.detail.dataset.state = "done";
       })
@@ -1026,19 +1039,42 @@
     const ids = resultIds();
     const i = ids.indexOf(state.image);
     el.detailPosition.textContent = i >= 0 ? `${(lastPage?.offset || 0) + i + 1} of ${lastPage?.total ?? ids.length}${lastPage?.total_relation === "gte" ? "+" : ""}` : "";
-    el.detailPrev.disabled = i <= 0;
-    el.detailNext.disabled = i < 0 || i >= ids.length - 1;
+    el.detailPrev.disabled = i < 0 || (i === 0 && el.prev.disabled);
+    el.detailNext.disabled = i < 0 || (i === ids.length - 1 && el.next.disabled);
     if (i >= 0) renderDetailWhy(lastHits.get(state.image));
   }
 
-  /** Move the detail to the previous or next result of the grid (history replaced, not stacked). */
+  /** Move the detail to the previous or next result (history replaced, not stacked); past the
+   * page's first or last hit, the neighbouring page loads and its nearest hit is shown. */
   function stepDetail(direction) {
     const ids = resultIds();
     const i = ids.indexOf(state.image);
+    if (i < 0 || el.region.dataset.state !== "done") return;
     const next = ids[i + direction];
-    if (i < 0 || !next) return;
-    detailReturnId = next;
-    navigate(withChanges({ image: next }), { replace: true });
+    if (next) {
+      detailReturnId = next;
+      navigate(withChanges({ image: next }), { replace: true });
+      return;
+    }
+    if ((direction > 0 ? el.next : el.prev).disabled) return;
+    pendingStep = direction;
+    const offset = Math.max(0, state.offset + direction * state.k);
+    navigate(withChanges({ offset: Math.min(offset, MAX_OFFSET) }), { replace: true });
+  }
+
+  /** A download link: same-origin files save under the image id; a file on another origin
+   * (a CDN) cannot be renamed by the page, so it opens in a new tab instead of replacing this one. */
+  function setDownload(src, id) {
+    el.download.href = src;
+    const sameOrigin = new URL(src, location.href).origin === location.origin;
+    el.download.setAttribute("download", id);
+    if (sameOrigin) {
+      el.download.removeAttribute("target");
+      el.download.removeAttribute("rel");
+    } else {
+      el.download.target = "_blank";
+      el.download.rel = "noopener noreferrer";
+    }
   }
 
   function setZoom(on) {
@@ -1387,6 +1423,14 @@
     el.form.addEventListener("submit", (e) => {
       e.preventDefault();
       const q = el.q.value.trim();
+      // A pasted link to an image of this collection means "images like this one".
+      const linked = /^https?:\/\//i.test(q) ? parseImageRef(q) : null;
+      if (linked) {
+        clearUpload();
+        el.q.value = "";
+        navigate(withChanges({ q: "", similar: linked, image: null, upload: null, offset: 0 }));
+        return;
+      }
       // With an image chosen, text refines it (hybrid); otherwise it is a new text search.
       const keepUpload = Boolean(state.upload && upload);
       navigate(
@@ -1607,6 +1651,9 @@
     if (!state.q && typed.trim()) el.q.value = typed;
     loadHealth();
     loadFacets();
+    setInterval(() => {
+      if (document.visibilityState === "visible" && !apiDown) loadHealth();
+    }, HEALTH_POLL_MS);
     // On a phone the results come first: filters and search options start folded.
     if (window.matchMedia("(max-width: 760px)").matches) {
       $("filters-details").open = false;

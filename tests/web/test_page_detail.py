@@ -293,3 +293,53 @@ def test_given_text_that_is_no_image_id_when_searched_in_the_id_box_then_it_says
     expect_phase(page, "intro")
     assert "similar" not in page_params(page)
     page.screenshot(path=str(artifacts / "id-search-invalid.png"))
+
+
+def test_given_the_last_result_of_a_page_open_when_right_arrow_is_pressed_then_the_next_page_opens(
+    page: Any, web_server: str, artifacts: Path
+) -> None:
+    # Given text results ten per page, the detail of the page's last result open
+    page.goto(f"/?q={urllib.parse.quote(QUERY)}&mode=text&k=10")
+    first_page = search_api(web_server, q=QUERY, mode="text", k="10")
+    second_page = search_api(web_server, q=QUERY, mode="text", k="10", offset="10")
+    assert len(first_page["results"]) == 10 and second_page["results"]
+    expect_ids(page, ids_of(first_page))
+    page.locator(".card-link").nth(9).click()
+    expect_detail(page, first_page["results"][9]["image_id"])
+    # When the right arrow is pressed
+    page.keyboard.press("ArrowRight")
+    # Then the second page loads behind the detail, which shows its first result
+    expect_ids(page, ids_of(second_page))
+    expect_detail(page, second_page["results"][0]["image_id"])
+    params = page_params(page)
+    assert params["offset"] == ["10"] and params["image"] == [second_page["results"][0]["image_id"]]
+    expect(page.locator("#detail-position")).to_have_text(f"11 of {first_page['total']}")
+    page.screenshot(path=str(artifacts / "detail-stepped-to-next-page.png"))
+    # When the left arrow is pressed, then the first page's last result is back
+    page.keyboard.press("ArrowLeft")
+    expect_ids(page, ids_of(first_page))
+    expect_detail(page, first_page["results"][9]["image_id"])
+
+
+def test_given_a_link_to_a_corpus_image_when_pasted_in_the_search_box_then_similar_images_show(
+    page: Any, web_server: str, artifacts: Path
+) -> None:
+    # Given the page link of an indexed image (as "Copy link" gives it)
+    status, text_page = api_get(web_server, "search", [("q", QUERY), ("mode", "text")])
+    assert status == 200, text_page
+    image_id = text_page["results"][4]["image_id"]
+    page.goto("/")
+    expect_phase(page, "intro")
+    # When it is pasted into the main search box and Enter pressed
+    page.fill("#q", f"{web_server}/?image={image_id}")
+    page.press("#q", "Enter")
+    # Then the page searches images similar to it, not the link's text
+    status, similar = api_get(
+        web_server, f"images/{image_id}/similar", [("mode", "image"), ("k", DEFAULT_K)]
+    )
+    assert status == 200, similar
+    expect_ids(page, ids_of(similar))
+    assert page_params(page)["similar"] == [image_id]
+    assert "q" not in page_params(page)
+    expect(page.locator("#q")).to_have_value("")
+    page.screenshot(path=str(artifacts / "id-search-link-in-search-box.png"))

@@ -172,3 +172,22 @@ def test_given_a_desktop_when_the_page_opens_then_options_are_open_and_key_hints
         page.screenshot(path=str(artifacts / "states-desktop-empty-page.png"))
     finally:
         next(tab_iter, None)
+
+
+def test_given_the_api_unreachable_when_it_returns_then_the_light_turns_back_unprompted(
+    page: Any, web_server: str, artifacts: Path
+) -> None:
+    # Given the page started while the API could not be reached
+    page.route(API_PATHS, lambda route: route.abort("connectionrefused"))
+    page.goto("/")
+    health = page.locator("#health")
+    expect(health).to_have_class(re.compile(r"\bis-down\b"))
+    # When the API comes back, and nobody touches the page
+    page.unroute(API_PATHS)
+    # Then the page's own health check (every few seconds while down) turns the light back
+    status, body = api_get(web_server, "health")
+    assert status == 200, body
+    expect(health).not_to_have_class(re.compile(r"\bis-down\b"), timeout=20_000)
+    expect(health).to_have_text(f"{body['documents']} images · model {body['model']}")
+    expect(page.locator("#retry")).to_be_hidden()
+    page.screenshot(path=str(artifacts / "states-api-back-unprompted.png"), clip=_header(page))

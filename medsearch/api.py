@@ -60,6 +60,7 @@ from medsearch.search import (
     SearchResponse,
     SearchService,
     api_image_path,
+    text_fingerprint,
     validate_alpha,
     validate_k,
     validate_offset,
@@ -579,7 +580,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def medsearch_error(request: Request, exc: MedsearchError) -> JSONResponse:
         status = status_for(exc)
         if status >= 500:
-            log.error("%s %s failed: %s", request.method, request.url.path, exc)
+            # The kind and a fingerprint only: a message can hold what the request carried.
+            log.error(
+                "%s %s failed: %s %s",
+                request.method,
+                request.url.path,
+                type(exc).__name__,
+                text_fingerprint(str(exc)),
+            )
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
     @app.exception_handler(RequestValidationError)

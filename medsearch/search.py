@@ -18,6 +18,7 @@ an HTTP status (422 invalid, 413 too large, 415 wrong type, 404 unknown id).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -308,6 +309,13 @@ def shown_model_name(model_id: str | None) -> str | None:
     if not local and model_id.count("/") <= 1:
         return model_id  # org/name on the hub
     return PurePosixPath(model_id.replace("\\", "/").rstrip("/")).name or None
+
+
+def text_fingerprint(text: str) -> str:
+    """Return what logs may say of a text a client sent or an index holds: its length and a
+    short hash (enough to tell two apart or match a report), never the text itself."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"({len(text)} characters, sha256 {digest})"
 
 
 def cut_caption(caption: str | None) -> tuple[str | None, bool]:

@@ -795,9 +795,9 @@ class OpenSearchIndex:
                     return Refused(status, exc.info)
                 if status not in RETRY_STATUSES:
                     raise SearchIndexError(
-                        f"OpenSearch {method} {path} failed: {status} {_error_text(exc)}"
+                        f"OpenSearch {method} {path} failed: {status} {_error_text(exc, path)}"
                     ) from exc
-                reason = f"{status} {_error_text(exc)}"
+                reason = f"{status} {_error_text(exc, path)}"
             delay = self._backoff(attempt)
             if deadline is not None and self._clock() + delay >= deadline:
                 raise SearchIndexError(
@@ -1458,7 +1458,7 @@ class OpenSearchIndex:
         for response in responses:
             if "error" in response:
                 status = response.get("status")
-                reason = _describe_error(response["error"])
+                reason = _error_kind(response["error"])
                 raise SearchIndexError(f"OpenSearch search failed: {status} {reason}")
             _complete(response)
         return responses
@@ -1678,7 +1678,7 @@ def _complete(answer: Any) -> Any:
     failed = int(shards.get("failed", 0) or 0)
     if failed or answer.get("timed_out"):
         failures = shards.get("failures") or [{}]
-        reason = _describe_error(failures[0].get("reason", {})) if failed else "timed out"
+        reason = _error_kind(failures[0].get("reason", {})) if failed else "timed out"
         log.warning(
             "partial search answer: %d of %s shards failed, timed out %s (%s)",
             failed,
@@ -1700,15 +1700,44 @@ def _is_missing_index(answer: Any) -> bool:
     return isinstance(error, Mapping) and error.get("type") == "index_not_found_exception"
 
 
-def _error_text(exc: TransportError) -> str:
+def _error_kind(error: Any) -> str:
+    """Return an OpenSearch error's type, its causes' types, and its reason's length only.
+
+    Errors of requests that carry documents or queries can quote them ("Preview of field's
+    value: ...", a query's text): what reaches logs, load reports and clients must not, so the
+    reason itself is never shown.
+    """
+    if not isinstance(error, Mapping):
+        return f"error (reason of {len(str(error))} characters not shown)"
+    causes = error.get("root_cause")
+    if isinstance(causes, list) and causes and isinstance(causes[0], Mapping):
+        error = causes[0]
+    types = [str(error.get("type") or "error")]
+    reason = str(error.get("reason") or "")
+    while isinstance(error.get("caused_by"), Mapping):
+        error = error["caused_by"]
+        types.append(str(error.get("type") or "error"))
+    return f"{' caused by '.join(types)} (reason of {len(reason)} characters not shown)"
+
+
+# Requests whose errors may quote documents or query text: only the error's kind is shown.
+_DATA_ENDPOINTS = frozenset(
+    {"_bulk", "_search", "_msearch", "_mget", "_doc", "_count", "_update", "_delete_by_query"}
+)
+
+
+def _error_text(exc: TransportError, path: str = "") -> str:
+    """Describe a failed request: its error's kind only where the request carried data."""
     info = exc.info
-    if isinstance(info, Mapping):
-        return _describe_error(info.get("error", info))
-    return str(exc.error)
+    error = info.get("error", info) if isinstance(info, Mapping) else exc.error
+    if _DATA_ENDPOINTS & set(path.split("?")[0].split("/")):
+        return _error_kind(error)
+    return _describe_error(error) if isinstance(error, Mapping) else str(error)
 
 
 def _item_error(outcome: Mapping[str, Any]) -> str:
+    """Describe a rejected bulk item by its error's kind (its reason can quote the document)."""
     error = outcome.get("error")
     if isinstance(error, Mapping):
-        return f"{error.get('type', 'error')}: {error.get('reason', '')}"
-    return str(error or "unknown error")
+        return _error_kind(error)
+    return "unknown error" if not error else _error_kind(error)

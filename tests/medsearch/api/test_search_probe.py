@@ -232,6 +232,18 @@ def png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + idat + chunk(b"IEND", b"")
 
 
+def test_given_a_huge_bomb_upload_when_searching_then_the_message_quotes_our_50_mp_limit(
+    service: SearchService,
+) -> None:
+    # 20000 x 20000 = 400 MP: past Pillow's own bomb threshold, which answers before our check
+    response = client_for(service).post(
+        "/search/image", files={"file": ("bomb.png", png_header(20000, 20000))}
+    )
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "50,000,000" in detail and "178,956,970" not in detail and "400,000,000" in detail
+
+
 @pytest.mark.parametrize(
     ("model_id", "shown"),
     [("colour-encoder", "colour-encoder"), ("openai/clip-vit-base-patch32",

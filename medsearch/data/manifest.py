@@ -146,17 +146,21 @@ def truncate_caption(caption: str, limit: int = MAX_CAPTION_BYTES) -> str:
 
 def _check_no_nul(value: Any, where: str) -> None:
     """Refuse NUL characters anywhere in a row: a binary or UTF-16 file read as text has them,
-    and neither engine keeps them (tantivy and OpenSearch drop or reject them)."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ManifestError(f"{where}: a NUL character in a field (a binary or UTF-16 file?)")
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            _check_no_nul(key, where)
-            _check_no_nul(item, where)
-    elif isinstance(value, list):
-        for item in value:
-            _check_no_nul(item, where)
+    and neither engine keeps them (tantivy and OpenSearch drop or reject them). Iterative, as a
+    JSON value may be nested as deep as the parser allows."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ManifestError(
+                    f"{where}: a NUL character in a field (a binary or UTF-16 file?)"
+                )
+        elif isinstance(item, Mapping):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
 
 
 def resolve_image(image: str, base: str) -> str:
@@ -195,6 +199,8 @@ def iter_rows(manifest: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str,
             raise ManifestError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
         except ValueError as exc:
             raise ManifestError(f"{name}:{number}: {exc}") from None
+        except RecursionError:
+            raise ManifestError(f"{name}:{number}: JSON nested too deeply") from None
 
 
 def _one_value(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -262,6 +262,18 @@ CASES: tuple[ManifestCase, ...] = (
         error=r"manifest\.jsonl:2: key 'caption' is given twice",
     ),
     ManifestCase(
+        "jsonl-nested-100000-deep", "manifest.jsonl",
+        jsonl(row("a"), '{"image_id": "b", "image": "b.png", "m": ' + "[" * 100_000
+              + "]" * 100_000 + "}"),
+        error=r"manifest\.jsonl:2: JSON nested too deeply",
+    ),
+    ManifestCase(
+        "jsonl-nested-500-deep-with-a-nul", "manifest.jsonl",
+        jsonl('{"image_id": "a", "image": "a.png", "m": ' + "[" * 500 + '"\\u0000"'
+              + "]" * 500 + "}"),
+        error=r"manifest\.jsonl:1: a: a NUL character",
+    ),
+    ManifestCase(
         "jsonl-array-line", "manifest.jsonl", jsonl(row("a"), ["b", "b.png"]),
         error=r"manifest\.jsonl:2: a record must be a JSON object",
     ),

@@ -7,30 +7,48 @@ index; reused from ``--workdir`` on a rerun), starts ``medsearch serve`` in a su
 vector, hybrid, similar images (image, image_text), uploads, facets, and GET /health, whose
 latency under the same load is the baseline the search latencies are divided by.
 
-Prints requests, errors (must be 0: any non-2xx or transport error counts), p50/p99 per kind and
-overall, and throughput; exits 1 if there were errors.
+Hostile uploads ride in the mix too: a truncated PNG, a 100000x1 PNG strip, bytes that are no
+image, and a PNG header claiming 400 megapixels. Each must be answered, and by a 4xx where it is
+refused (the strip is a valid image and may be searched): a 5xx or a dropped connection is an
+error like any other.
 
-    python bench/load.py [--duration 30] [--clients 50] [--n 300] [--workdir DIR] [--url URL]
+Prints requests, errors (must be 0: a non-2xx for an ordinary request, a 5xx or transport error
+for a hostile one), p50/p99 per kind and overall, and throughput, and writes them under
+``"load"`` in ``bench/results.json`` (other sections kept); exits 1 if there were errors.
+``--quick`` is a short check (10 clients, 10 s) that writes nothing.
+
+    python bench/load.py [--duration 60] [--clients 50] [--n 300] [--workdir DIR] [--url URL]
+                         [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import random
 import re
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from opensearch import write_section
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+SECTION = "load"
 
 # Share of each request kind in the mix (weights).
 MIX: dict[str, float] = {
@@ -39,7 +57,8 @@ MIX: dict[str, float] = {
     "hybrid": 0.25,
     "image": 0.10,
     "image_text": 0.08,
-    "upload": 0.07,
+    "upload": 0.05,
+    "hostile": 0.02,
     "facets": 0.05,
     "health": 0.05,
 }
@@ -53,6 +72,7 @@ class Corpus:
     queries: list[str]
     image_ids: list[str]
     uploads: list[tuple[str, bytes]]
+    hostile: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -62,6 +82,8 @@ class Tally:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     examples: list[str] = field(default_factory=list)
+    # Hostile uploads' answers by status: refusals are 4xx, the valid strip may be a 200.
+    hostile_statuses: dict[int, int] = field(default_factory=lambda: defaultdict(int))
 
 
 def build_setup(workdir: Path, n: int, *, serve: bool = True) -> tuple[Path, Path, Path]:
@@ -107,7 +129,38 @@ def load_corpus(manifest: Path) -> Corpus:
             start = rng.randrange(max(1, len(words) - 3))
             queries.append(" ".join(words[start : start + rng.randint(2, 5)]))
     uploads = [(Path(r.image).name, Path(r.image).read_bytes()) for r in records[:8]]
-    return Corpus(queries=queries, image_ids=[r.image_id for r in records], uploads=uploads)
+    return Corpus(
+        queries=queries,
+        image_ids=[r.image_id for r in records],
+        uploads=uploads,
+        hostile=hostile_uploads(uploads[0][1]),
+    )
+
+
+def _png_chunk(tag: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+
+def hostile_uploads(png: bytes) -> list[tuple[str, bytes]]:
+    """Uploads a server must refuse with a 4xx or survive: ``png`` cut in half, a 100000x1 PNG,
+    bytes that are no image, and a PNG header claiming 20000x20000 pixels (a bomb)."""
+    from PIL import Image
+
+    strip = io.BytesIO()
+    Image.new("RGB", (100_000, 1), (120, 60, 30)).save(strip, format="PNG")
+    header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 2, 0, 0, 0)
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
+    return [
+        ("truncated.png", png[: len(png) // 2]),
+        ("strip.png", strip.getvalue()),
+        ("notes.png", b"these bytes are no image at all\n" * 64),
+        ("bomb.png", bomb),
+    ]
 
 
 def start_server(index_dir: Path, model_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
@@ -152,8 +205,8 @@ def make_request(kind: str, corpus: Corpus, rng: random.Random) -> tuple[str, st
     if kind in ("image", "image_text"):
         image_id = rng.choice(corpus.image_ids)
         return "GET", f"/images/{image_id}/similar", {"params": {"mode": kind, "k": k}}
-    if kind == "upload":
-        name, data = rng.choice(corpus.uploads)
+    if kind in ("upload", "hostile"):
+        name, data = rng.choice(corpus.uploads if kind == "upload" else corpus.hostile)
         params = {"k": k, **({"q": rng.choice(corpus.queries)} if rng.random() < 0.5 else {})}
         return "POST", "/search/image", {"params": params, "files": {"file": (name, data)}}
     return "GET", f"/{kind}", {}
@@ -171,7 +224,11 @@ async def client_loop(
         started = time.perf_counter()
         try:
             response = await client.request(method, path, **kwargs)
-            ok = 200 <= response.status_code < 300
+            # A hostile upload is answered well by a refusal (4xx) or, if it is a valid image
+            # after all (the strip), by results; a 5xx is a fault either way.
+            ok = 200 <= response.status_code < (500 if kind == "hostile" else 300)
+            if kind == "hostile":
+                tally.hostile_statuses[response.status_code] += 1
             problem = f"{response.status_code} {response.text[:200]}"
         except httpx.HTTPError as exc:
             ok, problem = False, f"{type(exc).__name__}: {exc}"
@@ -195,6 +252,30 @@ async def run_load(url: str, corpus: Corpus, clients: int, duration: float) -> t
         return tally, time.monotonic() - started
 
 
+def figures(tally: Tally, wall: float, clients: int) -> dict[str, Any]:
+    """The run's figures as they go into results.json: per kind and overall."""
+    everything = [x for values in tally.latencies.values() for x in values]
+    kinds: dict[str, Any] = {}
+    for kind in [*MIX, "all"]:
+        values = everything if kind == "all" else tally.latencies.get(kind, [])
+        if not values:
+            continue
+        p50, p99 = (round(float(np.percentile(values, q)) * 1000, 1) for q in (50, 99))
+        errors = sum(tally.errors.values()) if kind == "all" else tally.errors.get(kind, 0)
+        kinds[kind] = {"requests": len(values), "errors": errors, "p50_ms": p50, "p99_ms": p99}
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "requests": len(everything),
+        "errors": sum(tally.errors.values()),
+        "requests_per_s": round(len(everything) / wall, 1),
+        "cpus": os.cpu_count(),
+        "kinds": kinds,
+        "hostile_statuses": {str(k): v for k, v in sorted(tally.hostile_statuses.items())},
+    }
+
+
 def report(tally: Tally, wall: float, clients: int) -> int:
     """Print the figures; return the number of errors."""
     everything = [x for values in tally.latencies.values() for x in values]
@@ -211,6 +292,9 @@ def report(tally: Tally, wall: float, clients: int) -> int:
         ratio = f"{p50 / (baseline * 1000):.2f}x" if baseline else "-"
         kind_errors = errors if kind == "all" else tally.errors.get(kind, 0)
         print(f"{kind:<12}{len(values):>9}{kind_errors:>8}{p50:>9.1f}{p99:>9.1f}  {ratio}")
+    if tally.hostile_statuses:
+        answers = ", ".join(f"{n} x {code}" for code, n in sorted(tally.hostile_statuses.items()))
+        print(f"hostile uploads answered: {answers}")
     for example in tally.examples:
         print(f"error: {example}")
     return errors
@@ -219,12 +303,18 @@ def report(tally: Tally, wall: float, clients: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Build or reuse the setup, start the server, run the load, report; 1 if any error."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients")
+    parser.add_argument(
+        "--quick", action="store_true", help="10 clients for 10 s; results.json is left alone"
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="figures go here")
     parser.add_argument("--n", type=int, default=300, help="synthetic corpus size")
     parser.add_argument("--workdir", type=Path, default=None, help="reuse/keep the setup here")
     parser.add_argument("--url", default=None, help="load an already running server instead")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.clients = 10.0, 10
     if args.duration <= 0 or args.clients < 1:
         parser.error("--duration must be > 0 and --clients >= 1")
 
@@ -249,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
                     process.kill()
                     process.wait()
         errors = report(tally, wall, args.clients)
+    if not args.quick:
+        write_section(args.results, SECTION, figures(tally, wall, args.clients))
+        print(f"wrote the {SECTION!r} section of {args.results}")
     return 1 if errors else 0
 
 

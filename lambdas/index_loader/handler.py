@@ -69,6 +69,7 @@ from medsearch.loader import (
     publish_event,
     status_event,
 )
+from medsearch.publish_guard import DEFAULT_MAX_DROP
 from medsearch.settings import check_opensearch_service
 
 logger = Logger(service=INDEX_LOADER_SERVICE)
@@ -116,6 +117,12 @@ class IndexLoaderSettings(BaseSettings):
     retry_max_attempts: int = Field(8, ge=1, description="tries per request on 429/5xx")
     retry_backoff_base: float = Field(0.2, ge=0, description="first back-off step, seconds")
     retry_backoff_max: float = Field(20.0, ge=0, description="largest back-off step, seconds")
+    publish_max_drop: float = Field(
+        DEFAULT_MAX_DROP,
+        ge=0,
+        le=1,
+        description="share of the live run's documents a new run may lack and still publish",
+    )
 
     def engine_config(self) -> OpenSearchConfig:
         """Return the engine configuration these settings describe."""
@@ -142,6 +149,7 @@ class IndexLoaderSettings(BaseSettings):
             run_pattern=self.run_pattern,
             auto_publish=self.auto_publish,
             batch_docs=self.bulk_max_docs,
+            max_drop=self.publish_max_drop,
         )
 
 

@@ -153,6 +153,19 @@ def test_settings_are_parsed_once_per_container(
     assert loader.config.alias == "medsearch"
 
 
+def test_given_a_publish_max_drop_in_the_environment_then_the_loader_uses_it(
+    loader_handler: ModuleType, loader_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    assert loader_handler.IndexLoaderSettings().loader_config().max_drop == 0.1
+    monkeypatch.setenv("MEDSEARCH_PUBLISH_MAX_DROP", "0.5")
+    assert loader_handler.IndexLoaderSettings().loader_config().max_drop == 0.5
+    monkeypatch.setenv("MEDSEARCH_PUBLISH_MAX_DROP", "2")
+    with pytest.raises(ValidationError, match="publish_max_drop"):
+        loader_handler.IndexLoaderSettings()
+
+
 def test_missing_settings_are_a_clear_error(
     loader_handler: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,9 +25,11 @@ same pixels in training and in serving:
   pipeline and every encoder (torch, ONNX, the training processor) decodes here, so this is the one
   place that bounds them all. The crop keeps only the centre anyway: beyond the ratio nothing of an
   encoder's input changes but a sub-pixel offset, and no medical image comes near 20:1.
-- Memory: the min-max stretch and the DICOM window work on blocks of rows, so the float64
-  temporaries stay a few MB whatever the image size; the peak is the decoded pixels themselves
-  (a few bytes a pixel, up to ``max_pixels``).
+- Memory: the min-max stretch, the DICOM window and the composite on black work on strips of
+  rows into the RGB output, so their float64 and RGBA temporaries stay a few MB whatever the
+  image size: the peak is the decoded image (up to 4 bytes a pixel) and the output (3). A 50 MP
+  16-bit RGBA PNG, the worst a 10 MB upload holds, peaks 400 MB over the process's size (950 MB
+  when composited whole); ``tests/medsearch/data/test_images_memory.py`` holds the bound.
 - Files are read through :func:`medsearch.storage.read_bytes`, which reads regular files only
   (not ``/dev/zero``, not a FIFO) and no further than ``max_bytes`` (default
   :data:`DEFAULT_MAX_IMAGE_BYTES`, 320 MB); a file it refuses is a bad record like any other.
@@ -255,11 +257,40 @@ def _stretch(array: np.ndarray) -> np.ndarray:
         return np.zeros(array.shape, dtype=np.uint8)
     low, high = float(np.min(array)), float(np.max(array))
     out = np.zeros(array.shape, dtype=np.uint8)
-    if not (high > low) or not math.isfinite(high - low):
+    if not _stretchable(low, high):
         return out
     for block in _blocks(array):
-        values = array[block].astype(np.float64)
-        out[block] = np.round((values - low) / (high - low) * 255.0).astype(np.uint8)
+        out[block] = _scale(array[block], low, high)
+    return out
+
+
+def _stretchable(low: float, high: float) -> bool:
+    """Whether a range can be stretched (not constant, not NaN, not infinite)."""
+    return high > low and math.isfinite(high - low)
+
+
+def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map ``[low, high]`` to ``0..255`` in float64, rounded (one block of an image)."""
+    scaled = (values.astype(np.float64) - low) / (high - low) * 255.0
+    return np.round(scaled).astype(np.uint8)
+
+
+def _stretch_to_rgb(image: Image.Image) -> Image.Image:
+    """:func:`_stretch` for a 16/32-bit integer or float Pillow image, straight to RGB.
+
+    The range comes from Pillow (``getextrema``) and the pixels go through numpy a strip at a
+    time: ``np.asarray`` of the whole image would copy it (200 MB for 50 MP of float32).
+    """
+    extrema: Any = image.getextrema()  # (min, max) for a one-band image
+    low, high = float(extrema[0]), float(extrema[1])
+    out = Image.new("RGB", image.size)
+    if not _stretchable(low, high):
+        return out
+    width, height = image.size
+    rows = max(1, _BLOCK_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        strip = np.asarray(image.crop((0, top, width, min(height, top + rows))))
+        out.paste(Image.fromarray(_scale(strip, low, high)).convert("RGB"), (0, top))
     return out
 
 
@@ -269,15 +300,22 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB":
         return image.copy() if image.readonly else image
     if mode in {"I", "F"} or mode.startswith("I;"):
-        return Image.fromarray(_stretch(np.asarray(image))).convert("RGB")
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        mode = image.mode
-    if mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+        return _stretch_to_rgb(image)
+    transparent = mode in {"RGBA", "LA", "PA", "RGBa", "La"} or (
+        mode == "P" and "transparency" in image.info
+    )
+    if not transparent:
+        return image.convert("RGB")
+    # Composited strip by strip into the output: whole, the RGBA copy, the black background and
+    # the composite would each be 4 bytes a pixel (950 MB for 50 MP, beside the decoded image).
+    width, height = image.size
+    out = Image.new("RGB", image.size)
+    rows = max(1, _BLOCK_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(height, top + rows))).convert("RGBA")
+        background = Image.new("RGBA", strip.size, (0, 0, 0, 255))
+        out.paste(Image.alpha_composite(background, strip).convert("RGB"), (0, top))
+    return out
 
 
 # --- DICOM -------------------------------------------------------------------------------------

@@ -79,27 +79,71 @@ def png_chunk(tag: bytes, body: bytes) -> bytes:
 
 
 def png_raw(
-    width: int, height: int, *, rows: bytes | None = None, depth: int = 8, colour: int = 0
+    width: int,
+    height: int,
+    *,
+    rows: bytes | None = None,
+    depth: int = 8,
+    colour: int = 0,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> bytes:
-    """A PNG written chunk by chunk: any header, and ``rows`` as the (unchecked) pixel data.
+    """A PNG written chunk by chunk: any header, ``extra`` chunks (a palette, a transparency)
+    before the data, and ``rows`` as the (unchecked) pixel data.
 
-    Without ``rows``, the data is a zero row per line, compressed: a few hundred bytes for any
-    size, as a decompression bomb or a 100000x1 strip is.
+    Without ``rows``, the data is a zero row per line, compressed: a few hundred bytes for a
+    100000x1 strip or a decompression bomb, a few hundred KB for a real 50 MP image.
     """
     if rows is None:
-        channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour, 1)
+        channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour]
         row = b"\x00" + b"\x00" * ((width * channels * depth + 7) // 8)
-        compressor = zlib.compressobj(9)
+        compressor = zlib.compressobj(6)
         # Row by row, so a bomb's pixels never exist here either.
-        parts = [compressor.compress(row) for _ in range(min(height, 1 << 16))]
+        parts = [compressor.compress(row) for _ in range(height)]
         rows = b"".join(parts) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
     return (
         PNG_SIGNATURE
         + png_chunk(b"IHDR", header)
+        + b"".join(png_chunk(tag, body) for tag, body in extra)
         + png_chunk(b"IDAT", rows)
         + png_chunk(b"IEND", b"")
     )
+
+
+def dicom_rle(rows: int, columns: int) -> bytes:
+    """A DICOM file in RLE Lossless of ``rows`` x ``columns`` 16-bit zeros: 100 MB of pixels in
+    1.6 MB at 50 MP (pydicom decodes RLE itself, so an upload may carry one)."""
+    from pydicom import dcmwrite
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless, SecondaryCaptureImageStorage
+
+    # One PackBits segment per byte plane: runs of 128 zeros (0x81 = repeat the next byte 128x).
+    count = rows * columns
+    segment = b"\x81\x00" * (count // 128)
+    if count % 128:
+        segment += bytes([257 - count % 128, 0]) if count % 128 > 1 else b"\x00\x00"
+    segment += b"\x00" * (len(segment) % 2)
+    header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.3.5"
+    meta.TransferSyntaxUID = RLELossless
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = encapsulate([header + segment + segment])
+    ds["PixelData"].VR = "OB"
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def ramp(width: int, height: int, mode: str = "RGB") -> Image.Image:
@@ -357,6 +401,64 @@ CASES: tuple[ImageCase, ...] = (
         lambda: b"\x00" * 128 + b"DICM",
         error=ImageDecodeError,
         message="DICOM",
+    ),
+)
+
+
+# The largest images an upload of at most 10 MB can hold: just under the 50 MP limit, in the
+# modes that cost the decoder most memory a pixel. Slow to build (a second or so each), so apart
+# from CASES: the memory-bound test decodes them in fresh processes.
+SIDE_50MP = 7071  # 7071 x 7071 = 49,999,041 pixels
+
+
+def _big(image_mode: str, fmt: str, **params: object) -> Callable[[], bytes]:
+    def build() -> bytes:
+        return encode(Image.new(image_mode, (SIDE_50MP, SIDE_50MP)), fmt, **params)
+
+    return build
+
+
+LARGE_CASES: tuple[ImageCase, ...] = (
+    ImageCase(
+        "png-50mp-rgba16",
+        lambda: png_raw(SIDE_50MP, SIDE_50MP, depth=16, colour=6),
+        size=(SIDE_50MP, SIDE_50MP),
+    ),
+    ImageCase(
+        "png-50mp-gray-alpha16",
+        lambda: png_raw(SIDE_50MP, SIDE_50MP, depth=16, colour=4),
+        size=(SIDE_50MP, SIDE_50MP),
+    ),
+    ImageCase(
+        "png-50mp-palette-transparent",
+        lambda: png_raw(
+            SIDE_50MP,
+            SIDE_50MP,
+            colour=3,
+            extra=((b"PLTE", b"\x00\x00\x00\xff\xff\xff"), (b"tRNS", b"\x00")),
+        ),
+        size=(SIDE_50MP, SIDE_50MP),
+    ),
+    ImageCase(
+        "png-50mp-rgb16",
+        lambda: png_raw(SIDE_50MP, SIDE_50MP, depth=16, colour=2),
+        size=(SIDE_50MP, SIDE_50MP),
+    ),
+    ImageCase(
+        "png-50mp-gray16",
+        lambda: png_raw(SIDE_50MP, SIDE_50MP, depth=16, colour=0),
+        size=(SIDE_50MP, SIDE_50MP),
+    ),
+    ImageCase("png-50mp-strip", lambda: png_raw(100_000, 499, colour=2), size=(9980, 499)),
+    ImageCase("jpeg-50mp-cmyk", _big("CMYK", "JPEG", quality=10), size=(SIDE_50MP, SIDE_50MP)),
+    ImageCase(
+        "dicom-50mp-rle", lambda: dicom_rle(SIDE_50MP, SIDE_50MP), size=(SIDE_50MP, SIDE_50MP)
+    ),
+    # Not an upload type, but vectorize decodes it: 32-bit float pixels, deflated.
+    ImageCase(
+        "tiff-50mp-float",
+        _big("F", "TIFF", compression="tiff_adobe_deflate"),
+        size=(SIDE_50MP, SIDE_50MP),
     ),
 )
 

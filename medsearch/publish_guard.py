@@ -17,6 +17,7 @@ The module imports nothing heavy, so the loader Lambda uses it as is.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from medsearch.errors import InvalidInputError
@@ -59,7 +60,10 @@ def check_publish(
         )
     if config.force or not live:
         return
-    if live - new > live * config.max_drop:
+    # The share is a decimal the user wrote (0.29): 0.29 * 100 is 28.999999999999996 in floats,
+    # so the product is rounded before the whole documents it allows are counted.
+    allowed = math.floor(round(live * config.max_drop, 9))
+    if live - new > allowed:
         raise InvalidInputError(
             f"the new index would hold {new} documents, {what} holds {live}: "
             f"{live - new} fewer, more than {config.max_drop:.0%} of them; not published "

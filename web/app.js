@@ -439,7 +439,7 @@
       ["Text", "BM25 over captions, like OpenSearch's match query: stemmed English, any term may match."],
       ["Vector", "The query's CLIP embedding against image embeddings — finds images that have no caption."],
       ["Hybrid", "Both lists min-max normalised and mixed: (1 − α)·text + α·vector."],
-      ["Image", "Drop an image to find similar ones; add text to make it hybrid. Click any result for its neighbours."],
+      ["Image", "Drop an image to find similar ones; add text to make it hybrid. Open any result for its full record and similar images; an image id or link finds images like it."],
     ]) {
       const li = document.createElement("li");
       const b = document.createElement("strong");
@@ -868,7 +868,12 @@
     switcher.addEventListener("change", (e) => {
       if (e.target.name === "smode") navigate(withChanges({ smode: e.target.value, offset: 0 }));
     });
-    body.append(caption, meta, switcher);
+    const details = document.createElement("button");
+    details.type = "button";
+    details.className = "btn btn-link btn-small banner-details";
+    details.textContent = "Image details";
+    details.addEventListener("click", () => openDetail(id));
+    body.append(caption, meta, switcher, details);
     close.textContent = "← Back to search";
     close.addEventListener("click", () => navigate(withChanges({ similar: null, offset: 0 })));
     // The record gives the caption and metadata; a failure here leaves the id as the caption.

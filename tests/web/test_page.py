@@ -196,6 +196,13 @@ def test_similar_images_with_mode_switch_and_back_forward(
     expect(page.locator("#context")).to_be_hidden()
     page.go_forward()
     expect_ids(page, ids_of(similar))
+    # And the source image's details are one click away, and close back onto these results
+    page.click("#context .banner-details")
+    expect(page.locator("#detail")).to_have_attribute("data-image-id", source)
+    expect(page.locator("#detail")).to_have_attribute("data-state", "done")
+    page.keyboard.press("Escape")
+    expect(page.locator("#detail")).to_be_hidden()
+    expect_ids(page, ids_of(similar))
 
 
 def test_uploaded_image_finds_itself_first(page: Any, web_server: str, synth_corpus: Path) -> None:

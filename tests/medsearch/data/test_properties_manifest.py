@@ -23,6 +23,7 @@ from medsearch.data.manifest import (
     SPLITS,
     Record,
     read_manifest,
+    truncate_caption,
     write_manifest,
 )
 
@@ -108,3 +109,23 @@ def test_given_any_records_when_written_as_csv_and_read_then_equal(rows: list[Re
         folder = Path(tmp)
         write_csv(folder / "manifest.csv", rows)
         assert read_manifest(folder / "manifest.csv") == placed(rows, folder)
+
+
+@given(
+    text=st.text(st.characters(exclude_categories=("Cs",)), max_size=200),
+    limit=st.integers(1, 120),
+)
+@example(text="ab 🫁🫁🫁", limit=9)
+def test_given_any_caption_when_truncated_then_a_prefix_within_the_limit_never_mid_character(
+    text: str, limit: int
+) -> None:
+    cut = truncate_caption(text, limit=limit)
+    if len(text.encode("utf-8")) <= limit:
+        assert cut == text
+        return
+    assert len(cut.encode("utf-8")) <= limit  # encodes: no half character
+    assert text.startswith(cut) and cut == cut.rstrip()
+    # Of what fits in the limit, only whitespace and at most its last quarter (to end at a word)
+    # are given up, plus the bytes of a character the limit splits
+    fits = text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+    assert len(fits[len(cut) :].strip().encode("utf-8")) <= limit / 4 + 3

@@ -191,16 +191,14 @@ def iter_rows(manifest: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str,
         if not line.strip():
             continue
         try:
-            yield (
-                f"{name}:{number}",
-                json.loads(line, parse_constant=_refuse_constant, object_pairs_hook=_one_value),
-            )
+            row = json.loads(line, parse_constant=_refuse_constant, object_pairs_hook=_one_value)
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
         except ValueError as exc:
             raise ManifestError(f"{name}:{number}: {exc}") from None
         except RecursionError:
             raise ManifestError(f"{name}:{number}: JSON nested too deeply") from None
+        yield f"{name}:{number}", row
 
 
 def _one_value(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

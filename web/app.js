@@ -605,6 +605,7 @@
     }
     if (open) items.push(gap());
     el.pages.replaceChildren(...items);
+    el.pages.hidden = last === 1 && !open; // one page needs no numbers
     function gap() {
       const li = document.createElement("li");
       li.className = "page-gap";
@@ -1455,6 +1456,19 @@
     });
     el.retry.addEventListener("click", retry);
     bindDetail();
+    // Arrow keys move between result cards: left/right by one, up/down by a row of the grid.
+    el.results.addEventListener("keydown", (e) => {
+      const link = e.target.closest && e.target.closest(".card-link");
+      if (!link || e.altKey || e.ctrlKey || e.metaKey) return;
+      const cards = [...el.results.querySelectorAll(".card:not(.skeleton)")];
+      const i = cards.indexOf(link.closest(".card"));
+      const perRow = Math.max(1, cards.filter((c) => c.offsetTop === cards[0].offsetTop).length);
+      const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -perRow, ArrowDown: perRow }[e.key];
+      if (!step || i < 0) return;
+      const target = cards[i + step];
+      e.preventDefault();
+      target?.querySelector(".card-link").focus();
+    });
     for (const r of el.form.querySelectorAll('input[name="mode"]')) {
       r.addEventListener("change", () => {
         if (!r.checked) return;

@@ -343,3 +343,39 @@ def test_given_a_link_to_a_corpus_image_when_pasted_in_the_search_box_then_simil
     assert "q" not in page_params(page)
     expect(page.locator("#q")).to_have_value("")
     page.screenshot(path=str(artifacts / "id-search-link-in-search-box.png"))
+
+
+def test_given_a_focused_result_when_arrow_keys_are_pressed_then_focus_moves_through_the_grid(
+    page: Any, web_server: str, artifacts: Path
+) -> None:
+    # Given text results with the keyboard on the first card
+    page.goto(f"/?q={urllib.parse.quote(QUERY)}&mode=text")
+    expected = search_api(web_server, q=QUERY, mode="text", k=DEFAULT_K)
+    ids = ids_of(expected)
+    expect_ids(page, ids)
+    per_row = page.evaluate(
+        """() => { const cards = [...document.querySelectorAll('#results .card')];
+                   return cards.filter((c) => c.offsetTop === cards[0].offsetTop).length; }"""
+    )
+    assert 1 < per_row < len(ids)
+    page.locator(".card-link").first.focus()
+
+    def focused_id() -> str:
+        return page.evaluate("document.activeElement.closest('.card').dataset.imageId")
+
+    # When right, down, left and up are pressed
+    page.keyboard.press("ArrowRight")
+    # Then focus walks the grid: one card right, a row down, one left, a row up
+    assert focused_id() == ids[1]
+    page.keyboard.press("ArrowDown")
+    assert focused_id() == ids[1 + per_row]
+    page.keyboard.press("ArrowLeft")
+    assert focused_id() == ids[per_row]
+    page.keyboard.press("ArrowUp")
+    assert focused_id() == ids[0]
+    page.keyboard.press("ArrowLeft")
+    assert focused_id() == ids[0]
+    page.screenshot(path=str(artifacts / "results-keyboard-focus.png"))
+    # When Enter is pressed, the focused result's detail opens
+    page.keyboard.press("Enter")
+    expect_detail(page, ids[0])

@@ -72,8 +72,10 @@ fuzz: install
 # cold start in fresh processes, also on the built package where python3.12 is installed.
 # bench/train_data.py times the training data path and validation epoch (quick; --full for more).
 # bench/gpu.py measures training, loading and vectorizing on a GPU (says so and ends without one).
+# bench/query_latency.py times every mode through a served API with a ViT-B/32-shaped model.
 bench: install lambda-package
 	$(BIN)/python bench/search_latency.py
+	$(BIN)/python bench/query_latency.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/opensearch.py
 	$(BIN)/python bench/fusion_depth.py

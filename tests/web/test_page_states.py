@@ -191,3 +191,54 @@ def test_given_the_api_unreachable_when_it_returns_then_the_light_turns_back_unp
     expect(health).to_have_text(f"{body['documents']} images · model {body['model']}")
     expect(page.locator("#retry")).to_be_hidden()
     page.screenshot(path=str(artifacts / "states-api-back-unprompted.png"), clip=_header(page))
+
+
+def _site_csp() -> str:
+    """The Content-Security-Policy the CloudFront site sends (infra/site.py), read from its
+    source so that the test follows it without importing the CDK."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "infra" / "site.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "CONTENT_SECURITY_POLICY" for t in node.targets
+        ):
+            assert isinstance(node.value, ast.Call) and node.value.args
+            return "; ".join(ast.literal_eval(node.value.args[0]))
+    raise AssertionError("infra/site.py has no CONTENT_SECURITY_POLICY")
+
+
+def test_given_the_site_csp_when_results_and_the_detail_show_then_nothing_is_blocked(
+    page: Any, web_server: str, artifacts: Path
+) -> None:
+    # Given the page served with the deployed site's Content-Security-Policy
+    csp = _site_csp()
+    assert "style-src 'self'" in csp
+
+    def with_csp(route: Any) -> None:
+        response = route.fetch()
+        route.fulfill(
+            response=response, headers={**response.headers, "content-security-policy": csp}
+        )
+
+    page.route(lambda url: urllib.parse.urlsplit(url).path == "/", with_csp)
+    page.add_init_script(
+        """window.__blocked = [];
+        document.addEventListener("securitypolicyviolation",
+            (e) => window.__blocked.push(`${e.violatedDirective} ${e.blockedURI}`));"""
+    )
+    # When a hybrid search shows its meters, and a result's detail opens and zooms
+    page.goto(f"/?q={urllib.parse.quote(QUERY)}&mode=hybrid")
+    expected = search_api(web_server, q=QUERY, mode="hybrid", alpha="0.50", k=DEFAULT_K)
+    expect_ids(page, ids_of(expected))
+    page.locator(".card-link").first.click()
+    expect(page.locator("#detail")).to_have_attribute("data-state", "done")
+    page.click("#detail-zoom")
+    expect(page.locator("#detail-zoom")).to_have_attribute("aria-pressed", "true")
+    # Then the policy blocked nothing, and the meters' widths (set through the CSSOM) apply
+    assert page.evaluate("window.__blocked") == []
+    fill = page.locator(".card .why-text .why-fill").first
+    assert fill.evaluate("f => f.getBoundingClientRect().width") > 0
+    expect(page.locator("#detail-img")).to_have_js_property("complete", True)
+    assert page.locator("#detail-img").evaluate("img => img.naturalWidth") > 0
+    page.screenshot(path=str(artifacts / "states-under-site-csp.png"))

@@ -1520,7 +1520,8 @@
 
     document.addEventListener("keydown", (e) => {
       const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement?.tagName || "");
-      if (e.key === "/" && !typing && !e.metaKey && !e.ctrlKey) {
+      // The detail is modal: the search box behind it cannot take focus until it closes.
+      if (e.key === "/" && !typing && !e.metaKey && !e.ctrlKey && !el.detail.open) {
         e.preventDefault();
         el.q.focus();
         el.q.select();

@@ -1714,12 +1714,18 @@ def _error_kind(error: Any) -> str:
         error = causes[0]
     types = [str(error.get("type") or "error")]
     reason = str(error.get("reason") or "")
+    if types[0] in _INDEX_ERRORS:
+        return f"{types[0]}: {reason}"  # their reason names the index, nothing a client sent
     while isinstance(error.get("caused_by"), Mapping):
         error = error["caused_by"]
         types.append(str(error.get("type") or "error"))
     return f"{' caused by '.join(types)} (reason of {len(reason)} characters not shown)"
 
 
+# Errors about an index itself, whose reason quotes only the index's name: shown whole.
+_INDEX_ERRORS = frozenset(
+    {"index_not_found_exception", "index_closed_exception", "resource_already_exists_exception"}
+)
 # Requests whose errors may quote documents or query text: only the error's kind is shown.
 _DATA_ENDPOINTS = frozenset(
     {"_bulk", "_search", "_msearch", "_mget", "_doc", "_count", "_update", "_delete_by_query"}

@@ -307,3 +307,24 @@ def test_given_the_upload_schema_when_read_then_optional_fields_have_no_null_typ
     assert (fields["k"]["minimum"], fields["k"]["maximum"]) == (1, 100)
     parameters = schema["paths"]["/search/image"]["post"]["parameters"]
     assert all("anyOf" not in p["schema"] for p in parameters)
+
+
+def test_given_the_cli_when_search_json_then_links_are_relative_or_under_the_public_url(
+    tmp_path: Path,
+    corpus: list[Document],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from medsearch.cli import main
+
+    build_index(tmp_path / "index", corpus, model_id="colour-encoder")
+    argv = ["search", "--index", str(tmp_path / "index"), "--mode", "text", "--json", "chest"]
+    assert main(argv) == 0
+    links = [r["image_url"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert links and all(link.startswith("images/") for link in links)
+    monkeypatch.setenv("MEDSEARCH_PUBLIC_BASE_URL", "https://search.example.org")
+    assert main(argv) == 0
+    links = [r["image_url"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert all(link.startswith("https://search.example.org/images/") for link in links)

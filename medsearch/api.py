@@ -16,6 +16,7 @@ results is worse than an error; an empty value (``?modality=``) sets no constrai
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -267,11 +268,21 @@ class LazyService:
             except Exception as exc:
                 log.exception("search service failed to start")
                 reason = str(exc) if isinstance(exc, MedsearchError) else type(exc).__name__
-                message = f"the search service is not available: {reason}"
+                # Clients are told why, but not where the server keeps its files (the log has it).
+                message = f"the search service is not available: {without_disk_paths(reason)}"
                 self._failure = (time.monotonic(), message)
                 raise SearchIndexError(message) from exc
             self._failure = None
             return self._service
+
+
+_DISK_PATH = re.compile(r"(?<![\w:/.~-])(?:~|\.{1,2})?(?:/[\w.@+-]+)+/([\w.@+-]+)/?")
+
+
+def without_disk_paths(text: str) -> str:
+    """Return ``text`` with each absolute or relative disk path shown by its last part only
+    (``/srv/models/ft-2026`` -> ``ft-2026``); URLs (``s3://``, ``https://``) are left alone."""
+    return _DISK_PATH.sub(r"\1", text)
 
 
 def get_service(request: Request) -> SearchService:

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from medsearch import storage
+from medsearch.data import images
 from medsearch.data.images import (
     ACCEPTED_MEDIA_TYPES,
     DEFAULT_MAX_PIXELS,
@@ -153,6 +154,37 @@ def test_given_palette_png_with_transparency_when_decoded_then_transparent_is_bl
     image = decode_image(data)
     assert image.getpixel((0, 0)) == (255, 0, 0)
     assert image.getpixel((3, 3)) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P-transparent", "I;16", "I", "F"])
+def test_given_an_image_decoded_in_many_strips_then_pixels_equal_the_whole_image_conversion(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a random image, and strips of 3 rows (the decoder's strips bound its memory)
+    rng = np.random.default_rng(7)
+    height, width = 31, 17
+    monkeypatch.setattr(images, "_BLOCK_PIXELS", 3 * width)
+    rgba = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    if mode == "P-transparent":
+        source = Image.fromarray(rgba[..., :3]).quantize(32)
+        source.info["transparency"] = bytes(range(0, 256, 8))
+    elif mode in ("RGBA", "LA"):
+        source = Image.fromarray(rgba).convert(mode)
+    else:
+        dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+        source = Image.fromarray(rng.normal(3000, 900, (height, width)).astype(dtype))
+        assert source.mode == mode
+    # When it is converted to RGB, Then every pixel is what the whole-image conversion gives
+    if mode in ("I;16", "I", "F"):
+        values = np.asarray(source).astype(np.float64)
+        low, high = values.min(), values.max()
+        gray = np.round((values - low) / (high - low) * 255.0).astype(np.uint8)
+        expected = np.asarray(Image.fromarray(gray).convert("RGB"))
+    else:
+        whole = source.convert("RGBA")
+        black = Image.new("RGBA", whole.size, (0, 0, 0, 255))
+        expected = np.asarray(Image.alpha_composite(black, whole).convert("RGB"))
+    assert np.array_equal(np.asarray(images._to_rgb(source)), expected)
 
 
 def test_given_cmyk_jpeg_when_decoded_then_rgb_colour_is_right() -> None:

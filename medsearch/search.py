@@ -77,6 +77,10 @@ RESERVED_PARAMS = frozenset({"q", "mode", "alpha", "k", "offset"})
 # A hit shows at most this much of its caption (the image record has all of it), so a page's
 # size has a known bound: k <= MAX_K hits of at most this many characters each.
 MAX_HIT_CAPTION_CHARS = 1000
+# Likewise a hit's metadata: at most this many bytes of JSON, each text value at most
+# MAX_HIT_METADATA_VALUE_CHARS characters (a bigger value is cut, or left out if not text).
+MAX_HIT_METADATA_BYTES = 4096
+MAX_HIT_METADATA_VALUE_CHARS = 256
 # The characters a query may hold, as the OpenAPI schema states it: no control characters except
 # tab, newline and carriage return (read as spaces), and at least one that is not whitespace.
 _QUERY_CHAR = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
@@ -110,7 +114,14 @@ class SearchResult(BaseModel):
     score: float = Field(description="ranking score (raw BM25, cosine, or the fused score)")
     bm25_score: float | None = Field(description="raw BM25 score; null if not in the text list")
     vector_score: float | None = Field(description="cosine similarity; null if not in the kNN list")
-    metadata: dict[str, Any]
+    metadata: dict[str, Any] = Field(
+        description=f"at most {MAX_HIT_METADATA_BYTES} bytes of it as JSON; text values cut to "
+        f"{MAX_HIT_METADATA_VALUE_CHARS} characters"
+    )
+    metadata_truncated: bool = Field(
+        default=False,
+        description="some metadata was cut or left out: GET /images/{image_id} has all of it",
+    )
     image_url: str | None
 
 
@@ -323,6 +334,28 @@ def cut_caption(caption: str | None) -> tuple[str | None, bool]:
     if caption is None or len(caption) <= MAX_HIT_CAPTION_CHARS:
         return caption, False
     return caption[: MAX_HIT_CAPTION_CHARS - 1] + "…", True
+
+
+def cut_metadata(metadata: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Return a hit's metadata within :data:`MAX_HIT_METADATA_BYTES` of JSON, and whether any
+    of it was cut: long text values are cut, other values too big and keys past the budget are
+    left out (in their order), so a page's size is bounded whatever the records hold."""
+    import json
+
+    shown: dict[str, Any] = {}
+    cut = False
+    used = 2  # the braces
+    for key, value in metadata.items():
+        if isinstance(value, str) and len(value) > MAX_HIT_METADATA_VALUE_CHARS:
+            value, cut = value[: MAX_HIT_METADATA_VALUE_CHARS - 1] + "…", True
+        size = len(json.dumps({key: value}, ensure_ascii=False).encode("utf-8"))
+        too_big = not isinstance(value, str) and size > MAX_HIT_METADATA_VALUE_CHARS + 64
+        if too_big or used + size > MAX_HIT_METADATA_BYTES:
+            cut = True
+            continue
+        shown[key] = value
+        used += size  # counted with its own braces: an upper bound of what it adds
+    return shown, cut
 
 
 @runtime_checkable
@@ -687,6 +720,7 @@ class SearchService:
             if document is None:  # deleted between the search and the lookup
                 continue
             caption, truncated = cut_caption(document.caption)
+            metadata, metadata_cut = cut_metadata(_json_safe(document.metadata))
             results.append(
                 SearchResult(
                     image_id=hit.image_id,
@@ -695,7 +729,8 @@ class SearchService:
                     score=_score(hit.score) or 0.0,
                     bm25_score=_score(hit.text_score),
                     vector_score=_score(hit.vector_score),
-                    metadata=_json_safe(document.metadata),
+                    metadata=metadata,
+                    metadata_truncated=metadata_cut,
                     image_url=self.image_url(document),
                 )
             )

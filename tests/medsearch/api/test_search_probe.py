@@ -4,6 +4,7 @@ fields that are not facets, the OpenAPI schema against what the server does, res
 from __future__ import annotations
 
 import dataclasses
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -328,3 +329,33 @@ def test_given_the_cli_when_search_json_then_links_are_relative_or_under_the_pub
     assert main(argv) == 0
     links = [r["image_url"] for r in json.loads(capsys.readouterr().out)["results"]]
     assert all(link.startswith("https://search.example.org/images/") for link in links)
+
+
+def test_given_huge_metadata_when_it_is_a_hit_then_bounded_and_flagged_and_whole_in_the_record(
+    corpus: list[Document], encoder: ColourEncoder
+) -> None:
+    from medsearch.search import MAX_HIT_METADATA_BYTES, MAX_HIT_METADATA_VALUE_CHARS
+
+    huge = {
+        **corpus[0].metadata,
+        "notes": "x" * 1_000_000,
+        "series": list(range(100_000)),
+        **{f"field_{i:04d}": "value" for i in range(2000)},
+    }
+    documents = [dataclasses.replace(corpus[0], metadata=huge), *corpus[1:]]
+    client = client_for(SearchService(MemoryIndex(documents), encoder))
+    response = client.get("/search?q=chest&mode=text&k=100")
+    hits = response.json()["results"]
+    first = next(r for r in hits if r["image_id"] == corpus[0].image_id)
+    shown = first["metadata"]
+    assert first["metadata_truncated"] is True
+    assert len(json.dumps(shown).encode()) <= MAX_HIT_METADATA_BYTES
+    assert shown["modality"] == corpus[0].metadata["modality"] and "series" not in shown
+    assert len(shown["notes"]) == MAX_HIT_METADATA_VALUE_CHARS
+    assert not any(r["metadata_truncated"] for r in hits if r is not first)
+    assert len(response.content) < 2_000_000  # the record alone is 2 MB of metadata
+    record = client.get(f"/images/{corpus[0].image_id}").json()
+    assert (
+        record["metadata"]["notes"] == huge["notes"]
+        and len(record["metadata"]["series"]) == 100_000
+    )

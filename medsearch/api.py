@@ -10,7 +10,8 @@ a 500 means a fault in the server, and is logged.
 Filters: every query parameter other than the endpoint's own is a metadata filter
 (``?modality=CT&modality=MRI&plane=axial`` = (CT or MRI) and axial). A field the index does not
 know is a 422 that lists the filterable fields, because a misspelt field silently giving no
-results is worse than an error; an empty value (``?modality=``) sets no constraint.
+results is worse than an error; an empty value (``?modality=``) sets no constraint. A numeric
+field also filters by an inclusive range, ``?size_cm_min=2&size_cm_max=5``.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import threading
 import time
 import unicodedata
@@ -87,6 +88,14 @@ _QUERY_CHAR = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 QUERY_PATTERN = rf"^{_QUERY_CHAR}*[^\s\x00-\x1f\x7f-\x9f]{_QUERY_CHAR}*$"
 # An upload's optional text: the same characters, and blank means "no text".
 OPTIONAL_QUERY_PATTERN = rf"^{_QUERY_CHAR}*$"
+# A range filter on a numeric field: ``<field>_min`` / ``<field>_max`` (inclusive bounds).
+RANGE_SUFFIXES = ("_min", "_max")
+# A range is answered as the field's values within it, matched exactly (the same on every
+# engine); a field with more distinct values than this is refused a range.
+MAX_RANGE_FIELD_VALUES = 10_000
+# A value no metadata holds (it has a control character): a range that takes in no value.
+NO_VALUE = "\x00none"
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 # How often an unknown filter field may trigger a fresh look at the index's fields.
 FIELD_REFRESH_SECONDS = 5.0
 # Tab, newline and carriage return in a query are whitespace (pasted text); other controls are not.
@@ -359,6 +368,23 @@ def cut_metadata(metadata: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
 
 
 @runtime_checkable
+class ListsFieldValues(Protocol):
+    """An index that can list up to ``limit`` distinct values of one metadata field (OpenSearch;
+    the embedded engine's ``facets([field])`` already lists all of them)."""
+
+    def field_values(self, field: str, limit: int) -> dict[str, int]:
+        """Return the field's values with their document counts, at most ``limit`` of them."""
+        ...
+
+
+def _number(text: str, name: str) -> float:
+    """Return a range bound, or raise: a plain decimal number."""
+    if not _NUMBER.fullmatch(text.strip()):
+        raise InvalidInputError(f"filter {name!r}: a range bound must be a number, got {text!r}")
+    return float(text)
+
+
+@runtime_checkable
 class ListsFilterFields(Protocol):
     """An index that can name every metadata field it filters on, facet or not (both engines)."""
 
@@ -525,16 +551,63 @@ class SearchService:
         cleaned = clean_filters(filters)
         if not cleaned:
             return cleaned
-        unknown = set(cleaned) - self.filter_fields()
+        unknown = {name for name in cleaned if not self._known_filter(name)}
         if unknown:
-            unknown = set(cleaned) - self.filter_fields(refresh=True)
+            self.filter_fields(refresh=True)
+            unknown = {name for name in cleaned if not self._known_filter(name)}
         if unknown:
             known = ", ".join(sorted(self.filter_fields())) or "none"
             raise InvalidInputError(
                 f"unknown filter field(s) {', '.join(sorted(map(repr, unknown)))}; "
-                f"filterable fields: {known}"
+                f"filterable fields: {known} (a numeric one also as <field>_min, <field>_max)"
             )
-        return cleaned
+        return self._ranges_as_values(cleaned)
+
+    def _known_filter(self, name: str) -> bool:
+        """Whether ``name`` is a filter field, or ``<field>_min`` / ``<field>_max`` of one."""
+        fields = self.filter_fields()
+        if name in fields:
+            return True
+        return name.endswith(RANGE_SUFFIXES) and name[:-4] in fields
+
+    def _ranges_as_values(self, filters: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Replace ``<field>_min`` / ``<field>_max`` by the field's numeric values in the range
+        (inclusive; several bounds: the tightest), so each engine matches them exactly."""
+        fields = self.filter_fields()
+        bounds: dict[str, list[float]] = {}
+        out: dict[str, list[str]] = {}
+        for name, values in filters.items():
+            if name in fields or not name.endswith(RANGE_SUFFIXES):
+                out[name] = values
+                continue
+            field, is_min = name[:-4], name.endswith("_min")
+            low, high = bounds.setdefault(field, [-math.inf, math.inf])
+            for value in values:
+                number = _number(value, name)
+                low, high = (max(low, number), high) if is_min else (low, min(high, number))
+            bounds[field] = [low, high]
+        for field, (low, high) in bounds.items():
+            known = self._field_values(field)
+            inside = [v for v in known if _NUMBER.fullmatch(v) and low <= float(v) <= high]
+            if field in out:  # an exact filter on the same field as well: both must hold
+                inside = [v for v in out[field] if v in inside]
+            out[field] = inside or [NO_VALUE]
+        return out
+
+    def _field_values(self, field: str) -> list[str]:
+        """Every distinct value of a field, or InvalidInputError when there are too many for a
+        range to list."""
+        index = self.index
+        if isinstance(index, ListsFieldValues):
+            values = index.field_values(field, MAX_RANGE_FIELD_VALUES + 1)
+        else:
+            values = index.facets([field]).get(field, {})
+        if len(values) > MAX_RANGE_FIELD_VALUES:
+            raise InvalidInputError(
+                f"filter {field!r} has over {MAX_RANGE_FIELD_VALUES} distinct values: too many "
+                "for a range; filter on exact values instead"
+            )
+        return list(values)
 
     def record(self, image_id: str) -> ImageRecord:
         """Return one image's record, or raise NotFoundError."""

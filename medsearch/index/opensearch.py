@@ -1348,13 +1348,17 @@ class OpenSearchIndex:
         self._layout = _Layout(dims.pop(), LEGACY_BM25_FACTOR, spaces.pop(), read_at=self._clock())
         return self._layout
 
-    def facets(self, fields: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
-        """Return metadata fields with their values and counts (``terms`` aggregations)."""
+    def facets(
+        self, fields: Sequence[str] | None = None, *, size: int | None = None
+    ) -> dict[str, dict[str, int]]:
+        """Return metadata fields with their values and counts (``terms`` aggregations of
+        ``size`` buckets each, the configured facet size by default)."""
         names = list(fields) if fields is not None else self._metadata_fields()
         if not names:
             return {}
+        buckets = size if size is not None else self.config.facet_size
         aggs = {
-            name: {"terms": {"field": f"{METADATA_FIELD}.{name}", "size": self.config.facet_size}}
+            name: {"terms": {"field": f"{METADATA_FIELD}.{name}", "size": buckets}}
             for name in names
         }
         answer = self._search({"size": 0, "aggs": aggs, "track_total_hits": False})
@@ -1365,6 +1369,11 @@ class OpenSearchIndex:
             if values:
                 out[name] = values
         return out
+
+    def field_values(self, field: str, limit: int) -> dict[str, int]:
+        """Return up to ``limit`` distinct values of a metadata field with their counts (a
+        ``terms`` aggregation): what a range filter is answered with."""
+        return self.facets([field], size=limit).get(field, {})
 
     def filter_fields(self) -> list[str]:
         """Return every metadata field with scalar values: each is a keyword, so each filters by

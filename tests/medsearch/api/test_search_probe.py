@@ -114,6 +114,46 @@ def test_given_a_numeric_field_that_is_no_facet_when_filtered_on_then_exact_valu
     assert unknown.status_code == 422 and "size_cm" in unknown.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("query", "keep"),
+    [
+        ("size_cm_min=1&size_cm_max=13", lambda size: 1 <= size <= 13),
+        ("size_cm_max=1", lambda size: size <= 1),
+        ("size_cm_min=4.6", lambda size: size >= 4.6),
+        ("size_cm_min=1&size_cm_min=5", lambda size: size >= 5),  # the tightest bound holds
+        ("size_cm_min=1&size_cm=12", lambda size: size == 12),  # and an exact value with it
+        ("size_cm_min=100", lambda size: False),
+    ],
+)
+def test_given_a_numeric_field_when_filtered_by_a_range_then_the_values_inside_match(
+    tmp_path: Path, corpus: list[Document], encoder: ColourEncoder, query: str, keep: Any
+) -> None:
+    documents = sized(corpus)
+    engine = build_index(tmp_path / "index", documents, model_id="colour-encoder")
+    client = client_for(SearchService(engine, encoder))
+    for mode in ("text", "vector"):
+        response = client.get(f"/search?q=chest red mass&mode={mode}&k=100&{query}")
+        assert response.status_code == 200, response.text
+        got = {r["image_id"] for r in response.json()["results"]}
+        allowed = {d.image_id for d in documents if keep(d.metadata["size_cm"])}
+        assert got <= allowed and (got or not allowed), (mode, query)
+        if mode == "vector":  # every image has a vector: all allowed ones are found
+            assert got == allowed and response.json()["total"] == len(allowed)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [("size_cm_min=abc", "must be a number"), ("size_min=1", "unknown filter field"),
+     ("size_cm_max=1e", "must be a number")],
+)  # fmt: skip
+def test_given_a_bad_range_when_filtering_then_422_saying_why(
+    tmp_path: Path, corpus: list[Document], encoder: ColourEncoder, query: str, message: str
+) -> None:
+    engine = build_index(tmp_path / "index", sized(corpus), model_id="colour-encoder")
+    response = client_for(SearchService(engine, encoder)).get(f"/search?q=chest&{query}")
+    assert response.status_code == 422 and message in response.json()["detail"]
+
+
 @pytest.mark.live
 def test_given_both_engines_when_filtering_on_a_numeric_field_then_the_same_results(
     tmp_path: Path, corpus: list[Document], encoder: ColourEncoder, node_index: Any
@@ -131,7 +171,11 @@ def test_given_both_engines_when_filtering_on_a_numeric_field_then_the_same_resu
         pages = [
             client.get(f"/search?q=chest red mass&mode={mode}&size_cm={size}&k=100")
             for mode in ("text", "vector")
-            for size in ("4.6", "12", "0.5")
+            for size in ("4.6", "12", "0.5", "0.5&size_cm_min=0", "12&size_cm_max=4.6")
+        ] + [
+            client.get(f"/search?q=chest red mass&mode={mode}&{bounds}&k=100")
+            for mode in ("text", "vector")
+            for bounds in ("size_cm_min=1", "size_cm_max=4.6", "size_cm_min=0.5&size_cm_max=5")
         ]
         assert all(page.status_code == 200 for page in pages), [p.text for p in pages]
         answers.append([sorted(r["image_id"] for r in p.json()["results"]) for p in pages])

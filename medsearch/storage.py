@@ -16,6 +16,8 @@ they are guarded: regular files only, opened without blocking, read no further t
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import logging
 import os
@@ -205,6 +207,36 @@ def read_text(url: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_READ_
         raise StorageError(f"{url} is not UTF-8 text: {exc}") from exc
 
 
+@functools.cache
+def _file_mode() -> int:
+    """The mode a plain ``open()`` gives a new file: 0o666 less the process's umask.
+
+    ``mkstemp`` makes its file 0o600 whatever the umask, so output written through it (models,
+    reports, vectors, an index's CURRENT) could not be read by a service running as another
+    user. Read from /proc where it is (setting the umask to read it is not thread-safe).
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """Create a temporary file next to ``path`` (for an atomic rename onto it), with the mode
+    ``open()`` would give ``path``; return its descriptor and name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, _file_mode())
+    except OSError:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
+
+
 def write_bytes(url: str | os.PathLike[str], data: bytes) -> None:
     """Write a whole file (atomically, through a temporary file and a rename) or object."""
     if is_s3(url):
@@ -212,7 +244,7 @@ def write_bytes(url: str | os.PathLike[str], data: bytes) -> None:
         return
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -283,7 +315,7 @@ def write_stream(url: str | os.PathLike[str], stream: IO[bytes]) -> None:
         return
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             shutil.copyfileobj(stream, handle)

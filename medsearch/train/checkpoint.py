@@ -20,7 +20,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -183,7 +182,7 @@ def save_checkpoint(folder: Path, epoch: int, state: dict[str, Any]) -> Path:
     """
     folder.mkdir(parents=True, exist_ok=True)
     target = checkpoint_path(folder, epoch)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.")
+    fd, tmp = storage.temp_file_beside(target)
     os.close(fd)
     try:
         torch.save({**state, "epoch": epoch, "rng": rng_state()}, tmp)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import re
 import stat
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -168,3 +171,30 @@ def test_given_the_boto3_store_when_created_then_s3_calls_have_short_timeouts(
     assert config.connect_timeout == CONNECT_TIMEOUT_S <= 10
     assert config.read_timeout == READ_TIMEOUT_S <= 60
     assert config.retries["total_max_attempts"] == MAX_ATTEMPTS
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_given_a_umask_when_outputs_are_written_then_their_mode_is_what_open_would_give(
+    tmp_path: Path, umask: int, mode: int
+) -> None:
+    # In a fresh process, so the umask is the process's from its start (as a service runs)
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        os.umask({umask:#o})
+        from pathlib import Path
+        from medsearch import storage
+        from medsearch.index.embedded import build_index
+        from medsearch.index.base import Document
+        out = Path(sys.argv[1])
+        storage.write_text(out / "report.json", "{{}}")
+        with open(out / "stream.bin", "wb") as handle:
+            handle.write(b"x")
+        with open(out / "stream.bin", "rb") as handle:
+            storage.write_stream(out / "copy.bin", handle)
+        build_index(out / "index", [Document("a", "a caption", None)])
+        """
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=120)
+    for name in ("report.json", "copy.bin", "index/CURRENT"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name

@@ -1027,6 +1027,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The OpenSearch client logs every non-2xx answer, also those the engine expects (a 404 for
     # an alias not made yet); the engine logs its own retries and raises what matters.
     logging.getLogger("opensearch").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    # faiss logs at INFO each CPU build it tries (with a ModuleNotFoundError for every one absent).
+    logging.getLogger("faiss").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except MedsearchError as exc:

@@ -148,3 +148,16 @@ def test_given_serve_when_started_then_the_api_and_page_answer_on_127_0_0_1(
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_given_a_fresh_process_when_searching_then_no_faiss_loader_lines(text_index: Path) -> None:
+    # faiss is imported in the command's own process, as a user runs it
+    run = subprocess.run(
+        [sys.executable, "-m", "medsearch.cli", "search", "--index", str(text_index), "femur"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "faiss" not in run.stderr and "ModuleNotFoundError" not in run.stderr

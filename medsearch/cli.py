@@ -9,9 +9,11 @@ Errors the user can fix end as one line on stderr and exit status 2, never a tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,7 +42,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic captioned corpus with a query set")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--n", type=int, default=None, help="number of images (default: the demo size)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of images, captions and queries")
     p.add_argument(
         "--captionless", type=float, default=None, help="fraction of images without a caption"
     )
@@ -98,7 +100,12 @@ def _run_import_imageclef(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from medsearch.train.config import TrainConfig, field_help  # torch-free
+    from medsearch.train.config import (  # torch-free
+        PRETRAINED_DEFAULTS,
+        TINY_DEFAULTS,
+        TrainConfig,
+        field_help,
+    )
 
     p = sub.add_parser(
         "train",
@@ -111,8 +118,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     kinds = TrainConfig.__annotations__
     # One flag per TrainConfig field, with the field's own help; absent flags stay unset
     # (SUPPRESS) so the config file's values are only overridden by flags actually given.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for name, text in field_help().items():
         flag = "--" + name.replace("_", "-")
+        # The flags' own default is SUPPRESS; the help says what an unset option becomes.
+        default = defaults.get(name)
+        if re.search(r"\bdefault\b", text):
+            pass  # the help says it already
+        elif name in PRETRAINED_DEFAULTS:
+            text += f" (default: {PRETRAINED_DEFAULTS[name]}; tiny: {TINY_DEFAULTS[name]})"
+        elif default is not None and default is not False and default not in ("", Path()):
+            text += f" (default: {default})"
+        text = text.replace("%", "%%")
         kind = str(kinds[name])
         if "bool" in kind:
             p.add_argument(
@@ -657,8 +674,25 @@ def _run_evaluate_search(args: argparse.Namespace) -> int:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the API and the web page")
     _add_index_source(p)
-    p.add_argument("--model", required=True, help="model folder, HF id or s3:// prefix")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model folder, HF id or s3:// prefix (an ONNX export with --encoder onnx); "
+        "without one only text search is served",
+    )
+    p.add_argument(
+        "--encoder",
+        choices=("torch", "onnx"),
+        default=None,
+        help="encoder implementation (default: MEDSEARCH_ENCODER, else torch)",
+    )
+    p.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the ONNX export's int8 towers (default: MEDSEARCH_ONNX_INT8, else fp32)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--web", type=Path, default=None, help="web page folder (default: web/)")
     p.set_defaults(func=_run_serve)
@@ -668,7 +702,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     from medsearch.api import build_service, create_app, run_server
 
     web = args.web or Path(__file__).resolve().parent.parent / "web"
-    settings = _service_settings(args, model=args.model, web_dir=web)
+    chosen = {"encoder": args.encoder, "onnx_int8": args.int8}
+    given = {name: value for name, value in chosen.items() if value is not None}
+    settings = _service_settings(args, model=args.model, web_dir=web, **given)
     # Built now, not on the first request, so a bad index or model ends here with one line.
     service = build_service(settings)
     app = create_app(settings, service_factory=lambda: service)
@@ -685,9 +721,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="synth → train → evaluate → vectorize → index → evaluate-search → serve"
     )
-    p.add_argument("--workdir", type=Path, default=Path("demo"))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workdir", type=Path, default=Path("demo"), help="folder for everything the demo builds"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on")
+    p.add_argument("--port", type=int, default=8000, help="port to serve on (0 picks a free one)")
     p.add_argument("--no-serve", action="store_true", help="build everything, then exit")
     p.set_defaults(func=_run_demo)
 
@@ -1013,7 +1051,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
         add(sub)
+    for command in sub.choices.values():
+        command.formatter_class = _DefaultsHelpFormatter
     return parser
+
+
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that ends each option with its default, where it has one worth saying.
+
+    argparse's ArgumentDefaultsHelpFormatter also prints ``None`` and ``False``, which here mean
+    "not given" (a default chosen later, named in the help text itself).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or re.search(r"\bdefault\b", text)
+            or f"({default})" in text
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

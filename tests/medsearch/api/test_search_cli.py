@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import CORPUS, make_image
+from fastapi.testclient import TestClient
 
 from medsearch.cli import main
 from medsearch.index.base import Document
@@ -161,3 +162,72 @@ def test_given_a_fresh_process_when_searching_then_no_faiss_loader_lines(text_in
     )
     assert run.returncode == 0, run.stderr
     assert "faiss" not in run.stderr and "ModuleNotFoundError" not in run.stderr
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    from medsearch.model.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("cli-onnx") / "onnx"
+    export_onnx(str(tiny_model_dir), out, int8=True)
+    return out
+
+
+def _served_app(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run `medsearch serve` up to the server start and return the app it would serve."""
+    import medsearch.api
+
+    served: list[Any] = []
+    monkeypatch.setattr(medsearch.api, "run_server", lambda app, **_: served.append(app))
+    assert main(["serve", *argv, "--port", "0"]) == 0
+    (app,) = served
+    return app
+
+
+def test_given_no_model_when_serving_then_text_search_is_served(
+    text_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _served_app(["--index", str(text_index)], monkeypatch)
+    with TestClient(app) as client:
+        health = client.get("/health").json()
+        # no query encoder: text search, and similar images by their stored vectors
+        assert health["model"] is None and health["modes"] == ["text", "image", "image_text"]
+        body = client.get("/search", params={"q": "knee meniscus"}).json()
+        assert body["mode"] == "text" and {r["image_id"] for r in body["results"]} == {
+            "blue-01",
+            "blue-02",
+        }
+
+
+@pytest.mark.parametrize("int8", [True, False])
+def test_given_encoder_flags_when_serving_then_the_onnx_export_answers(
+    model_index: Path, onnx_export: Path, int8: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medsearch.model.onnx_encoder import OnnxEncoder
+
+    monkeypatch.delenv("MEDSEARCH_ENCODER", raising=False)
+    flags = ["--encoder", "onnx", "--int8" if int8 else "--no-int8"]
+    app = _served_app(
+        ["--index", str(model_index), "--model", str(onnx_export), *flags], monkeypatch
+    )
+    service = app.state.service_provider()
+    assert isinstance(service.encoder, OnnxEncoder) and service.encoder.int8 is int8
+    with TestClient(app) as client:
+        body = client.get("/search", params={"q": "knee", "k": 3}).json()
+        assert body["mode"] == "hybrid" and len(body["results"]) == 3
+
+
+def test_given_help_when_asked_then_options_say_their_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    serve = " ".join(capsys.readouterr().out.split())
+    assert "--port PORT 0 picks a free port (default: 8000)" in serve
+    assert "--host HOST address to listen on (default: 127.0.0.1)" in serve
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    train = " ".join(capsys.readouterr().out.split())
+    assert "--lr LR peak learning rate (default: 5e-05; tiny: 0.001)" in train
+    assert "--seed SEED seed of initialisation, shuffling and augmentation (default: 0)" in train
+    assert "(default: None)" not in serve + train and "(default: False)" not in serve + train

@@ -744,9 +744,10 @@ class SearchService:
 
     def _encoder(self, mode: str) -> Encoder:
         if self.encoder is None:
+            # Worded for the API and the CLI alike: both say "mode" and "model".
             raise InvalidInputError(
-                f"mode {mode!r} needs a model, and this service runs without one: "
-                "use mode=text, or start the service with a model"
+                f"mode {mode!r} needs a model and none is loaded: search in mode 'text', "
+                "or give a model"
             )
         return self.encoder
 

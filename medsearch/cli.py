@@ -99,6 +99,14 @@ def _run_import_imageclef(args: argparse.Namespace) -> int:
 # --- train / evaluate / vectorize ----------------------------------------------------------------
 
 
+def _figures(row: dict[str, Any]) -> str:
+    """``name value`` pairs: counts as integers, rates and ranks to 4 places."""
+    return "  ".join(
+        f"{k} {v}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} {v:.4f}"
+        for k, v in row.items()
+    )
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from medsearch.train.config import (  # torch-free
         PRETRAINED_DEFAULTS,
@@ -206,14 +214,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     storage.write_text(args.out, json.dumps(report, indent=2) + "\n")
     written = write_summary(report, args.out)
     bad_path = args.out.with_name(args.out.stem + ".bad_records.jsonl")
-    write_report(bad_path, bad)
+    if bad:
+        write_report(bad_path, bad)
+    else:
+        bad_path.unlink(missing_ok=True)  # a report from an earlier run would say otherwise
     t2i, i2t = report["text_to_image"], report["image_to_text"]
     print(f"evaluated {report['n']} images of split {args.split!r}")
-    print("in-batch  " + "  ".join(f"{k} {v:.4f}" for k, v in report["in_batch"].items()))
+    print("in-batch  " + _figures(report["in_batch"]))
     for name, row in (("text→image", t2i), ("image→text", i2t)):
-        print(f"{name} " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
+        print(f"{name} " + _figures(row))
     if "queries" in report:
-        print("queries    " + "  ".join(f"{k} {v:.4f}" for k, v in report["queries"].items()))
+        print("queries    " + _figures(report["queries"]))
     if bad:
         print(f"skipped {len(bad)} unreadable records: {bad_path}")
     print(f"report: {args.out} ({', '.join(str(p) for p in written)})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -501,6 +502,17 @@ def test_given_the_tiny_model_when_evaluate_command_runs_then_report_files_appea
     assert (out.parent / "report.html").exists() and (out.parent / "report.png").exists()
     bad_lines = (out.parent / "report.bad_records.jsonl").read_text().splitlines()
     assert [json.loads(line)["image_id"] for line in bad_lines] == ["broken"]
-    assert "skipped 1 unreadable" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "skipped 1 unreadable" in printed
+    # and counts print as integers, rates to 4 places
+    in_batch = next(line for line in printed.splitlines() if line.startswith("in-batch"))
+    assert (
+        re.search(r"batch_size \d+(  |$)", in_batch)
+        and ".0000" not in in_batch.split("batch_size")[1][:8]
+    )
+    # And a run where every image reads leaves no bad-records file (nor an earlier one)
+    write_manifest(manifest, [r for r in records if r.image_id != "broken"])
+    assert main([*command, "--split", "test", "--out", str(out)]) == 0
+    assert not (out.parent / "report.bad_records.jsonl").exists()
     # And an empty split is a one-line user error, not a traceback
     assert main([*command, "--split", "validation", "--out", str(out)]) == 2

@@ -157,6 +157,9 @@ def test_given_corpus_in_s3_when_the_whole_pipeline_runs_then_the_api_returns_ra
     # When the search API Lambda (int8 ONNX model from S3) gets HTTP API (v2) events
     monkeypatch.setenv("MEDSEARCH_MODEL", f"s3://{s3_bucket}/models/{RUN}/onnx/")
     monkeypatch.setenv("MEDSEARCH_ONNX_INT8", "true")
+    # As the stack configures it: result images through the site's origin (infra/stack.py)
+    site_images = "https://d111111abcdef8.cloudfront.net/api/images/{image_id}/file"
+    monkeypatch.setenv("MEDSEARCH_IMAGE_BASE_URL", site_images)
     api = cold_start(monkeypatch, opensearch_client, tmp_path / "lambda-tmp")
     status, headers, health = call(api, http_api_event("/health", rid="e2e-health"))
     # Then it serves the published index with the trained model
@@ -174,7 +177,8 @@ def test_given_corpus_in_s3_when_the_whole_pipeline_runs_then_the_api_returns_ra
         ranked = [hit["image_id"] for hit in body["results"]]
         scores = [hit["score"] for hit in body["results"]]
         assert len(scores) == 10 and scores == sorted(scores, reverse=True)
-        assert body["results"][0]["image_url"].startswith("https://")
+        first = body["results"][0]
+        assert first["image_url"] == site_images.format(image_id=first["image_id"])
         if mode == "text":
             assert ranked[0] == target.image_id
         if mode == "hybrid":

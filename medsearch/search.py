@@ -394,8 +394,9 @@ class ListsFilterFields(Protocol):
 
 
 def api_image_path(document: Document) -> str:
-    """Return the API's own path to an image's bytes (relative: a base URL goes in front)."""
-    return f"images/{document.image_id}/file"
+    """Return the API's own path to an image's bytes (relative: a base URL goes in front), under
+    the API's version prefix."""
+    return f"v1/images/{document.image_id}/file"
 
 
 def _score(value: float | None) -> float | None:

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path as FilePath
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, FastAPI, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -34,6 +34,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medsearch import __version__
+from medsearch.api_errors import (
+    ERROR_CODES,
+    error_response,
+    field_of,
+    openapi_errors,
+    validation_field,
+)
 from medsearch.errors import (
     ConfigError,
     InvalidInputError,
@@ -142,7 +149,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await JSONResponse({"detail": _TOO_LARGE}, status_code=413)(scope, receive, send)
+            await error_response(413, _TOO_LARGE, field="file")(scope, receive, send)
             return
         seen = 0
 
@@ -331,6 +338,7 @@ Q = Annotated[
             "characters but tab, newline and carriage return (read as spaces)"
         ),
         json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS, "pattern": QUERY_PATTERN},
+        openapi_examples={"findings": {"value": "pneumothorax chest x-ray"}},
     ),
 ]
 ImageId = Annotated[
@@ -338,23 +346,118 @@ ImageId = Annotated[
     Path(
         description="1-128 characters from A-Z a-z 0-9 . _ - (not . or ..)",
         json_schema_extra={"pattern": IMAGE_ID_PATTERN, "minLength": 1, "maxLength": 128},
+        openapi_examples={"an image": {"value": "MPX1009_synpic46283"}},
     ),
 ]
 Alpha = Annotated[
     float,
     Query(
-        description="vector weight of a fused query (0 = BM25 only)", json_schema_extra=_range(0, 1)
+        description="vector weight of a fused query (0 = BM25 only)",
+        json_schema_extra=_range(0, 1),
+        openapi_examples={"balanced": {"value": 0.5}},
     ),
 ]
-K = Annotated[int, Query(description="results per page", json_schema_extra=_range(1, MAX_K))]
-Offset = Annotated[
-    int, Query(description="results to skip (paging)", json_schema_extra=_range(0, MAX_OFFSET))
+K = Annotated[
+    int,
+    Query(
+        description=f"results per page (offset + k <= {MAX_OFFSET + MAX_K})",
+        json_schema_extra=_range(1, MAX_K),
+        openapi_examples={"a page": {"value": DEFAULT_K}},
+    ),
 ]
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    404: {"description": "unknown image id"},
-    422: {"description": "invalid parameter; the detail says what to fix"},
-    503: {"description": "index or model not available"},
+Offset = Annotated[
+    int,
+    Query(
+        description="results to skip (paging)",
+        json_schema_extra=_range(0, MAX_OFFSET),
+        openapi_examples={"second page": {"value": DEFAULT_K}},
+    ),
+]
+# Every operation's error responses (the shared Error schema); uploads add 400, 413 and 415.
+ERROR_RESPONSES = openapi_errors(401, 404, 405, 422, 429, 500, 503)
+
+
+# Response examples of the operations (shapes of real answers, shortened).
+SEARCH_EXAMPLE: dict[str, Any] = {
+    "query": "pneumothorax chest x-ray",
+    "mode": "hybrid",
+    "alpha": 0.5,
+    "image_id": None,
+    "total": 42,
+    "total_relation": "eq",
+    "offset": 0,
+    "k": 10,
+    "took_ms": 18.4,
+    "results": [
+        {
+            "image_id": "MPX1009_synpic46283",
+            "caption": "Chest x-ray: large right pneumothorax with mediastinal shift.",
+            "caption_truncated": False,
+            "score": 0.87,
+            "bm25_score": 12.3,
+            "vector_score": 0.31,
+            "metadata": {"modality": "XR", "plane": "frontal"},
+            "metadata_truncated": False,
+            "image_url": "v1/images/MPX1009_synpic46283/file",
+        }
+    ],
 }
+RECORD_EXAMPLE: dict[str, Any] = {
+    "image_id": "MPX1009_synpic46283",
+    "caption": "Chest x-ray: large right pneumothorax with mediastinal shift.",
+    "metadata": {"modality": "XR", "plane": "frontal"},
+    "image_url": "v1/images/MPX1009_synpic46283/file",
+    "has_vector": True,
+}
+FACETS_EXAMPLE: dict[str, Any] = {
+    "modality": {"CT": 120, "MRI": 85, "XR": 64},
+    "plane": {"axial": 150, "frontal": 60},
+}
+HEALTH_EXAMPLE: dict[str, Any] = {
+    "status": "ok",
+    "documents": 269,
+    "model": "medsearch-clip-ft",
+    "dim": 512,
+    "modes": ["text", "vector", "hybrid", "image", "image_text"],
+}
+# The one version of the API's paths; the unversioned ones are kept as deprecated aliases.
+API_PREFIX = "/v1"
+# The headers an alias path's answers carry.
+DEPRECATION = frozenset({"deprecation", "link"})
+# Swagger UI's files, served by the app itself: /docs needs nothing from outside.
+DOCS_ASSETS = "/docs-assets"
+API_DESCRIPTION = f"""\
+Medical image search: BM25 on captions, CLIP vectors, or a weighted hybrid.
+
+**Paths.** Every operation is under `{API_PREFIX}`. The unversioned paths of earlier releases
+(`/search`, `/images/{{id}}`...) still answer the same, with a `Deprecation: true` header and a
+`Link` to the `{API_PREFIX}` path; they are not listed here.
+
+**Filters.** Any query parameter other than an operation's own is a metadata filter on that
+field; repeat it for several values (`?modality=CT&modality=MRI&plane=axial` = (CT or MRI) and
+axial). A numeric field also filters by an inclusive range (`?size_cm_min=2&size_cm_max=5`). The
+fields depend on the index, so they are not listed here: `GET {API_PREFIX}/facets` lists them with
+their values and counts. An unknown field is a 422 that lists the known ones; an empty value sets
+no constraint.
+
+**Paging.** `k` results per page (1-{MAX_K}) after skipping `offset` (0-{MAX_OFFSET}): the
+deepest result a query reaches is number offset + k <= {MAX_OFFSET + MAX_K}. `total` counts the
+matches of the whole query, the same on every page; `total_relation` says whether it is exact
+(`eq`) or a lower bound (`gte`, where an engine stopped counting).
+
+**Errors.** Every error has the body `{{"error": {{"code", "message", "field"}}}}` (the `Error`
+schema); `code` is one of: {", ".join(f"`{code}`" for code in ERROR_CODES)}. `field` names the
+parameter to fix, or is null.
+
+**Keys.** The deployed API needs an `X-API-Key` header on every operation (403 without one);
+a local server does where `MEDSEARCH_API_KEYS` is set (401). Over a key's rate: 429 with
+`Retry-After`.
+"""
+
+
+def _example(example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` entry of a 200 answer's JSON example."""
+    return {200: {"content": {"application/json": {"example": example}}}}
 
 
 # --- the app -------------------------------------------------------------------------------------
@@ -375,13 +478,21 @@ def create_app(
     app = FastAPI(
         title="medsearch",
         version=__version__,
-        description=(
-            "Medical image search: BM25 on captions, CLIP vectors, or a weighted hybrid. "
-            "Any query parameter other than an endpoint's own is a metadata filter "
-            "(repeat it for several values); see GET /facets for the fields."
-        ),
+        description=API_DESCRIPTION,
+        docs_url=None,  # served below from the installed Swagger UI files, not a CDN
+        redoc_url=None,  # ReDoc exists only as a CDN script
     )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    keys = settings.api_keys.get_secret_value().strip() if settings.api_keys else ""
+    if keys or settings.rate_limit is not None:
+        from medsearch.api_keys import KeyCheck, load_keys
+
+        app.add_middleware(
+            KeyCheck,
+            keys=load_keys(keys) if keys else None,
+            rate=settings.rate_limit,
+            burst=settings.rate_burst,
+        )
     if settings.root_path:
         app.add_middleware(StagePath, root_path=settings.root_path)
     app.state.service_provider = LazyService(factory)
@@ -392,15 +503,21 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
+            expose_headers=["Retry-After"],
         )
-    _add_routes(app)
+    router = _api_router()
+    app.include_router(router, prefix=API_PREFIX)
+    app.include_router(router, include_in_schema=False, dependencies=[Depends(_deprecated)])
+    _add_docs(app)
+    if keys:
+        _declare_key(app)
     web_dir = settings.web_dir
     if web_dir is not None and FilePath(web_dir).is_dir():
         from fastapi.staticfiles import StaticFiles
 
         # The page answers only what no API route does: as the router's fallback rather than a
-        # mount at "/", a wrong method on an API path (GET /search/image) is the API's 405 with
-        # its Allow header, not the static files' 404 or 405.
+        # mount at "/", a wrong method on an API path (GET /v1/search/image) is the API's 405
+        # with its Allow header, not the static files' 404 or 405.
         app.router.default = StaticFiles(directory=web_dir, html=True)
     else:
 
@@ -411,13 +528,94 @@ def create_app(
     return app
 
 
-def _add_routes(app: FastAPI) -> None:
-    @app.get("/health", response_model=Health, tags=["service"], responses=ERROR_RESPONSES)
+def _deprecated(request: Request, response: Response) -> None:
+    """Mark an answer of an unversioned alias path: deprecated, with its /v1 successor."""
+    response.headers["Deprecation"] = "true"
+    root, path = request.scope.get("root_path", ""), request.scope["path"]
+    if root and path.startswith(f"{root}/"):  # a server that keeps the prefix in the path
+        path = path[len(root) :]
+    successor = f"{root}{API_PREFIX}{path}"
+    response.headers["Link"] = f'<{successor}>; rel="successor-version"'
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Serve Swagger UI at /docs from the installed ``swagger_ui_bundle`` (no CDN).
+
+    The three files the page loads are routes of their own, not a static mount: behind an API
+    Gateway stage the request path lacks the stage that ``root_path`` holds, which a mount's
+    file lookup would count against the path.
+    """
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import FileResponse
+    from swagger_ui_bundle import swagger_ui_path
+
+    folder = FilePath(swagger_ui_path)
+
+    def asset(name: str, media_type: str) -> None:
+        @app.get(f"{DOCS_ASSETS}/{name}", include_in_schema=False, name=f"docs-{name}")
+        def serve() -> FileResponse:
+            return FileResponse(
+                folder / name,
+                media_type=media_type,
+                headers={"Cache-Control": "public, max-age=86400"},
+            )
+
+    asset("swagger-ui-bundle.js", "text/javascript")
+    asset("swagger-ui.css", "text/css")
+    asset("favicon-32x32.png", "image/png")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> Response:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title="medsearch API",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+
+def _declare_key(app: FastAPI) -> None:
+    """State in the OpenAPI document that the operations need ``X-API-Key`` (keys configured)."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+            }
+            for path, operations in schema["paths"].items():
+                if path != f"{API_PREFIX}/health":
+                    for operation in operations.values():
+                        operation["security"] = [{"ApiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _api_router() -> APIRouter:
+    """The API's operations, once: served under /v1 and, hidden from the schema, unversioned."""
+    router = APIRouter()
+
+    @router.get(
+        "/health",
+        response_model=Health,
+        tags=["service"],
+        responses={**ERROR_RESPONSES, **_example(HEALTH_EXAMPLE)},
+    )
     def health(service: ServiceDep) -> Health:
         """Status, number of indexed documents and the model id (503 if the index is down)."""
         return service.health()
 
-    @app.get("/search", response_model=SearchResponse, tags=["search"], responses=ERROR_RESPONSES)
+    @router.get(
+        "/search",
+        response_model=SearchResponse,
+        tags=["search"],
+        responses={**ERROR_RESPONSES, **_example(SEARCH_EXAMPLE)},
+    )
     def search(
         request: Request,
         service: ServiceDep,
@@ -427,6 +625,7 @@ def _add_routes(app: FastAPI) -> None:
             Query(
                 description="text (BM25), vector (CLIP) or hybrid; default hybrid with a model",
                 json_schema_extra=_optional({"enum": list(TEXT_MODES)}),
+                openapi_examples={"hybrid": {"value": "hybrid"}},
             ),
         ] = None,
         alpha: Alpha = DEFAULT_ALPHA,
@@ -439,16 +638,11 @@ def _add_routes(app: FastAPI) -> None:
         )
         return response
 
-    @app.post(
+    @router.post(
         "/search/image",
         response_model=SearchResponse,
         tags=["search"],
-        responses={
-            **ERROR_RESPONSES,
-            400: {"description": "malformed multipart body"},
-            413: {"description": f"file over {MAX_UPLOAD_BYTES} bytes"},
-            415: {"description": "file is not a JPEG, PNG or DICOM image"},
-        },
+        responses={**ERROR_RESPONSES, **openapi_errors(400, 413, 415), **_example(SEARCH_EXAMPLE)},
     )
     def search_image(
         request: Request,
@@ -473,21 +667,34 @@ def _add_routes(app: FastAPI) -> None:
         ] = None,
         q: Annotated[
             str | None,
-            Query(description="as the form field q", json_schema_extra=_optional(UPLOAD_TEXT)),
+            Query(
+                description="as the form field q",
+                json_schema_extra=_optional(UPLOAD_TEXT),
+                openapi_examples={"refine": {"value": "pleural effusion"}},
+            ),
         ] = None,
         alpha: Annotated[
             float | None,
-            Query(description="as the form field alpha", json_schema_extra=_optional(_range(0, 1))),
+            Query(
+                description="as the form field alpha",
+                json_schema_extra=_optional(_range(0, 1)),
+                openapi_examples={"balanced": {"value": 0.5}},
+            ),
         ] = None,
         k: Annotated[
             int | None,
-            Query(description="as the form field k", json_schema_extra=_optional(_range(1, MAX_K))),
+            Query(
+                description="as the form field k",
+                json_schema_extra=_optional(_range(1, MAX_K)),
+                openapi_examples={"a page": {"value": DEFAULT_K}},
+            ),
         ] = None,
         offset: Annotated[
             int | None,
             Query(
                 description="as the form field offset",
                 json_schema_extra=_optional(_range(0, MAX_OFFSET)),
+                openapi_examples={"first page": {"value": 0}},
             ),
         ] = None,
     ) -> SearchResponse:
@@ -509,33 +716,48 @@ def _add_routes(app: FastAPI) -> None:
         )
         return response
 
-    @app.get(
-        "/images/{image_id}", response_model=ImageRecord, tags=["images"], responses=ERROR_RESPONSES
+    @router.get(
+        "/images/{image_id}",
+        response_model=ImageRecord,
+        tags=["images"],
+        responses={**ERROR_RESPONSES, **_example(RECORD_EXAMPLE)},
     )
     def image_record(service: ServiceDep, image_id: ImageId) -> ImageRecord:
         """One image's record: caption, metadata and image URL."""
         return service.record(image_id)
 
-    @app.get(
+    @router.get(
         "/images/{image_id}/file",
         tags=["images"],
-        responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "image/jpeg": {}}}},
+        responses={
+            **ERROR_RESPONSES,
+            200: {
+                "description": "the image's bytes",
+                "content": {"image/png": {}, "image/jpeg": {}},
+            },
+        },
         response_class=Response,
     )
-    def image_file(service: ServiceDep, image_id: ImageId) -> Response:
+    def image_file(service: ServiceDep, image_id: ImageId, marks: Response) -> Response:
         """The image itself (JPEG or PNG; DICOM is rendered to PNG)."""
         data, media_type = service.image_file(image_id)
+        # A returned response leaves out the headers dependencies set (an alias's deprecation).
+        kept = {name: value for name, value in marks.headers.items() if name in DEPRECATION}
         return Response(
             content=data,
             media_type=media_type,
-            headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+            headers={
+                "Cache-Control": "public, max-age=3600",
+                "X-Content-Type-Options": "nosniff",
+                **kept,
+            },
         )
 
-    @app.get(
+    @router.get(
         "/images/{image_id}/similar",
         response_model=SearchResponse,
         tags=["search"],
-        responses=ERROR_RESPONSES,
+        responses={**ERROR_RESPONSES, **_example({**SEARCH_EXAMPLE, "query": None})},
     )
     def similar(
         request: Request,
@@ -546,6 +768,7 @@ def _add_routes(app: FastAPI) -> None:
             Query(
                 description="image: by its vector; image_text: its vector and caption (hybrid)",
                 json_schema_extra={"enum": list(SIMILAR_MODES)},
+                openapi_examples={"image": {"value": "image"}},
             ),
         ] = "image",
         alpha: Alpha = DEFAULT_ALPHA,
@@ -563,10 +786,14 @@ def _add_routes(app: FastAPI) -> None:
         )
         return response
 
-    @app.get("/facets", tags=["search"], responses=ERROR_RESPONSES)
+    @router.get(
+        "/facets", tags=["search"], responses={**ERROR_RESPONSES, **_example(FACETS_EXAMPLE)}
+    )
     def facets(service: ServiceDep) -> dict[str, dict[str, int]]:
         """Filterable metadata fields, each with its values and their document counts."""
         return service.facets()
+
+    return router
 
 
 def _check_unused(*, q: str | None, alpha: float | None, k: int | None, offset: int | None) -> None:
@@ -588,6 +815,8 @@ def _first(*values: Any) -> Any:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    """Answer every error with the one body of :mod:`medsearch.api_errors`."""
+
     @app.exception_handler(MedsearchError)
     async def medsearch_error(request: Request, exc: MedsearchError) -> JSONResponse:
         status = status_for(exc)
@@ -600,29 +829,36 @@ def _add_error_handlers(app: FastAPI) -> None:
                 type(exc).__name__,
                 text_fingerprint(str(exc)),
             )
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        message = str(exc)
+        return error_response(status, message, field=field_of(message) if status < 500 else None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg", ""))}
-            for error in exc.errors()
-        ]
-        detail = "; ".join(_describe(error) for error in exc.errors()) or "invalid request"
-        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+        errors = list(exc.errors())
+        message = "; ".join(_describe(error) for error in errors) or "invalid request"
+        return error_response(422, message, field=validation_field(errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        detail: Any = exc.detail
+        # Starlette's own: unknown paths (404), wrong methods (405, with Allow), bad multipart
+        # bodies (400) and the streamed body limit (413).
         if exc.status_code == 413:
-            detail = _TOO_LARGE
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+            return error_response(413, _TOO_LARGE, field="file", headers=exc.headers)
+        message = exc.detail if isinstance(exc.detail, str) and exc.detail else "error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such path: {request.url.path} (the API's paths are under /v1)"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow")
+            message = f"{request.method} is not allowed here" + (
+                f"; use {allowed}" if allowed else ""
+            )
+        return error_response(exc.status_code, message, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Last resort: a genuine server fault, logged with its traceback; no details to clients.
         log.exception("%s %s: unexpected error", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error"}, status_code=500)
+        return error_response(500, "internal server error")
 
 
 def _describe(error: Any) -> str:

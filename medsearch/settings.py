@@ -66,6 +66,19 @@ class ServiceSettings(BaseSettings):
             "taken from a request's Host header, which any client sets"
         ),
     )
+    api_keys: SecretStr | None = Field(
+        None,
+        description=(
+            "local server only (deployed, API Gateway checks keys): comma-separated API keys, "
+            "or a file of their SHA-256 hex digests; set, the API's operations need X-API-Key"
+        ),
+    )
+    rate_limit: float | None = Field(
+        None, gt=0, description="local server only: requests a second per key (per client)"
+    )
+    rate_burst: int | None = Field(
+        None, ge=1, description="requests a key may make at once (default: the rate, at least 1)"
+    )
     opensearch_url: str | None = Field(None, description="OpenSearch endpoint URL")
     opensearch_index: str = Field("medsearch", description="OpenSearch index or alias")
     opensearch_auth: Literal["sigv4", "basic", "none"] = "sigv4"

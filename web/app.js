@@ -1,12 +1,12 @@
 /* medsearch web page: state in the URL, one request per view, results rendered from templates.
  *
  * The page has three views over the same results grid:
- *   search  — GET  /search?q=&mode=&alpha=&k=&offset=&<field>=<value>…
- *   similar — GET  /images/{id}/similar?mode=image|image_text&alpha=&k=&offset=
- *   upload  — POST /search/image (multipart file, optional q → hybrid)
+ *   search  — GET  /v1/search?q=&mode=&alpha=&k=&offset=&<field>=<value>…
+ *   similar — GET  /v1/images/{id}/similar?mode=image|image_text&alpha=&k=&offset=
+ *   upload  — POST /v1/search/image (multipart file, optional q → hybrid)
  * Everything but the uploaded file lives in the URL, so a search can be shared, reloaded and
  * walked with back/forward (history.pushState + popstate). An open image detail is one more
- * parameter (?image=ID, from GET /images/{id}) over whichever view is behind it, so its link opens
+ * parameter (?image=ID, from GET /v1/images/{id}) over whichever view is behind it, so its link opens
  * it directly. The API base URL (and example queries) come from config.json ("" = same origin),
  * so these files can be hosted apart from the API.
  */
@@ -18,6 +18,8 @@
   const DEFAULTS = { mode: "hybrid", alpha: 0.5, k: 20, smode: "image" };
   const MAX_K = 100;
   const MAX_OFFSET = 1000; // the API's deepest page start
+  // The API version the page speaks: every request goes to {apiBaseUrl}/v1/...
+  const API_VERSION = "v1";
   // Page-URL parameters that are not metadata filters; every other parameter is a filter.
   const RESERVED = new Set(["q", "mode", "alpha", "k", "offset", "similar", "smode", "upload", "image"]);
   // An image id as the API states it: 1-128 of A-Z a-z 0-9 . _ - (not "." or "..").
@@ -258,7 +260,7 @@
 
   /** The link of an image's file: the API's image_url, else the API's own file route. */
   function fileUrl(id, imageUrl) {
-    return (imageUrl && apiUrl(imageUrl)) || apiUrl(`images/${encodeURIComponent(id)}/file`);
+    return (imageUrl && apiUrl(imageUrl)) || apiUrl(`${API_VERSION}/images/${encodeURIComponent(id)}/file`);
   }
 
   function appendFilters(params, filters) {
@@ -267,8 +269,13 @@
     }
   }
 
-  /** Turn FastAPI's error body (a string, or a list of validation errors) into one sentence. */
+  /** The message of the API's error body, {"error": {"code", "message", "field"}}; older
+   * servers' {"detail": ...} (a string, or a list of validation errors) is read too. */
   function describeDetail(body, status) {
+    const error = body && typeof body === "object" ? body.error : null;
+    if (error && typeof error === "object" && typeof error.message === "string" && error.message) {
+      return error.message;
+    }
     const detail = body && typeof body === "object" ? body.detail : null;
     if (typeof detail === "string" && detail) return detail;
     if (Array.isArray(detail) && detail.length) {
@@ -290,7 +297,7 @@
     const qs = params ? `?${params.toString()}` : "";
     let response;
     try {
-      response = await fetch(apiUrl(path) + qs, {
+      response = await fetch(apiUrl(`${API_VERSION}/${path}`) + qs, {
         method,
         body,
         signal,
@@ -854,7 +861,7 @@
   }
 
   function similarBanner(id) {
-    const { wrap, body, close, img } = banner("Images similar to", apiUrl(`images/${encodeURIComponent(id)}/file`), `Query image ${id}`);
+    const { wrap, body, close, img } = banner("Images similar to", apiUrl(`${API_VERSION}/images/${encodeURIComponent(id)}/file`), `Query image ${id}`);
     const caption = document.createElement("p");
     caption.className = "banner-caption";
     caption.textContent = id;

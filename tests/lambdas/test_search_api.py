@@ -167,7 +167,7 @@ def call(handler: ModuleType, event: dict[str, Any]) -> tuple[int, dict[str, str
 def test_given_http_api_events_then_health_and_ranked_search_results(api) -> None:
     handler, _, docs = api
     # When /health is called through an HTTP API (v2) event
-    status, headers, body = call(handler, http_api_event("/health", rid="req-health"))
+    status, headers, body = call(handler, http_api_event("/v1/health", rid="req-health"))
     # Then the service reports the index and the ONNX model, with the correlation id
     assert status == 200, body
     assert body["documents"] == N_DOCS and body["model"] == "tiny-api"
@@ -176,7 +176,7 @@ def test_given_http_api_events_then_health_and_ranked_search_results(api) -> Non
     target = next(d for d in docs if d.caption)
     for mode in ("text", "vector", "hybrid"):
         query = {"q": target.caption or "", "mode": mode, "k": "5"}
-        status, _, body = call(handler, http_api_event("/search", query))
+        status, _, body = call(handler, http_api_event("/v1/search", query))
         # Then results come back ranked by score
         assert status == 200, body
         scores = [r["score"] for r in body["results"]]
@@ -189,25 +189,47 @@ def test_given_http_api_events_then_health_and_ranked_search_results(api) -> Non
 def test_given_named_stage_then_routes_links_and_docs_carry_the_stage(api) -> None:
     handler, _, docs = api
     query = {"q": docs[0].caption or "scan", "mode": "text"}
-    event = http_api_event("/search", query, stage="prod")
+    event = http_api_event("/v1/search", query, stage="prod")
     event["headers"]["host"] = "evil.example"  # a client's Host header never makes the links
     status, _, body = call(handler, event)
     assert status == 200, body
     # image links are relative to the API's base URL, which holds the stage
-    assert body["results"][0]["image_url"].startswith("images/")
+    assert body["results"][0]["image_url"].startswith("v1/images/")
     status, _, page = call(handler, http_api_event("/docs", stage="prod"))
     assert status == 200 and "/prod/openapi.json" in page
+    # the docs' own Swagger UI files are served under the stage too (no CDN)
+    assert "/prod/docs-assets/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
+    status, _, css = call(handler, http_api_event("/docs-assets/swagger-ui.css", stage="prod"))
+    assert status == 200 and ".swagger-ui" in css
     # And a REST API (v1) event, whose path excludes the stage, is served the same way
-    status, headers, body = call(handler, rest_api_event("/search", query, stage="prod", rid="v1"))
-    assert status == 200 and headers["x-request-id"] == "v1"
-    assert body["results"][0]["image_url"].startswith("images/")
+    event = rest_api_event("/v1/search", query, stage="prod", rid="rest")
+    status, headers, body = call(handler, event)
+    assert status == 200 and headers["x-request-id"] == "rest"
+    assert body["results"][0]["image_url"].startswith("v1/images/")
+
+
+def test_given_rest_api_events_when_an_alias_or_unknown_path_is_asked_then_deprecated_or_404(
+    api,
+) -> None:
+    handler, _, docs = api
+    query = {"q": docs[0].caption or "scan", "mode": "text"}
+    # Given the gateway's proxy resource, when the unversioned path of earlier releases is asked
+    status, headers, body = call(handler, rest_api_event("/search", query, stage="api", rid="a"))
+    # Then it answers as /v1 does, marked deprecated with its successor
+    assert status == 200 and body["results"], body
+    assert headers["deprecation"] == "true"
+    assert headers["link"] == '</api/v1/search>; rel="successor-version"'
+    # And a path the API does not have is the stable 404 body
+    status, _, body = call(handler, rest_api_event("/v2/search", query, stage="api", rid="b"))
+    assert status == 404 and body["error"]["code"] == "not_found", body
+    assert body["error"]["field"] is None
 
 
 def test_given_a_second_cold_start_then_the_model_is_not_downloaded_again(
     api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3_bucket: str
 ) -> None:
     handler, cluster, _ = api
-    assert call(handler, http_api_event("/health"))[0] == 200
+    assert call(handler, http_api_event("/v1/health"))[0] == 200
     # Given the model objects are gone from S3 after the first container fetched them
     store = storage.object_store()
     for key in list(store.list(s3_bucket, "models/")):
@@ -215,7 +237,7 @@ def test_given_a_second_cold_start_then_the_model_is_not_downloaded_again(
     # When a new container starts on the same /tmp
     handler = cold_start(monkeypatch, cluster, tmp_path / "tmp-model")
     # Then it serves from the copy in /tmp
-    status, _, body = call(handler, http_api_event("/search", {"q": "ct", "mode": "vector"}))
+    status, _, body = call(handler, http_api_event("/v1/search", {"q": "ct", "mode": "vector"}))
     assert status == 200, body
 
 
@@ -227,7 +249,7 @@ def test_given_missing_settings_then_import_works_and_api_answers_503(
     for attribute in ("propagate", "handlers", "level"):
         monkeypatch.setattr(core, attribute, getattr(core, attribute))
     handler = cold_start(monkeypatch, FakeCluster(), tmp_path)
-    status, _, body = call(handler, http_api_event("/health"))
+    status, _, body = call(handler, http_api_event("/v1/health"))
     assert status == 503 and "MEDSEARCH_OPENSEARCH_URL" in json.dumps(body)
 
 

@@ -30,7 +30,7 @@ DEFAULT_K = "20"  # the page's default page size
 def api_get(base: str, path: str, params: Sequence[tuple[str, str]] = ()) -> tuple[int, Any]:
     """Call the API directly: the reference the page's results are compared with."""
     query = urllib.parse.urlencode(list(params))
-    url = f"{base}/{path.lstrip('/')}" + (f"?{query}" if query else "")
+    url = f"{base}/v1/{path.lstrip('/')}" + (f"?{query}" if query else "")
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
             return response.status, json.load(response)
@@ -354,7 +354,7 @@ def test_errors_show_the_api_message(page: Any, web_server: str) -> None:
     # Then the page shows the API's own message in an alert
     expect_phase(page, "error")
     alert = page.get_by_role("alert")
-    expect(alert).to_contain_text(body["detail"])
+    expect(alert).to_contain_text(body["error"]["message"])
     expect(page.locator(".card")).to_have_count(0)
     # And a file that is not an image shows the API's 415 message
     page.fill("#q", "")
@@ -368,7 +368,7 @@ def test_errors_show_the_api_message(page: Any, web_server: str) -> None:
     assert status == 404
     page.goto("/?similar=no-such-image")
     expect_phase(page, "error")
-    expect(page.get_by_role("alert")).to_contain_text(missing["detail"])
+    expect(page.get_by_role("alert")).to_contain_text(missing["error"]["message"])
     expect(page.get_by_role("alert")).to_contain_text(re.compile("not found", re.IGNORECASE))
 
 

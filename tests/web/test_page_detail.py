@@ -221,7 +221,7 @@ def test_given_an_unknown_image_link_when_opened_then_the_detail_shows_the_api_4
     detail = page.locator("#detail")
     expect(detail).to_have_attribute("data-state", "error")
     expect(detail.get_by_role("alert")).to_contain_text("Image not found")
-    expect(detail.get_by_role("alert")).to_contain_text(missing["detail"])
+    expect(detail.get_by_role("alert")).to_contain_text(missing["error"]["message"])
     page.screenshot(path=str(artifacts / "detail-unknown-image.png"))
 
 

@@ -50,7 +50,7 @@ def ids(body: dict[str, Any]) -> list[str]:
 
 
 def test_given_the_app_when_health_then_status_count_and_model(client: TestClient) -> None:
-    response = client.get("/health")
+    response = client.get("/v1/health")
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok",
@@ -62,7 +62,7 @@ def test_given_the_app_when_health_then_status_count_and_model(client: TestClien
 
 
 def test_given_a_query_when_search_then_the_response_has_every_field(client: TestClient) -> None:
-    response = client.get("/search", params={"q": "knee meniscus", "mode": "hybrid", "k": 3})
+    response = client.get("/v1/search", params={"q": "knee meniscus", "mode": "hybrid", "k": 3})
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"query", "mode", "alpha", "image_id", "total", "total_relation", "offset",
@@ -78,30 +78,33 @@ def test_given_a_query_when_search_then_the_response_has_every_field(client: Tes
     assert set(hit) == {"image_id", "caption", "caption_truncated", "score", "bm25_score",
                         "vector_score", "metadata", "metadata_truncated", "image_url"}  # fmt: skip
     # without a configured public URL, image links are relative to the API's base URL
-    assert hit["image_url"] == f"images/{hit['image_id']}/file"
+    assert hit["image_url"] == f"v1/images/{hit['image_id']}/file"
 
 
 def test_given_query_parameters_when_not_the_endpoints_own_then_they_filter(
     client: TestClient,
 ) -> None:
-    body = client.get("/search?q=mass&mode=text&modality=CT&modality=MRI&k=100").json()
+    body = client.get("/v1/search?q=mass&mode=text&modality=CT&modality=MRI&k=100").json()
     assert {r["metadata"]["modality"] for r in body["results"]} == {"CT", "MRI"}
-    anded = client.get("/search?q=red&mode=vector&modality=CT&region=chest&k=100").json()
+    anded = client.get("/v1/search?q=red&mode=vector&modality=CT&region=chest&k=100").json()
     assert anded["total"] == 3
     # an emptied form field sets no constraint
-    unfiltered = client.get("/search?q=mass&mode=text").json()["total"]
-    assert client.get("/search?q=mass&mode=text&modality=").json()["total"] == unfiltered == 3
-    unknown = client.get("/search?q=mass&modalty=CT")
+    unfiltered = client.get("/v1/search?q=mass&mode=text").json()["total"]
+    assert client.get("/v1/search?q=mass&mode=text&modality=").json()["total"] == unfiltered == 3
+    unknown = client.get("/v1/search?q=mass&modalty=CT")
     assert unknown.status_code == 422
-    assert "'modalty'" in unknown.json()["detail"] and "modality" in unknown.json()["detail"]
+    assert (
+        "'modalty'" in unknown.json()["error"]["message"]
+        and "modality" in unknown.json()["error"]["message"]
+    )
 
 
 def test_given_paging_when_requesting_page_two_then_it_continues_page_one(
     client: TestClient,
 ) -> None:
-    first = client.get("/search?q=chest x-ray&mode=hybrid&k=5").json()
-    second = client.get("/search?q=chest x-ray&mode=hybrid&k=5&offset=5").json()
-    whole = client.get("/search?q=chest x-ray&mode=hybrid&k=10").json()
+    first = client.get("/v1/search?q=chest x-ray&mode=hybrid&k=5").json()
+    second = client.get("/v1/search?q=chest x-ray&mode=hybrid&k=5&offset=5").json()
+    whole = client.get("/v1/search?q=chest x-ray&mode=hybrid&k=10").json()
     assert ids(first) + ids(second) == ids(whole)
     assert first["total"] == second["total"] == whole["total"]
 
@@ -109,27 +112,27 @@ def test_given_paging_when_requesting_page_two_then_it_continues_page_one(
 def test_given_an_image_id_when_record_file_and_similar_then_each_answers(
     client: TestClient,
 ) -> None:
-    record = client.get("/images/red-03").json()
+    record = client.get("/v1/images/red-03").json()
     assert record == {
         "image_id": "red-03",
         "caption": "Right lung nodule on chest CT",
         "metadata": {"modality": "CT", "region": "chest", "colour": "red"},
-        "image_url": "images/red-03/file",
+        "image_url": "v1/images/red-03/file",
         "has_vector": True,
     }
-    file = client.get("/images/red-03/file")
+    file = client.get("/v1/images/red-03/file")
     assert file.status_code == 200 and file.headers["content-type"] == "image/png"
     assert file.content.startswith(b"\x89PNG")
-    similar = client.get("/images/red-03/similar?mode=image&k=3").json()
+    similar = client.get("/v1/images/red-03/similar?mode=image&k=3").json()
     assert "red-03" not in ids(similar) and {i.split("-")[0] for i in ids(similar)} == {"red"}
-    image_text = client.get("/images/red-03/similar?mode=image_text&alpha=0.2&k=3").json()
+    image_text = client.get("/v1/images/red-03/similar?mode=image_text&alpha=0.2&k=3").json()
     assert image_text["query"] == "Right lung nodule on chest CT" and image_text["alpha"] == 0.2
-    filtered = client.get("/images/red-03/similar?k=100&modality=XR").json()
+    filtered = client.get("/v1/images/red-03/similar?k=100&modality=XR").json()
     assert {r["metadata"]["modality"] for r in filtered["results"]} == {"XR"}
 
 
 def test_given_facets_when_asked_then_fields_values_and_counts(client: TestClient) -> None:
-    facets = client.get("/facets").json()
+    facets = client.get("/v1/facets").json()
     assert facets["modality"] == {"XR": 7, "CT": 5, "MRI": 4, "US": 2}
     assert set(facets) == {"modality", "region", "colour"}
 
@@ -145,7 +148,9 @@ def test_given_an_upload_when_searching_then_its_copy_ranks_first(
     client: TestClient, make_upload: Any, name: str, payload: str, expected: str
 ) -> None:
     data = make_upload("yellow", 2, payload)
-    response = client.post("/search/image", files={"file": (name, data, "application/x-anything")})
+    response = client.post(
+        "/v1/search/image", files={"file": (name, data, "application/x-anything")}
+    )
     assert response.status_code == 200, response.text
     assert ids(response.json())[0] == expected and response.json()["mode"] == "upload"
 
@@ -154,7 +159,7 @@ def test_given_a_dicom_upload_when_searching_then_the_grey_copy_ranks_first(
     client: TestClient,
 ) -> None:
     data = dicom_bytes(make_image("grey", 2))
-    response = client.post("/search/image", files={"file": ("scan.dcm", data)})
+    response = client.post("/v1/search/image", files={"file": ("scan.dcm", data)})
     assert response.status_code == 200, response.text
     assert ids(response.json())[0] == "grey-03"
 
@@ -164,17 +169,17 @@ def test_given_upload_parameters_as_form_or_query_when_searching_then_both_work(
 ) -> None:
     data = make_upload("grey")
     as_form = client.post(
-        "/search/image",
+        "/v1/search/image",
         files={"file": ("a.png", data)},
         data={"q": "pleural effusion", "alpha": "0.25", "k": "2"},
     ).json()
     as_query = client.post(
-        "/search/image?q=pleural%20effusion&alpha=0.25&k=2", files={"file": ("a.png", data)}
+        "/v1/search/image?q=pleural%20effusion&alpha=0.25&k=2", files={"file": ("a.png", data)}
     ).json()
     assert as_form == {**as_query, "took_ms": as_form["took_ms"]}
     assert as_form["alpha"] == 0.25 and as_form["query"] == "pleural effusion"
     assert len(as_form["results"]) == 2
-    filtered = client.post("/search/image?modality=CT&k=100", files={"file": ("a.png", data)})
+    filtered = client.post("/v1/search/image?modality=CT&k=100", files={"file": ("a.png", data)})
     assert {r["metadata"]["modality"] for r in filtered.json()["results"]} == {"CT"}
 
 
@@ -184,18 +189,18 @@ def test_given_a_stage_path_when_served_behind_it_then_routes_docs_and_urls_incl
     app = create_app(ServiceSettings(root_path="prod/"), service_factory=lambda: service)
     # Mangum hands the app the path with the stage stripped, and no root_path
     client = TestClient(app)
-    body = client.get("/search?q=knee&k=1").json()
+    body = client.get("/v1/search?q=knee&k=1").json()
     # relative to the API's base URL, which holds the stage: no Host header needed
-    assert body["results"][0]["image_url"].startswith("images/")
+    assert body["results"][0]["image_url"].startswith("v1/images/")
     docs = client.get("/docs")
     assert docs.status_code == 200 and "/prod/openapi.json" in docs.text
-    assert "/search" in client.get("/openapi.json").json()["paths"]
+    assert "/v1/search" in client.get("/openapi.json").json()["paths"]
     # a server that keeps the prefix in the path (uvicorn --root-path) works too
     behind = TestClient(app, root_path="/prod")
     assert (
-        behind.get("/prod/search?q=knee&k=1")
+        behind.get("/prod/v1/search?q=knee&k=1")
         .json()["results"][0]["image_url"]
-        .startswith("images/")
+        .startswith("v1/images/")
     )
 
 
@@ -221,9 +226,9 @@ def test_given_cors_origins_when_a_browser_asks_then_only_those_are_allowed(
 ) -> None:
     settings = ServiceSettings(cors_origins=["https://app.example.org"])
     client = TestClient(create_app(settings, service_factory=lambda: service))
-    allowed = client.get("/health", headers={"Origin": "https://app.example.org"})
+    allowed = client.get("/v1/health", headers={"Origin": "https://app.example.org"})
     assert allowed.headers["access-control-allow-origin"] == "https://app.example.org"
-    other = client.get("/health", headers={"Origin": "https://evil.example.org"})
+    other = client.get("/v1/health", headers={"Origin": "https://evil.example.org"})
     assert "access-control-allow-origin" not in other.headers
 
 
@@ -239,8 +244,8 @@ def test_given_a_factory_when_the_app_is_created_then_the_service_is_built_lazil
     client = TestClient(create_app(ServiceSettings(), service_factory=factory))
     assert calls == []
     assert client.get("/openapi.json").status_code == 200 and calls == []
-    client.get("/health")
-    client.get("/search?q=knee")
+    client.get("/v1/health")
+    client.get("/v1/search?q=knee")
     assert calls == [1]
 
 
@@ -249,7 +254,7 @@ def test_given_an_override_when_testing_then_dependency_overrides_replace_the_se
 ) -> None:
     app = create_app(ServiceSettings(), service_factory=lambda: pytest.fail("factory used"))
     app.dependency_overrides[get_service] = lambda: SearchService(index, None)
-    body = TestClient(app).get("/health").json()
+    body = TestClient(app).get("/v1/health").json()
     assert body["model"] is None and body["documents"] == 18
 
 
@@ -258,10 +263,10 @@ def test_given_a_missing_index_when_requests_arrive_then_503_not_a_crash(tmp_pat
     app = create_app(ServiceSettings(index_dir=str(tmp_path / "missing")))
     client = TestClient(app)
     # Then requests get a 503 that says why, and the docs still work
-    response = client.get("/health")
+    response = client.get("/v1/health")
     assert response.status_code == 503
-    assert "not available" in response.json()["detail"]
-    assert client.get("/search?q=knee").status_code == 503
+    assert "not available" in response.json()["error"]["message"]
+    assert client.get("/v1/search?q=knee").status_code == 503
     assert client.get("/docs").status_code == 200
 
 
@@ -273,9 +278,11 @@ def test_given_a_genuine_server_fault_when_it_happens_then_a_logged_json_500(
             raise RuntimeError("disk on fire")
 
     app = create_app(ServiceSettings(), service_factory=lambda: SearchService(Broken(), None))
-    response = TestClient(app, raise_server_exceptions=False).get("/health")
+    response = TestClient(app, raise_server_exceptions=False).get("/v1/health")
     assert response.status_code == 500
-    assert response.json() == {"detail": "internal server error"}
+    assert response.json() == {
+        "error": {"code": "internal", "message": "internal server error", "field": None}
+    }
     assert "disk on fire" in caplog.text
 
 
@@ -339,7 +346,7 @@ def test_given_an_image_base_url_when_searching_then_urls_point_there(
         url = image_url_for(ServiceSettings(image_base_url=template))
         service = SearchService(index, encoder, image_url=url)
         client = TestClient(create_app(ServiceSettings(), service_factory=lambda s=service: s))
-        assert client.get("/images/red-01").json()["image_url"] == expected
+        assert client.get("/v1/images/red-01").json()["image_url"] == expected
 
 
 def test_given_a_failed_start_when_retried_later_then_the_service_comes_up(
@@ -356,11 +363,11 @@ def test_given_a_failed_start_when_retried_later_then_the_service_comes_up(
         return service
 
     client = TestClient(create_app(ServiceSettings(), service_factory=flaky))
-    assert client.get("/health").status_code == 503
+    assert client.get("/v1/health").status_code == 503
     # within the retry window the failure is remembered, not retried on every request
-    assert client.get("/health").status_code == 503 and len(attempts) == 1
+    assert client.get("/v1/health").status_code == 503 and len(attempts) == 1
     monkeypatch.setattr(medsearch.api, "RETRY_START_SECONDS", 0.0)
-    assert client.get("/health").status_code == 200 and len(attempts) == 2
+    assert client.get("/v1/health").status_code == 200 and len(attempts) == 2
 
 
 def test_given_torch_unimportable_when_the_api_serves_then_it_works(tmp_path: Path) -> None:
@@ -381,7 +388,7 @@ def test_given_torch_unimportable_when_the_api_serves_then_it_works(tmp_path: Pa
         f"app = create_app(ServiceSettings(index_dir={str(tmp_path / 'none')!r}))\n"
         "client = TestClient(app)\n"
         "assert client.get('/openapi.json').status_code == 200\n"
-        "assert client.get('/health').status_code == 503\n"
+        "assert client.get('/v1/health').status_code == 503\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -396,5 +403,5 @@ def test_given_metadata_with_nan_when_returned_then_json_stays_valid(
     client = TestClient(
         create_app(ServiceSettings(), service_factory=lambda: SearchService(index, encoder))
     )
-    assert client.get("/images/odd").json()["metadata"] == {"age": None}
-    assert client.get("/search?q=odd&mode=text").status_code == 200
+    assert client.get("/v1/images/odd").json()["metadata"] == {"age": None}
+    assert client.get("/v1/search?q=odd&mode=text").status_code == 200

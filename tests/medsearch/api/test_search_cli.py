@@ -190,10 +190,10 @@ def test_given_no_model_when_serving_then_text_search_is_served(
 ) -> None:
     app = _served_app(["--index", str(text_index)], monkeypatch)
     with TestClient(app) as client:
-        health = client.get("/health").json()
+        health = client.get("/v1/health").json()
         # no query encoder: text search, and similar images by their stored vectors
         assert health["model"] is None and health["modes"] == ["text", "image", "image_text"]
-        body = client.get("/search", params={"q": "knee meniscus"}).json()
+        body = client.get("/v1/search", params={"q": "knee meniscus"}).json()
         assert body["mode"] == "text" and {r["image_id"] for r in body["results"]} == {
             "blue-01",
             "blue-02",
@@ -214,7 +214,7 @@ def test_given_encoder_flags_when_serving_then_the_onnx_export_answers(
     service = app.state.service_provider()
     assert isinstance(service.encoder, OnnxEncoder) and service.encoder.int8 is int8
     with TestClient(app) as client:
-        body = client.get("/search", params={"q": "knee", "k": 3}).json()
+        body = client.get("/v1/search", params={"q": "knee", "k": 3}).json()
         assert body["mode"] == "hybrid" and len(body["results"]) == 3
 
 

@@ -95,15 +95,15 @@ def requests_mix(manifest: Path, n: int, seed: int) -> list[tuple[str, str, dict
         query = " ".join(rng.sample(words, 3))
         if kind in ("text", "vector", "hybrid"):
             params = {"q": query, "mode": kind, "k": rng.choice([10, 50])}
-            mix.append(("GET", "/search", {"params": params}))
+            mix.append(("GET", "/v1/search", {"params": params}))
         elif kind in ("image", "image_text"):
-            mix.append(("GET", f"/images/{rng.choice(ids)}/similar", {"params": {"mode": kind}}))
+            mix.append(("GET", f"/v1/images/{rng.choice(ids)}/similar", {"params": {"mode": kind}}))
         elif kind in ("upload", "hostile"):
             data = png if kind == "upload" else rng.choice(hostile)
             files = {"file": ("u.png", data)}
-            mix.append(("POST", "/search/image", {"files": files, "params": {"q": query}}))
+            mix.append(("POST", "/v1/search/image", {"files": files, "params": {"q": query}}))
         elif kind == "record":
-            mix.append(("GET", f"/images/{rng.choice(ids)}", {}))
+            mix.append(("GET", f"/v1/images/{rng.choice(ids)}", {}))
         else:
             mix.append(("GET", f"/{kind}", {}))
     return mix

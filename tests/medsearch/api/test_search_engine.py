@@ -41,7 +41,7 @@ def ids(body: dict[str, Any]) -> list[str]:
 
 
 def test_given_the_engine_when_text_search_then_stemmed_bm25_matches(client: TestClient) -> None:
-    body = client.get("/search?q=lung nodules&mode=text").json()
+    body = client.get("/v1/search?q=lung nodules&mode=text").json()
     assert set(ids(body)) == {"red-01", "red-03"} and body["total"] == 2
     assert all(r["bm25_score"] > 0 and r["vector_score"] is None for r in body["results"])
 
@@ -49,8 +49,8 @@ def test_given_the_engine_when_text_search_then_stemmed_bm25_matches(client: Tes
 def test_given_the_engine_when_vector_search_then_captionless_images_are_found(
     client: TestClient,
 ) -> None:
-    assert client.get("/search?q=red&mode=text").json()["total"] == 0
-    body = client.get("/search?q=red&mode=vector&k=4").json()
+    assert client.get("/v1/search?q=red&mode=text").json()["total"] == 0
+    body = client.get("/v1/search?q=red&mode=vector&k=4").json()
     assert set(ids(body)) == {"red-01", "red-02", "red-03", "red-04"}
     assert {r["image_id"] for r in body["results"] if r["caption"] is None} == {"red-02", "red-04"}
 
@@ -58,15 +58,15 @@ def test_given_the_engine_when_vector_search_then_captionless_images_are_found(
 def test_given_the_engine_when_similar_then_self_excluded_and_caption_used(
     client: TestClient,
 ) -> None:
-    image = client.get("/images/green-01/similar?mode=image&k=3").json()
+    image = client.get("/v1/images/green-01/similar?mode=image&k=3").json()
     assert "green-01" not in ids(image)
     assert set(ids(image)) == {"green-02", "green-03", "green-04"}
-    full = client.get("/images/green-01/similar?mode=image&k=100").json()
+    full = client.get("/v1/images/green-01/similar?mode=image&k=100").json()
     assert full["total"] == 17 and "green-01" not in ids(full)
-    image_text = client.get("/images/yellow-01/similar?mode=image_text&alpha=0&k=3").json()
+    image_text = client.get("/v1/images/yellow-01/similar?mode=image_text&alpha=0&k=3").json()
     assert image_text["query"] == "Fracture of the distal radius on wrist x-ray"
     assert ids(image_text)[0] == "yellow-02" and "yellow-01" not in ids(image_text)
-    captionless = client.get("/images/blue-04/similar?mode=image_text&k=5").json()
+    captionless = client.get("/v1/images/blue-04/similar?mode=image_text&k=5").json()
     assert captionless["query"] is None and captionless["alpha"] is None
 
 
@@ -75,22 +75,22 @@ def test_given_the_engine_when_paging_then_pages_continue_without_overlap(
     client: TestClient, mode: str
 ) -> None:
     q = "chest x-ray red effusion"
-    whole = client.get(f"/search?q={q}&mode={mode}&k=10").json()
-    first = client.get(f"/search?q={q}&mode={mode}&k=5").json()
-    second = client.get(f"/search?q={q}&mode={mode}&k=5&offset=5").json()
+    whole = client.get(f"/v1/search?q={q}&mode={mode}&k=10").json()
+    first = client.get(f"/v1/search?q={q}&mode={mode}&k=5").json()
+    second = client.get(f"/v1/search?q={q}&mode={mode}&k=5&offset=5").json()
     assert ids(first) + ids(second) == ids(whole)
     assert not set(ids(first)) & set(ids(second))
     assert first["total"] == second["total"] == whole["total"]
 
 
 def test_given_the_engine_when_filtering_then_values_or_and_fields_and(client: TestClient) -> None:
-    body = client.get("/search?q=red&mode=vector&k=100&modality=CT&modality=MRI").json()
+    body = client.get("/v1/search?q=red&mode=vector&k=100&modality=CT&modality=MRI").json()
     assert {r["metadata"]["modality"] for r in body["results"]} == {"CT", "MRI"}
     assert body["total"] == 9
-    anded = client.get("/search?q=red&mode=vector&k=100&modality=CT&region=chest").json()
+    anded = client.get("/v1/search?q=red&mode=vector&k=100&modality=CT&region=chest").json()
     assert set(ids(anded)) == {"red-03", "red-04", "grey-03"} and anded["total"] == 3
-    assert client.get("/search?q=red&modalty=CT").status_code == 422
-    facets = client.get("/facets").json()
+    assert client.get("/v1/search?q=red&modalty=CT").status_code == 422
+    facets = client.get("/v1/facets").json()
     assert facets["modality"] == {"XR": 7, "CT": 5, "MRI": 4, "US": 2}
 
 
@@ -98,7 +98,7 @@ def test_given_the_engine_when_an_image_is_uploaded_then_its_copy_ranks_first(
     client: TestClient, make_upload: Any
 ) -> None:
     response = client.post(
-        "/search/image", files={"file": ("c.jpg", make_upload("yellow", 1, "jpeg"))}
+        "/v1/search/image", files={"file": ("c.jpg", make_upload("yellow", 1, "jpeg"))}
     )
     assert response.status_code == 200, response.text
     assert ids(response.json())[0] == "yellow-02"

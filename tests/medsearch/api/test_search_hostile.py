@@ -42,93 +42,99 @@ def upload(data: bytes, name: str = "x.png") -> dict[str, Any]:
 SYNTAX = '" * : ( ) \\'
 # (name, method, url, request kwargs, expected status)
 HOSTILE: list[tuple[str, str, str, dict[str, Any], int | tuple[int, ...]]] = [
-    ("q-10k-chars", "GET", "/search", {"params": {"q": "x" * 10_000}}, 422),
-    ("q-513-chars", "GET", "/search", {"params": {"q": "y" * 513}}, 422),
-    ("q-missing", "GET", "/search", {}, 422),
-    ("q-empty", "GET", "/search", {"params": {"q": ""}}, 422),
-    ("q-blank", "GET", "/search", {"params": {"q": "   "}}, 422),
-    ("q-nul", "GET", "/search", {"params": {"q": "lung\x00nodule"}}, 422),
-    ("q-escape", "GET", "/search", {"params": {"q": "\x1b[31mred"}}, 422),
-    ("q-bell-del", "GET", "/search", {"params": {"q": "a\x07b\x7f"}}, 422),
-    ("q-c1-control", "GET", "/search", {"params": {"q": "a\x85b"}}, 422),
-    ("q-bad-utf8", "GET", "/search?q=%ED%A0%80%FF%00", {}, 422),
-    ("k-abc", "GET", "/search", {"params": {"q": "knee", "k": "abc"}}, 422),
-    ("k-0", "GET", "/search", {"params": {"q": "knee", "k": "0"}}, 422),
-    ("k-101", "GET", "/search", {"params": {"q": "knee", "k": "101"}}, 422),
-    ("k-negative", "GET", "/search", {"params": {"q": "knee", "k": "-5"}}, 422),
-    ("k-float", "GET", "/search", {"params": {"q": "knee", "k": "1.5"}}, 422),
-    ("k-huge", "GET", "/search", {"params": {"q": "knee", "k": "9" * 40}}, 422),
-    ("k-empty", "GET", "/search", {"params": {"q": "knee", "k": ""}}, 422),
-    ("alpha-negative", "GET", "/search", {"params": {"q": "knee", "alpha": "-1"}}, 422),
-    ("alpha-over-1", "GET", "/search", {"params": {"q": "knee", "alpha": "1.01"}}, 422),
-    ("alpha-nan", "GET", "/search", {"params": {"q": "knee", "alpha": "nan"}}, 422),
-    ("alpha-inf", "GET", "/search", {"params": {"q": "knee", "alpha": "inf"}}, 422),
-    ("alpha-minus-inf", "GET", "/search", {"params": {"q": "knee", "alpha": "-inf"}}, 422),
-    ("alpha-abc", "GET", "/search", {"params": {"q": "knee", "alpha": "abc"}}, 422),
-    ("alpha-1e400", "GET", "/search", {"params": {"q": "knee", "alpha": "1e400"}}, 422),
-    ("offset-negative", "GET", "/search", {"params": {"q": "knee", "offset": "-1"}}, 422),
-    ("offset-huge", "GET", "/search", {"params": {"q": "knee", "offset": "1000000000"}}, 422),
-    ("offset-giant", "GET", "/search", {"params": {"q": "knee", "offset": "9" * 50}}, 422),
-    ("offset-abc", "GET", "/search", {"params": {"q": "knee", "offset": "abc"}}, 422),
-    ("mode-bogus", "GET", "/search", {"params": {"q": "knee", "mode": "bogus"}}, 422),
-    ("mode-image-on-search", "GET", "/search", {"params": {"q": "knee", "mode": "image"}}, 422),
-    ("filter-unknown", "GET", "/search", {"params": {"q": "knee", "modalty": "CT"}}, 422),
-    ("filter-too-long", "GET", "/search", {"params": {"q": "knee", "modality": "C" * 300}}, 422),
-    ("filter-control", "GET", "/search", {"params": {"q": "knee", "modality": "C\x00T"}}, 422),
+    ("q-10k-chars", "GET", "/v1/search", {"params": {"q": "x" * 10_000}}, 422),
+    ("q-513-chars", "GET", "/v1/search", {"params": {"q": "y" * 513}}, 422),
+    ("q-missing", "GET", "/v1/search", {}, 422),
+    ("q-empty", "GET", "/v1/search", {"params": {"q": ""}}, 422),
+    ("q-blank", "GET", "/v1/search", {"params": {"q": "   "}}, 422),
+    ("q-nul", "GET", "/v1/search", {"params": {"q": "lung\x00nodule"}}, 422),
+    ("q-escape", "GET", "/v1/search", {"params": {"q": "\x1b[31mred"}}, 422),
+    ("q-bell-del", "GET", "/v1/search", {"params": {"q": "a\x07b\x7f"}}, 422),
+    ("q-c1-control", "GET", "/v1/search", {"params": {"q": "a\x85b"}}, 422),
+    ("q-bad-utf8", "GET", "/v1/search?q=%ED%A0%80%FF%00", {}, 422),
+    ("k-abc", "GET", "/v1/search", {"params": {"q": "knee", "k": "abc"}}, 422),
+    ("k-0", "GET", "/v1/search", {"params": {"q": "knee", "k": "0"}}, 422),
+    ("k-101", "GET", "/v1/search", {"params": {"q": "knee", "k": "101"}}, 422),
+    ("k-negative", "GET", "/v1/search", {"params": {"q": "knee", "k": "-5"}}, 422),
+    ("k-float", "GET", "/v1/search", {"params": {"q": "knee", "k": "1.5"}}, 422),
+    ("k-huge", "GET", "/v1/search", {"params": {"q": "knee", "k": "9" * 40}}, 422),
+    ("k-empty", "GET", "/v1/search", {"params": {"q": "knee", "k": ""}}, 422),
+    ("alpha-negative", "GET", "/v1/search", {"params": {"q": "knee", "alpha": "-1"}}, 422),
+    ("alpha-over-1", "GET", "/v1/search", {"params": {"q": "knee", "alpha": "1.01"}}, 422),
+    ("alpha-nan", "GET", "/v1/search", {"params": {"q": "knee", "alpha": "nan"}}, 422),
+    ("alpha-inf", "GET", "/v1/search", {"params": {"q": "knee", "alpha": "inf"}}, 422),
+    ("alpha-minus-inf", "GET", "/v1/search", {"params": {"q": "knee", "alpha": "-inf"}}, 422),
+    ("alpha-abc", "GET", "/v1/search", {"params": {"q": "knee", "alpha": "abc"}}, 422),
+    ("alpha-1e400", "GET", "/v1/search", {"params": {"q": "knee", "alpha": "1e400"}}, 422),
+    ("offset-negative", "GET", "/v1/search", {"params": {"q": "knee", "offset": "-1"}}, 422),
+    ("offset-huge", "GET", "/v1/search", {"params": {"q": "knee", "offset": "1000000000"}}, 422),
+    ("offset-giant", "GET", "/v1/search", {"params": {"q": "knee", "offset": "9" * 50}}, 422),
+    ("offset-abc", "GET", "/v1/search", {"params": {"q": "knee", "offset": "abc"}}, 422),
+    ("mode-bogus", "GET", "/v1/search", {"params": {"q": "knee", "mode": "bogus"}}, 422),
+    ("mode-image-on-search", "GET", "/v1/search", {"params": {"q": "knee", "mode": "image"}}, 422),
+    ("filter-unknown", "GET", "/v1/search", {"params": {"q": "knee", "modalty": "CT"}}, 422),
+    ("filter-too-long", "GET", "/v1/search", {"params": {"q": "knee", "modality": "C" * 300}}, 422),
+    ("filter-control", "GET", "/v1/search", {"params": {"q": "knee", "modality": "C\x00T"}}, 422),
     (
         "filter-too-many-fields",
         "GET",
-        "/search",
+        "/v1/search",
         {"params": [("q", "knee")] + [(f"f{i}", "v") for i in range(30)]},
         422,
     ),
-    ("similar-unknown-id", "GET", "/images/no-such-image/similar", {}, 404),
-    ("similar-bad-mode", "GET", "/images/red-01/similar", {"params": {"mode": "text"}}, 422),
-    ("similar-k-0", "GET", "/images/red-01/similar", {"params": {"k": "0"}}, 422),
-    ("similar-alpha-nan", "GET", "/images/red-01/similar", {"params": {"alpha": "nan"}}, 422),
-    ("record-unknown-id", "GET", "/images/no-such-image", {}, 404),
-    ("file-unknown-id", "GET", "/images/no-such-image/file", {}, 404),
-    ("id-nul", "GET", "/images/%00", {}, 422),
-    ("id-nul-file", "GET", "/images/x%00.png/file", {}, 422),
-    ("id-dotdot-encoded", "GET", "/images/%2E%2E/file", {}, 422),
-    ("id-dotdot-slash-encoded", "GET", "/images/..%2Fx", {}, 404),
-    ("id-backslash", "GET", "/images/..%5Cx/file", {}, 422),
-    ("id-too-long", "GET", "/images/" + "a" * 200, {}, 422),
-    ("id-unicode", "GET", "/images/%C3%A9t%C3%A9/similar", {}, 422),
-    ("upload-not-image", "POST", "/search/image", upload(b"hello, world", "x.txt"), 415),
-    ("upload-pdf", "POST", "/search/image", upload(b"%PDF-1.7\n" + b"0" * 100, "x.pdf"), 415),
-    ("upload-html-as-png", "POST", "/search/image", upload(b"<html><script>", "x.png"), 415),
-    ("upload-empty", "POST", "/search/image", upload(b""), 422),
+    ("similar-unknown-id", "GET", "/v1/images/no-such-image/similar", {}, 404),
+    ("similar-bad-mode", "GET", "/v1/images/red-01/similar", {"params": {"mode": "text"}}, 422),
+    ("similar-k-0", "GET", "/v1/images/red-01/similar", {"params": {"k": "0"}}, 422),
+    ("similar-alpha-nan", "GET", "/v1/images/red-01/similar", {"params": {"alpha": "nan"}}, 422),
+    ("record-unknown-id", "GET", "/v1/images/no-such-image", {}, 404),
+    ("file-unknown-id", "GET", "/v1/images/no-such-image/file", {}, 404),
+    ("id-nul", "GET", "/v1/images/%00", {}, 422),
+    ("id-nul-file", "GET", "/v1/images/x%00.png/file", {}, 422),
+    ("id-dotdot-encoded", "GET", "/v1/images/%2E%2E/file", {}, 422),
+    ("id-dotdot-slash-encoded", "GET", "/v1/images/..%2Fx", {}, 404),
+    ("id-backslash", "GET", "/v1/images/..%5Cx/file", {}, 422),
+    ("id-too-long", "GET", "/v1/images/" + "a" * 200, {}, 422),
+    ("id-unicode", "GET", "/v1/images/%C3%A9t%C3%A9/similar", {}, 422),
+    ("upload-not-image", "POST", "/v1/search/image", upload(b"hello, world", "x.txt"), 415),
+    ("upload-pdf", "POST", "/v1/search/image", upload(b"%PDF-1.7\n" + b"0" * 100, "x.pdf"), 415),
+    ("upload-html-as-png", "POST", "/v1/search/image", upload(b"<html><script>", "x.png"), 415),
+    ("upload-empty", "POST", "/v1/search/image", upload(b""), 422),
     (
         "upload-over-10MB",
         "POST",
-        "/search/image",
+        "/v1/search/image",
         upload(PNG_SIGNATURE + b"\0" * MAX_UPLOAD_BYTES),
         413,
     ),
-    ("upload-20MB-body", "POST", "/search/image", upload(b"\0" * (20 * 1024 * 1024)), 413),
-    ("upload-bomb", "POST", "/search/image", upload(bomb_png()), 422),
+    ("upload-20MB-body", "POST", "/v1/search/image", upload(b"\0" * (20 * 1024 * 1024)), 413),
+    ("upload-bomb", "POST", "/v1/search/image", upload(bomb_png()), 422),
     (
         "upload-truncated-png",
         "POST",
-        "/search/image",
+        "/v1/search/image",
         upload(png_bytes(make_image("red"))[:60]),
         422,
     ),
-    ("upload-no-file", "POST", "/search/image", {"data": {"q": "knee"}}, 422),
-    ("upload-file-as-text-field", "POST", "/search/image", {"data": {"file": "abc"}}, 422),
-    ("upload-json-body", "POST", "/search/image", {"json": {"file": "abc"}}, 422),
-    ("upload-bad-k", "POST", "/search/image?k=abc", upload(b"x"), 422),
+    ("upload-no-file", "POST", "/v1/search/image", {"data": {"q": "knee"}}, 422),
+    ("upload-file-as-text-field", "POST", "/v1/search/image", {"data": {"file": "abc"}}, 422),
+    ("upload-json-body", "POST", "/v1/search/image", {"json": {"file": "abc"}}, 422),
+    ("upload-bad-k", "POST", "/v1/search/image?k=abc", upload(b"x"), 422),
     (
         "upload-bad-alpha-form",
         "POST",
-        "/search/image",
+        "/v1/search/image",
         {**upload(b"x"), "data": {"alpha": "inf"}},
         422,
     ),
-    ("upload-q-10k", "POST", "/search/image", {**upload(b"x"), "data": {"q": "z" * 10_000}}, 422),
-    ("search-wrong-method", "POST", "/search", {"params": {"q": "knee"}}, 405),
-    ("upload-wrong-method", "GET", "/search/image", {}, (404, 405)),  # 404 from the web site
+    (
+        "upload-q-10k",
+        "POST",
+        "/v1/search/image",
+        {**upload(b"x"), "data": {"q": "z" * 10_000}},
+        422,
+    ),
+    ("search-wrong-method", "POST", "/v1/search", {"params": {"q": "knee"}}, 405),
+    ("upload-wrong-method", "GET", "/v1/search/image", {}, (404, 405)),  # 404 from the web site
     ("unknown-route", "GET", "/admin", {}, 404),
 ]
 
@@ -153,7 +159,7 @@ def check(response: httpx.Response, expected: int | tuple[int, ...], name: str) 
     allowed = expected if isinstance(expected, tuple) else (expected,)
     assert response.status_code in allowed, (name, response.status_code, response.text[:300])
     if response.status_code not in (404, 405) or name.startswith(("similar", "record", "file")):
-        detail = response.json()["detail"]
+        detail = response.json()["error"]["message"]
         assert isinstance(detail, str) and len(detail) > 5, (name, detail)
 
 
@@ -180,7 +186,7 @@ def test_given_the_hostile_list_when_sent_to_a_real_uvicorn_server_then_4xx_neve
         for name, method, url, kwargs, expected in HOSTILE:
             check(client.request(method, url, **kwargs), expected, name)
         # and the server still answers normally afterwards
-        assert client.get("/search", params={"q": "knee", "mode": "text"}).status_code == 200
+        assert client.get("/v1/search", params={"q": "knee", "mode": "text"}).status_code == 200
 
 
 def raw_get(url: str, target: str) -> tuple[int, bytes]:
@@ -198,18 +204,18 @@ def raw_get(url: str, target: str) -> tuple[int, bytes]:
 @pytest.mark.parametrize(
     "target",
     [
-        "/images/../secret.txt",
+        "/v1/images/../secret.txt",
         "/../secret.txt",
-        "/images/../../secret.txt",
-        "/images/..%2F..%2Fsecret.txt/file",
-        "/images/..%2Fx",
-        "/images/%2e%2e/file",
-        "/images/%00",
-        "/images/..",
+        "/v1/images/../../secret.txt",
+        "/v1/images/..%2F..%2Fsecret.txt/file",
+        "/v1/images/..%2Fx",
+        "/v1/images/%2e%2e/file",
+        "/v1/images/%00",
+        "/v1/images/..",
         "/..%2Fsecret.txt",
         "/%2e%2e/secret.txt",
         "/static/..%5C..%5Csecret.txt",
-        "/images/x/file?../../secret.txt",
+        "/v1/images/x/file?../../secret.txt",
     ],
 )
 def test_given_path_like_ids_when_sent_raw_to_uvicorn_then_4xx_and_nothing_leaks(
@@ -229,11 +235,12 @@ def test_given_query_syntax_characters_when_searching_then_they_are_plain_text(
         TestClient(hostile_app) if client_kind == "testclient" else httpx.Client(base_url=live_url)
     )
     with client:
-        plain = client.get("/search", params={"q": "lung nodule", "mode": "text"})
+        plain = client.get("/v1/search", params={"q": "lung nodule", "mode": "text"})
         noisy = client.get(
-            "/search", params={"q": f'"lung" * nodule:( ) \\ AND OR NOT {SYNTAX}', "mode": "text"}
+            "/v1/search",
+            params={"q": f'"lung" * nodule:( ) \\ AND OR NOT {SYNTAX}', "mode": "text"},
         )
-        only = client.get("/search", params={"q": SYNTAX, "mode": "hybrid"})
+        only = client.get("/v1/search", params={"q": SYNTAX, "mode": "hybrid"})
         for response in (plain, noisy, only):
             assert response.status_code == 200, response.text
         assert [r["image_id"] for r in noisy.json()["results"]] == [
@@ -264,7 +271,7 @@ def test_given_a_chunked_body_without_length_when_over_the_limit_then_json_413(
         TestClient(hostile_app) if client_kind == "testclient" else httpx.Client(base_url=live_url)
     )
     with client:
-        response = client.post("/search/image", content=chunks(), headers=headers)
+        response = client.post("/v1/search/image", content=chunks(), headers=headers)
     # Then the request is refused as it streams in, with a message, not a parse error or a 500
     assert response.status_code == 413, response.text
-    assert "10 MB" in response.json()["detail"]
+    assert "10 MB" in response.json()["error"]["message"]

@@ -64,14 +64,14 @@ def test_given_searches_and_uploads_when_served_then_no_log_holds_their_text(
     service = SearchService(MemoryIndex(documents), encoder)
     client = TestClient(create_app(ServiceSettings(), service_factory=lambda: service))
     caplog.set_level(logging.DEBUG)
-    assert client.get("/search", params={"q": f"{QUERY} lung", "k": 50}).status_code == 200
+    assert client.get("/v1/search", params={"q": f"{QUERY} lung", "k": 50}).status_code == 200
     upload = client.post(
-        "/search/image", params={"q": QUERY}, files={"file": ("a.png", make_upload("red"))}
+        "/v1/search/image", params={"q": QUERY}, files={"file": ("a.png", make_upload("red"))}
     )
     assert upload.status_code == 200
-    bad = client.post("/search/image", params={"q": QUERY}, files={"file": ("a.png", b"%PDF")})
+    bad = client.post("/v1/search/image", params={"q": QUERY}, files={"file": ("a.png", b"%PDF")})
     assert bad.status_code == 415
-    assert client.get("/search", params={"q": f"{QUERY}\x01"}).status_code == 422
+    assert client.get("/v1/search", params={"q": f"{QUERY}\x01"}).status_code == 422
     text = logged(caplog)
     assert "quokka" not in text and "zebrafish" not in text
 
@@ -82,12 +82,14 @@ def test_given_an_engine_error_quoting_the_query_when_logged_then_kind_and_hash_
     service = SearchService(QuotingIndex(corpus), encoder)
     client = TestClient(create_app(ServiceSettings(), service_factory=lambda: service))
     caplog.set_level(logging.DEBUG)
-    response = client.get("/search", params={"q": QUERY, "mode": "text"})
+    response = client.get("/v1/search", params={"q": QUERY, "mode": "text"})
     assert response.status_code == 503
     text = logged(caplog)
     assert "quokka" not in text
     # the error is logged, by its kind and a fingerprint that matches the client's message
-    assert "SearchIndexError" in text and text_fingerprint(response.json()["detail"]) in text
+    assert (
+        "SearchIndexError" in text and text_fingerprint(response.json()["error"]["message"]) in text
+    )
 
 
 @pytest.mark.live

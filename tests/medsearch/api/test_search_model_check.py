@@ -135,14 +135,14 @@ def test_given_the_api_factory_when_the_model_has_other_weights_then_the_service
         build_service(settings)
     # And the app built from the settings answers 503 with the reason, naming both models by
     # their folders' names: where they lie on the server's disk is not shown
-    response = TestClient(create_app(settings)).get("/health")
+    response = TestClient(create_app(settings)).get("/v1/health")
     assert response.status_code == 503
-    detail = response.json()["detail"]
+    detail = response.json()["error"]["message"]
     assert f"model {tiny_model_dir.name} " in detail and f"model {other_model_dir.name} " in detail
     assert str(tiny_model_dir.parent) not in detail
     # While the model the index was built with starts
     good = ServiceSettings(index_dir=str(index_dir), model=str(tiny_model_dir))
-    assert TestClient(create_app(good)).get("/health").json()["model"] == tiny_model_dir.name
+    assert TestClient(create_app(good)).get("/v1/health").json()["model"] == tiny_model_dir.name
 
 
 def test_given_the_cli_when_searching_or_serving_with_other_weights_then_one_line_and_exit_2(

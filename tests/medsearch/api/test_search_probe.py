@@ -48,17 +48,17 @@ def test_given_a_hostile_host_header_when_every_endpoint_answers_then_no_link_na
     client = client_for(service)
     headers = {"Host": EVIL, "X-Forwarded-Host": EVIL}
     answers = [
-        client.get("/search?q=chest&k=5", headers=headers).json(),
-        client.get("/images/red-01/similar?k=5", headers=headers).json(),
+        client.get("/v1/search?q=chest&k=5", headers=headers).json(),
+        client.get("/v1/images/red-01/similar?k=5", headers=headers).json(),
         client.post(
-            "/search/image", files={"file": ("a.png", make_upload("red"))}, headers=headers
+            "/v1/search/image", files={"file": ("a.png", make_upload("red"))}, headers=headers
         ).json(),
     ]
     links = [url for body in answers for url in urls_of(body)]
-    links.append(client.get("/images/red-01", headers=headers).json()["image_url"])
+    links.append(client.get("/v1/images/red-01", headers=headers).json()["image_url"])
     assert links and all(EVIL not in url for url in links)
     # without a configured public URL they are relative to the API's base URL
-    assert all(url.startswith("images/") and url.endswith("/file") for url in links)
+    assert all(url.startswith("v1/images/") and url.endswith("/file") for url in links)
 
 
 def test_given_a_public_base_url_when_the_host_header_lies_then_links_use_the_configured_url(
@@ -67,9 +67,9 @@ def test_given_a_public_base_url_when_the_host_header_lies_then_links_use_the_co
     settings = ServiceSettings(public_base_url="https://search.example.org/prod/")
     service = SearchService(index, encoder, image_url=image_url_for(settings))
     client = client_for(service)
-    body = client.get("/search?q=chest&k=3", headers={"Host": EVIL}).json()
+    body = client.get("/v1/search?q=chest&k=3", headers={"Host": EVIL}).json()
     assert urls_of(body) == [
-        f"https://search.example.org/prod/images/{r['image_id']}/file" for r in body["results"]
+        f"https://search.example.org/prod/v1/images/{r['image_id']}/file" for r in body["results"]
     ]
 
 
@@ -102,16 +102,16 @@ def test_given_a_numeric_field_that_is_no_facet_when_filtered_on_then_exact_valu
     documents = sized(corpus)
     engine = build_index(tmp_path / "index", documents, model_id="colour-encoder")
     client = client_for(SearchService(engine, encoder))
-    assert "size_cm" not in client.get("/facets").json()
+    assert "size_cm" not in client.get("/v1/facets").json()
     for mode in ("text", "vector", "hybrid"):
-        response = client.get(f"/search?q=chest red&mode={mode}&size_cm=4.6&ct=true&k=100")
+        response = client.get(f"/v1/search?q=chest red&mode={mode}&size_cm=4.6&ct=true&k=100")
         assert response.status_code == 200, response.text
         want = {d.image_id for d in documents if d.metadata["size_cm"] == 4.6 and d.metadata["ct"]}
         got = {r["image_id"] for r in response.json()["results"]}
         assert got and got <= want
     # a field no document has is still a 422 naming the filterable fields, numbers included
-    unknown = client.get("/search?q=chest&size=4.6")
-    assert unknown.status_code == 422 and "size_cm" in unknown.json()["detail"]
+    unknown = client.get("/v1/search?q=chest&size=4.6")
+    assert unknown.status_code == 422 and "size_cm" in unknown.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -132,7 +132,7 @@ def test_given_a_numeric_field_when_filtered_by_a_range_then_the_values_inside_m
     engine = build_index(tmp_path / "index", documents, model_id="colour-encoder")
     client = client_for(SearchService(engine, encoder))
     for mode in ("text", "vector"):
-        response = client.get(f"/search?q=chest red mass&mode={mode}&k=100&{query}")
+        response = client.get(f"/v1/search?q=chest red mass&mode={mode}&k=100&{query}")
         assert response.status_code == 200, response.text
         got = {r["image_id"] for r in response.json()["results"]}
         allowed = {d.image_id for d in documents if keep(d.metadata["size_cm"])}
@@ -150,8 +150,8 @@ def test_given_a_bad_range_when_filtering_then_422_saying_why(
     tmp_path: Path, corpus: list[Document], encoder: ColourEncoder, query: str, message: str
 ) -> None:
     engine = build_index(tmp_path / "index", sized(corpus), model_id="colour-encoder")
-    response = client_for(SearchService(engine, encoder)).get(f"/search?q=chest&{query}")
-    assert response.status_code == 422 and message in response.json()["detail"]
+    response = client_for(SearchService(engine, encoder)).get(f"/v1/search?q=chest&{query}")
+    assert response.status_code == 422 and message in response.json()["error"]["message"]
 
 
 @pytest.mark.live
@@ -169,11 +169,11 @@ def test_given_both_engines_when_filtering_on_a_numeric_field_then_the_same_resu
     for engine in (embedded, remote):
         client = client_for(SearchService(engine, encoder))
         pages = [
-            client.get(f"/search?q=chest red mass&mode={mode}&size_cm={size}&k=100")
+            client.get(f"/v1/search?q=chest red mass&mode={mode}&size_cm={size}&k=100")
             for mode in ("text", "vector")
             for size in ("4.6", "12", "0.5", "0.5&size_cm_min=0", "12&size_cm_max=4.6")
         ] + [
-            client.get(f"/search?q=chest red mass&mode={mode}&{bounds}&k=100")
+            client.get(f"/v1/search?q=chest red mass&mode={mode}&{bounds}&k=100")
             for mode in ("text", "vector")
             for bounds in ("size_cm_min=1", "size_cm_max=4.6", "size_cm_min=0.5&size_cm_max=5")
         ]
@@ -190,7 +190,7 @@ def test_given_metadata_named_like_parameters_when_listing_facets_then_they_are_
         for d in corpus
     ]
     client = client_for(SearchService(MemoryIndex(documents), encoder))
-    facets = client.get("/facets").json()
+    facets = client.get("/v1/facets").json()
     assert "modality" in facets and not {"q", "k", "mode", "alpha", "offset"} & set(facets)
 
 
@@ -200,20 +200,26 @@ def test_given_metadata_named_like_parameters_when_listing_facets_then_they_are_
 def test_given_an_empty_mode_when_searching_then_422_as_the_schema_enum_says(
     service: SearchService,
 ) -> None:
-    response = client_for(service).get("/search?q=chest&mode=")
-    assert response.status_code == 422 and "mode must be one of" in response.json()["detail"]
+    response = client_for(service).get("/v1/search?q=chest&mode=")
+    assert (
+        response.status_code == 422 and "mode must be one of" in response.json()["error"]["message"]
+    )
 
 
 def test_given_the_openapi_schema_when_read_then_it_states_the_id_and_query_rules(
     service: SearchService,
 ) -> None:
     schema = client_for(service).get("/openapi.json").json()
-    for path in ("/images/{image_id}", "/images/{image_id}/file", "/images/{image_id}/similar"):
+    for path in (
+        "/v1/images/{image_id}",
+        "/v1/images/{image_id}/file",
+        "/v1/images/{image_id}/similar",
+    ):
         parameter = next(p for p in schema["paths"][path]["get"]["parameters"] if p["in"] == "path")
         assert parameter["schema"]["pattern"].startswith("^(?!")
-    q = next(p for p in schema["paths"]["/search"]["get"]["parameters"] if p["name"] == "q")
+    q = next(p for p in schema["paths"]["/v1/search"]["get"]["parameters"] if p["name"] == "q")
     assert q["schema"]["pattern"] == QUERY_PATTERN
-    assert "400" in schema["paths"]["/search/image"]["post"]["responses"]
+    assert "400" in schema["paths"]["/v1/search/image"]["post"]["responses"]
 
 
 @pytest.mark.parametrize(
@@ -241,13 +247,13 @@ def test_given_the_web_page_when_a_wrong_method_hits_an_api_path_then_405_allow_
 ) -> None:
     (tmp_path / "index.html").write_text("<!doctype html><title>medsearch</title>")
     client = client_for(service, web_dir=tmp_path)
-    response = client.request(method, "/search/image")
+    response = client.request(method, "/v1/search/image")
     assert response.status_code == 405, response.text
-    assert response.headers["allow"] == "POST" and response.json()["detail"]
+    assert response.headers["allow"] == "POST" and response.json()["error"]["message"]
     # while the page and its files are still served, and a missing file is a JSON 404
     assert "<title>medsearch" in client.get("/").text
     missing = client.get("/no-such-file.js")
-    assert missing.status_code == 404 and missing.json()["detail"]
+    assert missing.status_code == 404 and missing.json()["error"]["message"]
 
 
 def test_given_a_malformed_multipart_body_when_uploading_then_a_documented_400(
@@ -260,9 +266,9 @@ def test_given_a_malformed_multipart_body_when_uploading_then_a_documented_400(
         ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data\r\n\r\n"),
     ]:
         response = client.post(
-            "/search/image", content=body, headers={"Content-Type": content_type}
+            "/v1/search/image", content=body, headers={"Content-Type": content_type}
         )
-        assert response.status_code == 400 and response.json()["detail"]
+        assert response.status_code == 400 and response.json()["error"]["message"]
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -282,10 +288,10 @@ def test_given_a_huge_bomb_upload_when_searching_then_the_message_quotes_our_50_
 ) -> None:
     # 20000 x 20000 = 400 MP: past Pillow's own bomb threshold, which answers before our check
     response = client_for(service).post(
-        "/search/image", files={"file": ("bomb.png", png_header(20000, 20000))}
+        "/v1/search/image", files={"file": ("bomb.png", png_header(20000, 20000))}
     )
     assert response.status_code == 422
-    detail = response.json()["detail"]
+    detail = response.json()["error"]["message"]
     assert "50,000,000" in detail and "178,956,970" not in detail and "400,000,000" in detail
 
 
@@ -310,20 +316,20 @@ def test_given_a_long_caption_when_it_is_a_hit_then_cut_and_flagged_and_whole_in
     long = "chest " * 2000  # 12,000 characters
     documents = [dataclasses.replace(corpus[0], caption=long), *corpus[1:]]
     client = client_for(SearchService(MemoryIndex(documents), encoder))
-    hits = client.get("/search?q=chest&mode=text&k=100").json()["results"]
+    hits = client.get("/v1/search?q=chest&mode=text&k=100").json()["results"]
     first = next(r for r in hits if r["image_id"] == corpus[0].image_id)
     assert len(first["caption"]) == MAX_HIT_CAPTION_CHARS and first["caption_truncated"] is True
     assert not any(r["caption_truncated"] for r in hits if r is not first)
-    similar = client.get(f"/images/{corpus[0].image_id}/similar?mode=image_text").json()
+    similar = client.get(f"/v1/images/{corpus[0].image_id}/similar?mode=image_text").json()
     assert len(similar["query"]) == MAX_HIT_CAPTION_CHARS
-    assert client.get(f"/images/{corpus[0].image_id}").json()["caption"] == long
+    assert client.get(f"/v1/images/{corpus[0].image_id}").json()["caption"] == long
 
 
 def test_given_a_plain_png_upload_when_searching_then_it_still_answers(
     service: SearchService,
 ) -> None:
     data = png_bytes(Image.new("RGB", (16, 16), (220, 30, 30)))
-    response = client_for(service).post("/search/image", files={"file": ("r.png", data)})
+    response = client_for(service).post("/v1/search/image", files={"file": ("r.png", data)})
     assert response.status_code == 200 and response.json()["results"]
 
 
@@ -334,11 +340,11 @@ def test_given_an_invalid_query_parameter_when_its_form_field_wins_then_still_42
     files = {"file": ("a.png", make_upload("red"))}
     for query in ("offset=1001", "k=0", "alpha=2", "q=a%01b"):
         response = client.post(
-            f"/search/image?{query}", files=files, data={"offset": "0", "k": "3"}
+            f"/v1/search/image?{query}", files=files, data={"offset": "0", "k": "3"}
         )
         assert response.status_code == 422, (query, response.text)
     # a blank text is "no text", on the form or in the query
-    blank = client.post("/search/image?q=%20", files=files, data={"k": "3"})
+    blank = client.post("/v1/search/image?q=%20", files=files, data={"k": "3"})
     assert blank.status_code == 200 and blank.json()["query"] is None
 
 
@@ -350,7 +356,7 @@ def test_given_the_upload_schema_when_read_then_optional_fields_have_no_null_typ
     fields = body["properties"]
     assert fields["alpha"]["type"] == "number" and "anyOf" not in fields["alpha"]
     assert (fields["k"]["minimum"], fields["k"]["maximum"]) == (1, 100)
-    parameters = schema["paths"]["/search/image"]["post"]["parameters"]
+    parameters = schema["paths"]["/v1/search/image"]["post"]["parameters"]
     assert all("anyOf" not in p["schema"] for p in parameters)
 
 
@@ -368,11 +374,11 @@ def test_given_the_cli_when_search_json_then_links_are_relative_or_under_the_pub
     argv = ["search", "--index", str(tmp_path / "index"), "--mode", "text", "--json", "chest"]
     assert main(argv) == 0
     links = [r["image_url"] for r in json.loads(capsys.readouterr().out)["results"]]
-    assert links and all(link.startswith("images/") for link in links)
+    assert links and all(link.startswith("v1/images/") for link in links)
     monkeypatch.setenv("MEDSEARCH_PUBLIC_BASE_URL", "https://search.example.org")
     assert main(argv) == 0
     links = [r["image_url"] for r in json.loads(capsys.readouterr().out)["results"]]
-    assert all(link.startswith("https://search.example.org/images/") for link in links)
+    assert all(link.startswith("https://search.example.org/v1/images/") for link in links)
 
 
 def test_given_huge_metadata_when_it_is_a_hit_then_bounded_and_flagged_and_whole_in_the_record(
@@ -388,7 +394,7 @@ def test_given_huge_metadata_when_it_is_a_hit_then_bounded_and_flagged_and_whole
     }
     documents = [dataclasses.replace(corpus[0], metadata=huge), *corpus[1:]]
     client = client_for(SearchService(MemoryIndex(documents), encoder))
-    response = client.get("/search?q=chest&mode=text&k=100")
+    response = client.get("/v1/search?q=chest&mode=text&k=100")
     hits = response.json()["results"]
     first = next(r for r in hits if r["image_id"] == corpus[0].image_id)
     shown = first["metadata"]
@@ -398,7 +404,7 @@ def test_given_huge_metadata_when_it_is_a_hit_then_bounded_and_flagged_and_whole
     assert len(shown["notes"]) == MAX_HIT_METADATA_VALUE_CHARS
     assert not any(r["metadata_truncated"] for r in hits if r is not first)
     assert len(response.content) < 2_000_000  # the record alone is 2 MB of metadata
-    record = client.get(f"/images/{corpus[0].image_id}").json()
+    record = client.get(f"/v1/images/{corpus[0].image_id}").json()
     assert (
         record["metadata"]["notes"] == huge["notes"]
         and len(record["metadata"]["series"]) == 100_000

@@ -260,7 +260,7 @@ def test_given_a_hit_when_returned_then_it_carries_caption_scores_metadata_and_u
     assert result.image_url == "https://cdn/grey-02.png"
     assert math.isfinite(result.score) and result.bm25_score and result.vector_score
     default = SearchService(index, encoder).search("effusion", k=1).results[0]
-    assert default.image_url == f"images/{default.image_id}/file"
+    assert default.image_url == f"v1/images/{default.image_id}/file"
 
 
 def test_given_health_and_facets_when_asked_then_count_model_and_values(

@@ -223,7 +223,9 @@ def upload(
 ) -> tuple[int, Any]:
     """POST /search/image with a multipart file, as the web page sends it."""
     body, content_type = multipart_form(fields or {}, {"file": (filename, data, media_type)})
-    event = http_api_request("POST", "/search/image", query, body=body, content_type=content_type)
+    event = http_api_request(
+        "POST", "/v1/search/image", query, body=body, content_type=content_type
+    )
     return call(handler, event)
 
 
@@ -328,7 +330,7 @@ def test_given_searches_running_when_a_new_run_is_published_then_each_sees_one_w
         loader.handler(s3_event(aws, [key]), LambdaContextStub())
     assert alias_targets(client, alias) == [f"{alias}-{runs['first']}"]
     api = search_lambda(monkeypatch, client, alias, model_cache)
-    assert get(api, "/health")[1]["documents"] == sizes["first"]
+    assert get(api, "/v1/health")[1]["documents"] == sizes["first"]
 
     # And a thread querying the alias through the search API: counts and vector searches, whose
     # totals are the whole run's document count
@@ -346,12 +348,12 @@ def test_given_searches_running_when_a_new_run_is_published_then_each_sees_one_w
                 if stop.is_set():
                     return
                 if number % 2:
-                    status, body = get(api, "/search", ("q", "knee MRI"), ("mode", "vector"))
+                    status, body = get(api, "/v1/search", ("q", "knee MRI"), ("mode", "vector"))
                     figure = body.get("total") if status == 200 else body
                     if status == 200:
                         assert len(body["results"]) == min(10, figure), body
                 else:
-                    status, body = get(api, "/health")
+                    status, body = get(api, "/v1/health")
                     figure = body.get("documents") if status == 200 else body
                 answers.append(("search" if number % 2 else "health", status, figure))
                 if figure == sizes["first"]:
@@ -447,7 +449,7 @@ def test_given_the_live_alias_then_text_vector_and_hybrid_searches_rank_from_the
     api: ModuleType, served: Served, transform: Transform
 ) -> None:
     # When /health is asked
-    status, health = get(api, "/health")
+    status, health = get(api, "/v1/health")
     # Then it counts every loaded record, with the model's dimension
     assert status == 200, health
     assert health["documents"] == SERVED_N and health["dim"] == transform.dim
@@ -456,7 +458,9 @@ def test_given_the_live_alias_then_text_vector_and_hybrid_searches_rank_from_the
     ids = {r.image_id for r in served.records}
     for mode in ("text", "vector", "hybrid"):
         # When a caption is searched in each mode
-        status, body = get(api, "/search", ("q", target.caption or ""), ("mode", mode), ("k", "5"))
+        status, body = get(
+            api, "/v1/search", ("q", target.caption or ""), ("mode", mode), ("k", "5")
+        )
         # Then five ranked results come back; the caption's own image first where BM25 counts
         assert status == 200, body
         scores = [hit["score"] for hit in body["results"]]
@@ -472,14 +476,14 @@ def test_given_the_live_alias_then_text_vector_and_hybrid_searches_rank_from_the
     # When a metadata filter with two values is added
     wanted = sorted({str(r.metadata["modality"]) for r in served.records})[:2]
     query = [("q", "lesion"), ("mode", "hybrid"), *(("modality", m) for m in wanted)]
-    status, body = get(api, "/search", *query)
+    status, body = get(api, "/v1/search", *query)
     # Then only those modalities come back
     assert status == 200, body
     assert body["results"] and {hit["metadata"]["modality"] for hit in body["results"]} <= set(
         wanted
     )
     # And /facets lists the fields with their counts
-    status, facets = get(api, "/facets")
+    status, facets = get(api, "/v1/facets")
     assert status == 200 and sum(facets["modality"].values()) == SERVED_N
 
 
@@ -518,7 +522,7 @@ def test_given_query_syntax_characters_then_they_are_searched_as_plain_text(
     api: ModuleType, mode: str, q: str
 ) -> None:
     # When a query holds OpenSearch query-string syntax (never parsed: it is a match query)
-    status, body = get(api, "/search", ("q", q), ("mode", mode))
+    status, body = get(api, "/v1/search", ("q", q), ("mode", mode))
     # Then it is answered like any text: no error, and no syntax taking effect ("*:*" matches no
     # caption, so text search finds nothing rather than everything)
     assert status == 200, body
@@ -535,17 +539,17 @@ TOO_LONG = (LONG + "lung")[:10_000]
 @pytest.mark.parametrize(
     ("method", "path", "query", "status", "detail"),
     [
-        ("GET", "/search", [("q", TOO_LONG), ("mode", "text")], 422, "10000 characters long"),
-        ("GET", "/search", [("q", TOO_LONG), ("mode", "vector")], 422, "10000 characters long"),
-        ("GET", "/search", [("q", TOO_LONG), ("mode", "hybrid")], 422, "10000 characters long"),
-        ("POST", "/search/image", [("q", TOO_LONG)], 422, "10000 characters long"),
-        ("GET", "/search", [("q", "lung"), ("organ", "liver")], 422, "unknown filter field"),
-        ("POST", "/search/image", [("organ", "liver")], 422, "unknown filter field"),
-        ("GET", "/search", [("q", "lung"), ("mode", "fuzzy")], 422, "mode must be one of"),
-        ("GET", "/search", [("q", "lung"), ("k", "0")], 422, "k must be"),
-        ("GET", "/search", [("q", "lung"), ("alpha", "2")], 422, "alpha must be"),
-        ("GET", "/search", [("q", " ")], 422, "q must not be empty"),
-        ("GET", "/images/no-such-image", [], 404, "no image with id"),
+        ("GET", "/v1/search", [("q", TOO_LONG), ("mode", "text")], 422, "10000 characters long"),
+        ("GET", "/v1/search", [("q", TOO_LONG), ("mode", "vector")], 422, "10000 characters long"),
+        ("GET", "/v1/search", [("q", TOO_LONG), ("mode", "hybrid")], 422, "10000 characters long"),
+        ("POST", "/v1/search/image", [("q", TOO_LONG)], 422, "10000 characters long"),
+        ("GET", "/v1/search", [("q", "lung"), ("organ", "liver")], 422, "unknown filter field"),
+        ("POST", "/v1/search/image", [("organ", "liver")], 422, "unknown filter field"),
+        ("GET", "/v1/search", [("q", "lung"), ("mode", "fuzzy")], 422, "mode must be one of"),
+        ("GET", "/v1/search", [("q", "lung"), ("k", "0")], 422, "k must be"),
+        ("GET", "/v1/search", [("q", "lung"), ("alpha", "2")], 422, "alpha must be"),
+        ("GET", "/v1/search", [("q", " ")], 422, "q must not be empty"),
+        ("GET", "/v1/images/no-such-image", [], 404, "no image with id"),
     ],
 )
 def test_given_bad_input_then_a_4xx_says_what_to_fix(
@@ -561,25 +565,29 @@ def test_given_bad_input_then_a_4xx_says_what_to_fix(
         answer = upload(api, png_bytes(served.records[0].image), *query)
     else:
         answer = get(api, path, *query)
-    assert answer[0] == status and detail in answer[1]["detail"], answer
+    assert answer[0] == status and detail in answer[1]["error"]["message"], answer
 
 
 def test_given_a_bad_filter_or_record_then_the_answer_says_which(
     api: ModuleType, served: Served
 ) -> None:
     # A filter on an unknown field lists the fields the index has
-    status, body = get(api, "/search", ("q", "lung"), ("organ", "liver"))
-    assert status == 422 and "'organ'" in body["detail"] and "modality" in body["detail"]
+    status, body = get(api, "/v1/search", ("q", "lung"), ("organ", "liver"))
+    assert (
+        status == 422
+        and "'organ'" in body["error"]["message"]
+        and "modality" in body["error"]["message"]
+    )
     # A value with query syntax in a known field is an exact term: nothing matches, no error
-    status, body = get(api, "/search", ("q", "lung"), ("modality", 'CT" OR *'), ("mode", "text"))
+    status, body = get(api, "/v1/search", ("q", "lung"), ("modality", 'CT" OR *'), ("mode", "text"))
     assert status == 200 and body["total"] == 0, body
     # Similar images of the record the transform could not embed: it has no vector to search by
-    status, body = get(api, f"/images/{served.without_vector}/similar")
-    assert status == 422 and "has no vector" in body["detail"], body
+    status, body = get(api, f"/v1/images/{served.without_vector}/similar")
+    assert status == 422 and "has no vector" in body["error"]["message"], body
     # and of a record with one, with an unknown filter field: the same 422 as a search
     vector_id = served.records[0].image_id
-    status, body = get(api, f"/images/{vector_id}/similar", ("organ", "liver"))
-    assert status == 422 and "unknown filter field" in body["detail"], body
+    status, body = get(api, f"/v1/images/{vector_id}/similar", ("organ", "liver"))
+    assert status == 422 and "unknown filter field" in body["error"]["message"], body
 
 
 @pytest.mark.parametrize(
@@ -594,7 +602,7 @@ def test_given_an_upload_that_is_not_a_usable_image_then_a_4xx_says_so(
     api: ModuleType, data: bytes, filename: str, status: int, detail: str
 ) -> None:
     answer = upload(api, data, filename=filename)
-    assert answer[0] == status and detail in answer[1]["detail"], answer
+    assert answer[0] == status and detail in answer[1]["error"]["message"], answer
 
 
 def test_given_no_api_path_sends_a_raw_vector_then_a_model_and_index_of_other_dims_is_a_clear_503(
@@ -615,22 +623,22 @@ def test_given_no_api_path_sends_a_raw_vector_then_a_model_and_index_of_other_di
         # Then every request is a 503 that names the model and both dimensions
         status, body = ask(api, request, transform)
         assert status == 503, body
-        assert f"{MODEL_ID} makes 128-d vectors" in body["detail"], body
-        assert "holds 3-d vectors" in body["detail"], body
+        assert f"{MODEL_ID} makes 128-d vectors" in body["error"]["message"], body
+        assert "holds 3-d vectors" in body["error"]["message"], body
 
 
 @pytest.mark.parametrize(
     ("method", "path", "query"),
     [
-        ("GET", "/health", []),
-        ("GET", "/search", [("q", "knee"), ("mode", "text")]),
-        ("GET", "/search", [("q", "knee"), ("mode", "vector")]),
-        ("GET", "/search", [("q", "knee"), ("mode", "hybrid")]),
-        ("GET", "/search", [("q", "knee"), ("modality", "MRI")]),
-        ("POST", "/search/image", []),
-        ("GET", "/images/synth-00001", []),
-        ("GET", "/images/synth-00001/similar", []),
-        ("GET", "/facets", []),
+        ("GET", "/v1/health", []),
+        ("GET", "/v1/search", [("q", "knee"), ("mode", "text")]),
+        ("GET", "/v1/search", [("q", "knee"), ("mode", "vector")]),
+        ("GET", "/v1/search", [("q", "knee"), ("mode", "hybrid")]),
+        ("GET", "/v1/search", [("q", "knee"), ("modality", "MRI")]),
+        ("POST", "/v1/search/image", []),
+        ("GET", "/v1/images/synth-00001", []),
+        ("GET", "/v1/images/synth-00001/similar", []),
+        ("GET", "/v1/facets", []),
     ],
 )
 def test_given_the_alias_does_not_exist_then_every_request_is_a_503_that_names_it(
@@ -652,7 +660,7 @@ def test_given_the_alias_does_not_exist_then_every_request_is_a_503_that_names_i
     else:
         answer = get(api, path, *query)
     # Then it answers 503, naming the missing index
-    assert answer[0] == 503 and missing in answer[1]["detail"], answer
+    assert answer[0] == 503 and missing in answer[1]["error"]["message"], answer
     assert not opensearch_client.indices.exists(index=missing)  # and made nothing there
 
 
@@ -690,14 +698,14 @@ def ask(api: ModuleType, request: str, transform: Transform) -> tuple[int, Any]:
     if request == "upload":
         return upload(api, png_bytes(record.image))
     path, query = {
-        "health": ("/health", []),
-        "text": ("/search", [("q", "knee"), ("mode", "text")]),
-        "vector": ("/search", [("q", "knee"), ("mode", "vector")]),
-        "hybrid": ("/search", [("q", "knee"), ("mode", "hybrid")]),
-        "record": (f"/images/{record.image_id}", []),
-        "file": (f"/images/{record.image_id}/file", []),
-        "similar": (f"/images/{record.image_id}/similar", []),
-        "facets": ("/facets", []),
+        "health": ("/v1/health", []),
+        "text": ("/v1/search", [("q", "knee"), ("mode", "text")]),
+        "vector": ("/v1/search", [("q", "knee"), ("mode", "vector")]),
+        "hybrid": ("/v1/search", [("q", "knee"), ("mode", "hybrid")]),
+        "record": (f"/v1/images/{record.image_id}", []),
+        "file": (f"/v1/images/{record.image_id}/file", []),
+        "similar": (f"/v1/images/{record.image_id}/similar", []),
+        "facets": ("/v1/facets", []),
     }[request]
     return get(api, path, *query)
 
@@ -759,7 +767,7 @@ def test_given_a_warm_api_when_the_index_behind_its_alias_is_deleted_then_a_503_
     # Then each request is a 503 that names the missing alias, not a 404 or an empty answer
     alias, answers = after_delete
     status, body = answers[request_name]
-    assert status == 503 and alias in body["detail"], (status, body)
+    assert status == 503 and alias in body["error"]["message"], (status, body)
 
 
 @pytest.mark.parametrize(
@@ -774,7 +782,7 @@ def test_given_a_warm_api_when_a_run_of_another_dimension_goes_live_then_vector_
     # sentence rather than the node's raw error
     status, body = after_dim_swap[1][request_name]
     if request_name in ("vector", "hybrid", "upload"):
-        detail = body["detail"]
+        detail = body["error"]["message"]
         assert status == 503 and "3-d" in detail and "128-d" in detail, (status, body)
         assert "root_cause" not in detail, body
     else:

@@ -129,12 +129,12 @@ def test_given_a_hostile_image_when_uploaded_to_a_real_server_then_200_or_4xx_wi
     served: str, case: ImageCase
 ) -> None:
     files = {"file": (f"{case.name}.png", case.data, "image/png")}
-    response = httpx.post(f"{served}/search/image", files=files, timeout=60)
+    response = httpx.post(f"{served}/v1/search/image", files=files, timeout=60)
     assert response.status_code == upload_status(case), (case.name, response.text[:300])
     if response.status_code == 200:
         assert response.json()["results"], case.name
     else:
-        detail = response.json()["detail"]
+        detail = response.json()["error"]["message"]
         assert isinstance(detail, str) and len(detail) > 5
         if case.error is not None and response.status_code == 422 and case.data:
             assert case.message in detail, (case.name, detail)

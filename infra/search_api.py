@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import json
+
 from aws_cdk import Acknowledgment, Aws, Duration, RemovalPolicy, Size, Validations
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_iam as iam
@@ -40,6 +42,12 @@ from medsearch.constants import (
 )
 
 LIVE_ALIAS = "live"
+# The app's error body (medsearch.api_errors), for the answers the gateway gives itself.
+ERROR_TEMPLATE = '{"error": {"code": "%s", "message": %s, "field": null}}'
+# Seconds a throttled client is told to wait: the usage plans refill tokens every second. A used
+# day's quota resets at 00:00 UTC, which a gateway response cannot compute: an hour is said.
+THROTTLED_RETRY_S = 1
+QUOTA_RETRY_S = 3600
 # A generated key is long and URL-safe (API Gateway needs at least 20 characters).
 SITE_KEY_LENGTH = 40
 
@@ -208,12 +216,73 @@ class SearchApi(Construct):
             api_stages=[apigw.UsagePlanPerApiStage(api=self.api, stage=self.stage)],
         )
         self.site_plan.add_api_key(site_key)
+        self._gateway_responses()
         self._suppress()
 
     @property
     def execute_api_domain(self) -> str:
         """The API's own host name (built from its id, so the CDN can use it without a cycle)."""
         return f"{self.api.rest_api_id}.execute-api.{Aws.REGION}.{Aws.URL_SUFFIX}"
+
+    def _gateway_responses(self) -> None:
+        """The answers the gateway gives without calling the function, in the app's error body.
+
+        Without them a client would parse API Gateway's ``{"message": ...}`` for a missing key, a
+        throttled or over-quota key, or a failed integration, and the app's shape for the rest.
+        """
+        said = {
+            "ApiKey": (
+                apigw.ResponseType.INVALID_API_KEY,
+                403,
+                "unauthorized",
+                "this API needs a valid x-api-key header",
+                {},
+            ),
+            "NoRoute": (
+                apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN,
+                404,
+                "not_found",
+                "no such path (the API's paths are under /v1)",
+                {},
+            ),
+            "Throttled": (
+                apigw.ResponseType.THROTTLED,
+                429,
+                "rate_limited",
+                f"too many requests for this key; retry in {THROTTLED_RETRY_S} s",
+                {"Retry-After": f"'{THROTTLED_RETRY_S}'"},
+            ),
+            "QuotaExceeded": (
+                apigw.ResponseType.QUOTA_EXCEEDED,
+                429,
+                "rate_limited",
+                "this key's daily quota is used up; it resets at 00:00 UTC",
+                {"Retry-After": f"'{QUOTA_RETRY_S}'"},
+            ),
+            "TooLarge": (
+                apigw.ResponseType.REQUEST_TOO_LARGE,
+                413,
+                "payload_too_large",
+                "request body too large: uploads are limited to 10 MB",
+                {},
+            ),
+        }
+        for name, (kind, status, code, message, headers) in said.items():
+            self.api.add_gateway_response(
+                name,
+                type=kind,
+                status_code=str(status),
+                response_headers=headers or None,
+                templates={"application/json": ERROR_TEMPLATE % (code, json.dumps(message))},
+            )
+        # Anything else the gateway fails with itself (a function error or timeout: 502, 504).
+        self.api.add_gateway_response(
+            "Default5xx",
+            type=apigw.ResponseType.DEFAULT_5_XX,
+            templates={
+                "application/json": ERROR_TEMPLATE % ("unavailable", "$context.error.messageString")
+            },
+        )
 
     def _suppress(self) -> None:
         """The API's cdk-nag suppressions, each with its reason."""

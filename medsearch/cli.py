@@ -517,7 +517,7 @@ def _run_load(args: argparse.Namespace) -> int:
     index = OpenSearchIndex(client, name, config=config)
     # The vectors' model id and weight fingerprint go into the index record, so the search
     # service refuses a model with other weights instead of ranking by unrelated vectors.
-    model = IndexModel(source.model_id, source.fingerprint)
+    model = IndexModel(source.model_id, source.fingerprint, source.vector_floor)
     if not index.create(source.dim, alias=args.alias, model=model):
         raise SearchIndexError(f"index {name} already exists: give another --run-id")
     try:

@@ -22,10 +22,10 @@ Ties are broken by ``image_id`` (ascending), so a ranking never depends on dict 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from medsearch.errors import InvalidInputError
-from medsearch.index.base import Hit
+from medsearch.index.base import Hit, TotalRelation
 
 # OpenSearch neural-search MinMaxScoreNormalizationTechnique constants.
 MIN_SCORE = 0.001
@@ -72,7 +72,8 @@ def fuse(text: ScoredIds, vector: ScoredIds, alpha: float, limit: int | None = N
     """Fuse a BM25 list and a kNN list into one ranking; raw scores are kept on each hit.
 
     ``text`` and ``vector`` are each sub-query's own top N as (image_id, raw score); ``alpha`` is
-    the vector weight. Returns every document of either list (or the best ``limit``), best first.
+    the vector weight. Returns every document of either list (or the best ``limit``), best first;
+    each hit carries the two weighted normalised parts its score is the sum of.
     """
     weight_vector = check_alpha(alpha)
     weight_text = 1.0 - weight_vector
@@ -81,15 +82,16 @@ def fuse(text: ScoredIds, vector: ScoredIds, alpha: float, limit: int | None = N
     norm_text = normalize_min_max(text)
     norm_vector = normalize_min_max(vector)
     # Missing from a list -> 0 there; both weights count (they sum to 1).
-    fused = [
-        (
-            -(
-                weight_text * norm_text.get(image_id, 0.0)
-                + weight_vector * norm_vector.get(image_id, 0.0)
-            ),
-            image_id,
+    parts = {
+        image_id: (
+            weight_text * norm_text.get(image_id, 0.0),
+            weight_vector * norm_vector.get(image_id, 0.0),
         )
         for image_id in raw_text.keys() | raw_vector.keys()
+    }
+    fused = [
+        (-(text_part + vector_part), image_id)
+        for image_id, (text_part, vector_part) in parts.items()
     ]
     fused.sort()
     if limit is not None:
@@ -100,6 +102,37 @@ def fuse(text: ScoredIds, vector: ScoredIds, alpha: float, limit: int | None = N
             score=-negative,
             text_score=raw_text.get(image_id),
             vector_score=raw_vector.get(image_id),
+            text_part=parts[image_id][0],
+            vector_part=parts[image_id][1],
         )
         for negative, image_id in fused
     ]
+
+
+def confident_total(
+    text_ids: Collection[str],
+    text_total: int,
+    text_relation: TotalRelation,
+    vector: ScoredIds,
+    depth: int,
+    floor: float,
+) -> tuple[int, TotalRelation]:
+    """Return how many documents match a query whose vector side has a calibrated floor, and
+    whether that count is exact: text matches plus vector hits at or above ``floor``.
+
+    ``text_ids``: the text list as searched (its top N; empty for a vector query), of
+    ``text_total`` matches; ``vector``: the kNN top ``depth``, best first. Counting every
+    document above the floor would take a scan of the corpus; the top list suffices, since a list
+    that reaches a hit below the floor (or ends before ``depth``) holds every one above it. A list
+    all above the floor is counted as a lower bound (``gte``), as is a text list cut before its
+    last match (a vector hit outside it may be a text match: only the larger side is counted).
+    Both engines count this way, so their totals agree.
+    """
+    confident = {image_id for image_id, score in vector if float(score) >= floor}
+    vector_complete = len(vector) < depth or len(confident) < len(vector)
+    text_complete = text_relation == "eq" and len(text_ids) >= text_total
+    if text_complete:
+        total = text_total + len(confident - set(text_ids))
+    else:
+        total = max(text_total, len(confident))
+    return total, "eq" if text_complete and vector_complete else "gte"

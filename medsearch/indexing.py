@@ -33,6 +33,7 @@ from medsearch.data.manifest import (
 from medsearch.errors import SearchIndexError
 from medsearch.index.base import Document
 from medsearch.publish_guard import PublishGuardConfig, check_publish
+from medsearch.relevance import VectorFloor
 from medsearch.vectorize import read_vectors
 
 if TYPE_CHECKING:
@@ -117,6 +118,8 @@ class IndexInput:
     model_id: str | None
     # The weight fingerprint of the model that made the vectors (None: vectors from before them).
     fingerprint: str | None = None
+    # The vectors' calibrated cosine floor (medsearch.relevance; None: vectors from before it).
+    vector_floor: VectorFloor | None = None
 
     @property
     def dim(self) -> int | None:
@@ -171,6 +174,9 @@ def read_index_input(
         vectors=matrix,
         model_id=meta.get("model"),
         fingerprint=str(fingerprint) if fingerprint else None,
+        vector_floor=VectorFloor.from_json(
+            meta.get("vector_floor"), int(matrix.shape[1]) if len(ids) else None
+        ),
     )
 
 
@@ -204,6 +210,7 @@ def index_manifest(
         model_id=source.model_id,
         fingerprint=source.fingerprint,
         config=config,
+        vector_floor=source.vector_floor,
     )
     summary = source.summary(
         Path(index),

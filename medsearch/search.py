@@ -45,9 +45,11 @@ from medsearch.errors import (
     UnsupportedMediaTypeError,
 )
 from medsearch.fusion import check_alpha
+from medsearch.index.analysis import highlight_spans, word_terms
 from medsearch.index.base import (
     MAX_K,
     Document,
+    Hit,
     IndexModel,
     RecordsModel,
     SearchIndex,
@@ -123,6 +125,27 @@ class SearchResult(BaseModel):
     score: float = Field(description="ranking score (raw BM25, cosine, or the fused score)")
     bm25_score: float | None = Field(description="raw BM25 score; null if not in the text list")
     vector_score: float | None = Field(description="cosine similarity; null if not in the kNN list")
+    text_part: float | None = Field(
+        default=None,
+        description="fused hits: (1 - alpha) x the min-max normalised BM25 that fusion summed "
+        "(text_part + vector_part = score); null when not fused here (one list alone, or "
+        "OpenSearch's fusion pipeline)",
+    )
+    vector_part: float | None = Field(
+        default=None,
+        description="fused hits: alpha x the min-max normalised cosine that fusion summed",
+    )
+    highlights: list[tuple[int, int]] = Field(
+        default_factory=list,
+        description="[start, end) offsets (Unicode code points) in caption of the words whose "
+        "stem is one of the query's stems, by the engines' own caption analysis",
+    )
+    low_confidence: bool | None = Field(
+        default=None,
+        description="text query modes: true when the hit is no caption match and its cosine is "
+        "below the index's calibrated vector_floor; null where not judged (image modes, or an "
+        "index that records no floor)",
+    )
     metadata: dict[str, Any] = Field(
         description=f"at most {MAX_HIT_METADATA_BYTES} bytes of it as JSON; text values cut to "
         f"{MAX_HIT_METADATA_VALUE_CHARS} characters"
@@ -150,6 +173,19 @@ class SearchResponse(BaseModel):
     total_relation: Literal["eq", "gte"] = Field(
         default="eq",
         description="eq: total is exact; gte: counting stopped at a bound, total is a lower bound",
+    )
+    best_match: Literal["good", "weak", "none"] | None = Field(
+        default=None,
+        description="text query modes: good = something matches (total > 0: caption matches, "
+        "or cosines at or above vector_floor); weak = results, but every one low_confidence; "
+        "none = no results; null where not judged (image modes, or vector modes of an index "
+        "that records no floor)",
+    )
+    vector_floor: float | None = Field(
+        default=None,
+        description="the cosine a text query's vector hit must reach to count as a match, "
+        "calibrated on the index's own captions; with it, vector and hybrid totals count only "
+        "matches (text matches and hits at or above it, among each list's top candidates)",
     )
     offset: int
     k: int
@@ -405,6 +441,16 @@ def _score(value: float | None) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
+
+
+def _low_confidence(hit: Hit, floor: float | None) -> bool:
+    """Whether a hit of a text query is no match: not a caption match, and its cosine (if any)
+    below the floor; a caption match is always a match (BM25 found the query's words)."""
+    if hit.text_score is not None:
+        return False
+    if floor is None:
+        return True  # text mode has no other evidence; vector modes pass a floor to be judged
+    return hit.vector_score is None or hit.vector_score < floor
 
 
 def _json_safe(value: Any) -> Any:
@@ -670,7 +716,12 @@ class SearchService:
         vector = None
         if mode in ("vector", "hybrid"):
             vector = self._encoder(mode).encode_texts([text])[0]
-        query = replace(page, text=text if mode in ("text", "hybrid") else None, vector=vector)
+        query = replace(
+            page,
+            text=text if mode in ("text", "hybrid") else None,
+            vector=vector,
+            vector_floor=self._vector_floor(vector),
+        )
         return self._run(query, mode=mode, shown_query=text, image_id=None, started=started)
 
     def similar(
@@ -743,6 +794,21 @@ class SearchService:
             filters=self.check_filters(filters),
         )
 
+    def _vector_floor(self, vector: np.ndarray | None) -> float | None:
+        """The raw cosine a text query vector's hits must reach to be matches, from the index's
+        calibrated floor (:mod:`medsearch.relevance`); None without a vector or a floor.
+
+        Asked per query, not at startup: the index may be rebuilt (or an alias moved) under a
+        running service, and both engines answer from what they already hold.
+        """
+        index = self.index
+        if vector is None or not isinstance(index, RecordsModel):
+            return None
+        floor = index.indexed_model().vector_floor
+        if floor is None or len(floor.center) != vector.shape[0]:
+            return None
+        return round(floor.for_query(vector), 6)
+
     def _encoder(self, mode: str) -> Encoder:
         if self.encoder is None:
             # Worded for the API and the CLI alike: both say "mode" and "model".
@@ -789,6 +855,9 @@ class SearchService:
         fused = query.text is not None and query.vector is not None
         # One lookup for the whole page; vectors are not shown, so they are not fetched.
         documents = self.index.get_many([hit.image_id for hit in page.hits], with_vectors=False)
+        # The words to mark: the query's own index terms (for image_text, the source caption's).
+        terms = word_terms(shown_query) if shown_query else frozenset()
+        judged = mode == "text" or query.vector_floor is not None
         results = []
         for hit in page.hits:
             document = documents.get(hit.image_id)
@@ -804,11 +873,18 @@ class SearchService:
                     score=_score(hit.score) or 0.0,
                     bm25_score=_score(hit.text_score),
                     vector_score=_score(hit.vector_score),
+                    text_part=_score(hit.text_part),
+                    vector_part=_score(hit.vector_part),
+                    highlights=highlight_spans(caption, terms) if caption else [],
+                    low_confidence=_low_confidence(hit, query.vector_floor) if judged else None,
                     metadata=metadata,
                     metadata_truncated=metadata_cut,
                     image_url=self.image_url(document),
                 )
             )
+        best: Literal["good", "weak", "none"] | None = None
+        if judged:
+            best = "good" if page.total > 0 else "weak" if page.hits else "none"
         return SearchResponse(
             query=cut_caption(shown_query)[0],
             mode=mode,
@@ -816,6 +892,8 @@ class SearchService:
             image_id=image_id,
             total=page.total,
             total_relation=page.total_relation,
+            best_match=best,
+            vector_floor=query.vector_floor,
             offset=query.offset,
             k=query.k,
             took_ms=round((time.perf_counter() - started) * 1000.0, 3),

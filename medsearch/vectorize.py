@@ -4,7 +4,8 @@ Output folder layout (what :func:`read_vectors` and the indexer read)::
 
     vectors.npy        float32 [count, dim], unit rows, in manifest order
     ids.json           the image ids, row by row
-    meta.json          model id, weight fingerprint, dim, count, created, similarity (written last)
+    meta.json          model id, weight fingerprint, dim, count, created, similarity, vector_floor
+                       (the calibrated cosine floor: medsearch.relevance) (written last)
     run.json           what a rerun checks: model fingerprint, probe vector, each id's image
     bad_records.jsonl  records skipped (id + reason); empty when none
     vectors.jsonl      optional: {"image_id", "vector"} per line (the batch-transform shape)
@@ -48,6 +49,7 @@ from medsearch import storage
 from medsearch.data.images import load_record_images
 from medsearch.data.manifest import BadRecord, Record, write_report
 from medsearch.errors import InvalidInputError, StorageError
+from medsearch.relevance import VectorFloor, calibrate_floor, sample_pairs
 from medsearch.vectors import SIMILARITY, Encoder, encoder_fingerprint, normalize
 
 log = logging.getLogger(__name__)
@@ -139,7 +141,8 @@ def vectorize(
                 done.update(zip(ids, vectors, strict=True))
                 encoded += len(good)
             bar.update(len(batch))
-    count = _assemble(out, encoder, state, records, done, bad, jsonl)
+    floor = _calibrate(encoder, records, done, batch_size)
+    count = _assemble(out, encoder, state, records, done, bad, jsonl, floor)
     _commit_assembly(out)
     shutil.rmtree(partial, ignore_errors=True)
     result = VectorizeResult(out, encoder.model_id, encoder.dim, count, encoded, reused, bad)
@@ -152,6 +155,34 @@ def vectorize(
         out,
     )
     return result
+
+
+def _calibrate(
+    encoder: Encoder, records: Sequence[Record], done: dict[str, np.ndarray], batch_size: int
+) -> VectorFloor | None:
+    """Learn the vectors' cosine floor from the corpus's own captions (see
+    :mod:`medsearch.relevance`): one text batch of at most 512 captions, on every run, reused
+    vectors included, so the floor always belongs to the vectors written."""
+    ids = [r.image_id for r in records if r.image_id in done]
+    if not ids:
+        return None
+    captions = {r.image_id: r.caption for r in records}
+    chosen = [ids[i] for i in sample_pairs(ids, captions)]
+    if not chosen:
+        return None
+    texts = normalize(encoder.encode_texts([captions[i] or "" for i in chosen], batch_size))
+    images = np.stack([done[i] for i in chosen]).astype(np.float32)
+    floor = calibrate_floor(texts, images, np.stack([done[i] for i in ids]))
+    if floor is not None:
+        log.info(
+            "vectorize: vector floor %.4f (centred cosine; %.1f%% of %d caption pairs above it, "
+            "%.1f%% of non-matching ones)",
+            floor.floor,
+            100 * floor.matched,
+            floor.pairs,
+            100 * floor.unmatched,
+        )
+    return floor
 
 
 def read_vectors(path: Path) -> tuple[list[str], np.ndarray, dict[str, Any]]:
@@ -323,6 +354,7 @@ def _assemble(
     done: dict[str, np.ndarray],
     bad: list[BadRecord],
     jsonl: bool,
+    floor: VectorFloor | None = None,
 ) -> int:
     """Write the new output set aside, in ``out/.assembly/``, ``COMMIT`` last; return the number
     of vectors in it. ``out`` itself is not touched: :func:`_commit_assembly` moves the set in."""
@@ -354,6 +386,7 @@ def _assemble(
         "similarity": SIMILARITY,
         "normalized": True,
         "bad": len(bad),
+        "vector_floor": floor.to_json() if floor is not None else None,
     }
     storage.write_text(aside / META, json.dumps(meta, indent=2) + "\n")
     files = [name for name in OUTPUT_FILES if (aside / name).exists()]

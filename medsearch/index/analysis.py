@@ -29,13 +29,18 @@ tantivy is imported only where the tantivy analyzer is built, so :data:`OPENSEAR
 
 from __future__ import annotations
 
-from functools import cache
+import logging
+import re
+from collections.abc import Callable, Collection
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from medsearch.errors import SearchIndexError
 
 if TYPE_CHECKING:
     import tantivy
+
+log = logging.getLogger(__name__)
 
 ANALYZER_NAME = "medsearch_en"
 # tantivy drops tokens of this many UTF-8 bytes or more.
@@ -44,6 +49,11 @@ MAX_TOKEN_BYTES = 255
 # \p{IsAlphabetic} and \p{N} are Rust's char::is_alphabetic and is_numeric, which tantivy's
 # simple tokenizer keeps together.
 TOKEN_SEPARATOR_PATTERN = r"[^\p{IsAlphabetic}\p{N}]+"  # noqa: S105 (not a secret)
+# The same split in Python, for the character offsets of words (see :func:`highlight_spans`).
+_WORD = re.compile(r"[^\W_]+")
+# Highlighting looks at most this many words of a text (a hit's caption is at most 1000
+# characters, so this bounds the work on any text, not the work on a caption).
+MAX_HIGHLIGHT_WORDS = 1000
 
 BM25_K1 = 1.2
 BM25_B = 0.75
@@ -118,3 +128,73 @@ def _shared_analyzer() -> tantivy.TextAnalyzer:
 def analyze(text: str) -> list[str]:
     """Return the index terms of a text, in order, duplicates kept (a ``match`` query's clauses)."""
     return list(_shared_analyzer().analyze(text))
+
+
+@cache
+def _word_analyzer() -> Callable[[str], list[str]] | None:
+    """Return what analyses one word: tantivy's analyzer (the embedded engine's own), else the
+    same chain in Python over ``snowballstemmer``'s English (Porter2) stemmer, for a process
+    without tantivy (the search API Lambda, whose captions OpenSearch analysed with Porter2);
+    None when neither is installed, so highlights are left out rather than guessed."""
+    try:
+        return _shared_analyzer().analyze
+    except ImportError:
+        pass
+    try:
+        import snowballstemmer  # type: ignore[import-untyped]
+    except ImportError:
+        log.warning("neither tantivy nor snowballstemmer is installed: no caption highlights")
+        return None
+    stemmer = snowballstemmer.stemmer("english")
+    stop = frozenset(STOP_WORDS)
+
+    def analyze_word(word: str) -> list[str]:
+        lowered = word.lower()
+        if len(word.encode("utf-8")) >= MAX_TOKEN_BYTES or lowered in stop:
+            return []
+        return [stemmer.stemWord(lowered)]
+
+    return analyze_word
+
+
+@lru_cache(maxsize=65_536)
+def _word_terms(word: str) -> tuple[str, ...]:
+    """Return one word's index terms (usually one stem; none for a stop word), memoised: the
+    words of captions repeat across hits and queries."""
+    analyzer = _word_analyzer()
+    return tuple(analyzer(word)) if analyzer is not None else ()
+
+
+def word_terms(text: str) -> frozenset[str]:
+    """Return the distinct index terms of a text's first :data:`MAX_HIGHLIGHT_WORDS` words,
+    word by word (what :func:`highlight_spans` looks for; needs no tantivy, see
+    :func:`_word_analyzer`)."""
+    terms: set[str] = set()
+    for number, match in enumerate(_WORD.finditer(text)):
+        if number >= MAX_HIGHLIGHT_WORDS:
+            break
+        terms.update(_word_terms(match.group()))
+    return frozenset(terms)
+
+
+def highlight_spans(text: str, terms: Collection[str]) -> list[tuple[int, int]]:
+    """Return the ``[start, end)`` offsets (Unicode code points) of the words of ``text`` whose
+    index term is one of ``terms`` (a query's terms), in order.
+
+    ``terms`` come from :func:`word_terms` of the query. Each word is analysed by the engines'
+    own analyzer, so "why it matched" marks what BM25 matched: ``tumours`` for ``tumour``, never
+    a stop word, nor ``cystic`` for ``cyst`` (another stem, which BM25 does not match either).
+    Python's ``[^\\W_]`` split agrees with tantivy's on letters and digits; where a word holds a
+    character the two split differently (a combining mark), the analyzer splits it again and any
+    of its terms counts.
+    """
+    wanted = frozenset(terms)
+    if not wanted or not text:
+        return []
+    spans = []
+    for number, match in enumerate(_WORD.finditer(text)):
+        if number >= MAX_HIGHLIGHT_WORDS:
+            break
+        if not wanted.isdisjoint(_word_terms(match.group())):
+            spans.append((match.start(), match.end()))
+    return spans

@@ -14,6 +14,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from medsearch.relevance import VectorFloor
+
 # Filters: metadata field -> accepted values (OR within a field, AND across fields).
 Filters = Mapping[str, Sequence[str]]
 
@@ -54,6 +56,10 @@ class SearchQuery:
     exclude_ids: frozenset[str] = frozenset()
     # The least number of hits each hybrid sub-query contributes (None: HYBRID_DEPTH).
     depth: int | None = None
+    # The raw cosine this query's vector hits must reach to count as matches (the index's
+    # VectorFloor.for_query of a text query's vector): given, a vector or hybrid total counts
+    # only matches (see SearchPage).
+    vector_floor: float | None = None
 
     @property
     def candidates(self) -> int:
@@ -63,12 +69,19 @@ class SearchQuery:
 
 @dataclass(frozen=True)
 class Hit:
-    """One ranked result with its fused score and the raw component scores (None if absent)."""
+    """One ranked result with its fused score and the raw component scores (None if absent).
+
+    A hit of client-side fusion also carries the two weighted, min-max normalised values it was
+    fused from (``text_part + vector_part == score``), so a view can split the score exactly;
+    None where the score was not fused here (one list alone, or OpenSearch's pipeline).
+    """
 
     image_id: str
     score: float
     text_score: float | None = None
     vector_score: float | None = None
+    text_part: float | None = None
+    vector_part: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +89,11 @@ class SearchPage:
     """A page of hits and the total number of matches, stable across pages of one query.
 
     total: text-only = documents matching the caption query; vector-only = documents with a vector
-    (after filters); hybrid = the union of both sets. ``total_relation`` is ``"gte"`` where the
-    engine stopped counting at a bound (OpenSearch's text totals, past 10,000 by default).
+    (after filters); hybrid = the union of both sets. With a ``vector_floor`` in the query, a
+    vector document counts only if its cosine reaches the floor, and only among each list's top
+    ``candidates`` (:func:`medsearch.fusion.confident_total`). ``total_relation`` is ``"gte"``
+    where the engine stopped counting at a bound (OpenSearch's text totals, past 10,000 by
+    default; a top list whose every hit clears the floor).
     """
 
     hits: list[Hit]
@@ -104,6 +120,9 @@ class IndexModel:
 
     model_id: str | None = None
     fingerprint: str | None = None
+    # When a text query's cosine is evidence of a match, calibrated on the corpus's own captions
+    # (medsearch.relevance); None where the index records none.
+    vector_floor: VectorFloor | None = None
 
 
 @runtime_checkable

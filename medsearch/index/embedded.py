@@ -28,7 +28,8 @@ On-disk layout (``<index>/``)::
     .lock                flock held by a writer while it builds
     gen-000007/          one complete, immutable generation
       meta.json          format, count, dim, model_id, model_fingerprint (the weights that
-                         made the vectors), facet fields, ANN kind (written last)
+                         made the vectors), vector_floor (their calibrated cosine floor),
+                         facet fields, ANN kind (written last)
       docs.jsonl         one row per document, sorted by image_id:
                          {"image_id", "caption", "image", "metadata"}
       docs_offsets.npy   int64 [n + 1]: byte offset of each row's line (rows parsed on demand)
@@ -74,7 +75,7 @@ import tantivy
 from medsearch import storage
 from medsearch.data.manifest import validate_image_id
 from medsearch.errors import InvalidInputError, MedsearchError, SearchIndexError
-from medsearch.fusion import check_alpha, fuse
+from medsearch.fusion import check_alpha, confident_total, fuse
 from medsearch.index.analysis import (
     ANALYZER_NAME,
     LEGACY_BM25_FACTOR,
@@ -89,8 +90,10 @@ from medsearch.index.base import (
     IndexModel,
     SearchPage,
     SearchQuery,
+    TotalRelation,
     UpsertResult,
 )
+from medsearch.relevance import VectorFloor
 from medsearch.vectors import normalize
 
 log = logging.getLogger(__name__)
@@ -544,6 +547,7 @@ def _write_generation(
         "dim": dim,
         "model_id": model.model_id,
         "model_fingerprint": model.fingerprint,
+        "vector_floor": model.vector_floor.to_json() if model.vector_floor else None,
         "ann": ann,
         "facet_fields": facet_fields,
         "captioned_without_vector": any(d.caption is not None and not d.has_vector for d in docs),
@@ -644,9 +648,11 @@ class EmbeddedIndex:
         return self._gen.meta.get("model_id")
 
     def indexed_model(self) -> IndexModel:
-        """Return the model id and weight fingerprint the live generation's vectors came from."""
+        """Return the model id, weight fingerprint and calibrated cosine floor of the live
+        generation's vectors."""
         fingerprint = self._gen.meta.get("model_fingerprint")
-        return IndexModel(self.model_id, str(fingerprint) if fingerprint else None)
+        floor = VectorFloor.from_json(self._gen.meta.get("vector_floor"), self.dim)
+        return IndexModel(self.model_id, str(fingerprint) if fingerprint else None, floor)
 
     @property
     def generation(self) -> str:
@@ -747,20 +753,31 @@ class EmbeddedIndex:
             self._text_query(gen, text, filters, query.exclude_ids) if text is not None else None
         )
 
+        floor = query.vector_floor
+        relation: TotalRelation = "eq"
         if text is not None and query.vector is None:
             text_hits, total = self._text_top(gen, text_query, end)
             hits = [Hit(i, s, text_score=s) for i, s in text_hits]
         elif text is None:
-            vector_hits, total = self._vector_top(gen, vector, end, filters, excluded)
-            hits = [Hit(i, s, vector_score=s) for i, s in vector_hits]
+            # With a floor the total is counted over the candidates, so that many are ranked.
+            n = end if floor is None else query.candidates
+            vector_hits, total = self._vector_top(gen, vector, n, filters, excluded)
+            hits = [Hit(i, s, vector_score=s) for i, s in vector_hits[:end]]
+            if floor is not None:
+                total, relation = confident_total((), 0, "eq", vector_hits, n, floor)
         else:
             n = query.candidates
             text_hits, text_total = self._text_top(gen, text_query, n)
             vector_hits, vector_total = self._vector_top(gen, vector, n, filters, excluded)
             hits = fuse(text_hits, vector_hits, alpha, limit=end)
-            # Union of both match sets: every vector document, plus text matches without one.
-            total = vector_total + self._count_text_without_vector(gen, text_query, text_total)
-        return SearchPage(hits=hits[query.offset : end], total=total)
+            if floor is not None:
+                total, relation = confident_total(
+                    [i for i, _ in text_hits], text_total, "eq", vector_hits, n, floor
+                )
+            else:
+                # Union of both match sets: every vector document, plus text matches without one.
+                total = vector_total + self._count_text_without_vector(gen, text_query, text_total)
+        return SearchPage(hits=hits[query.offset : end], total=total, total_relation=relation)
 
     # writes
 
@@ -1171,7 +1188,8 @@ def _write_merged(
             )
         if model is None:
             fingerprint = current.meta.get("model_fingerprint")
-            model = IndexModel(current.meta.get("model_id"), fingerprint or None)
+            floor = VectorFloor.from_json(current.meta.get("vector_floor"), current.dim)
+            model = IndexModel(current.meta.get("model_id"), fingerprint or None, floor)
     merged.update(incoming)
     ordered = sorted(merged)
     docs = [merged[i][0] for i in ordered]
@@ -1202,6 +1220,7 @@ def build_index(
     model_id: str | None = None,
     fingerprint: str | None = None,
     config: EmbeddedConfig | None = None,
+    vector_floor: VectorFloor | None = None,
 ) -> EmbeddedIndex:
     """Build a whole index from documents in one new generation, replacing what ``path`` held.
 
@@ -1211,7 +1230,12 @@ def build_index(
     :func:`build_index_with_result` to get them back.
     """
     index, _ = build_index_with_result(
-        path, documents, model_id=model_id, fingerprint=fingerprint, config=config
+        path,
+        documents,
+        model_id=model_id,
+        fingerprint=fingerprint,
+        config=config,
+        vector_floor=vector_floor,
     )
     return index
 
@@ -1223,12 +1247,14 @@ def build_index_with_result(
     model_id: str | None = None,
     fingerprint: str | None = None,
     config: EmbeddedConfig | None = None,
+    vector_floor: VectorFloor | None = None,
 ) -> tuple[EmbeddedIndex, UpsertResult]:
-    """Like :func:`build_index`, also returning how many documents were written and which failed."""
+    """Like :func:`build_index`, also returning how many documents were written and which failed
+    (``vector_floor``: the vectors' calibrated floor, stored in meta.json)."""
     root = Path(path)
     if root.exists() and not root.is_dir():
         raise SearchIndexError(f"index path {root} exists and is not a folder")
-    model = IndexModel(model_id, fingerprint)
+    model = IndexModel(model_id, fingerprint, vector_floor)
     with _writer_lock(root):
         result = _write_merged(root, None, documents, (), config or EmbeddedConfig(), model)
         index = EmbeddedIndex(root, _load_current(root))

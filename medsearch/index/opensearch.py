@@ -57,6 +57,11 @@ decimals) and named sub-queries whose scores come back per hit; searching needs 
 permissions only either way (no ``PUT _search/pipeline``, a cluster permission). Vector and
 hybrid totals build on counts a finished load writes into the index record (documents with a
 vector, captioned ones without); filtered queries count in an aggregation of the same request.
+A query with a ``vector_floor`` (a text query on an index that records one) counts its total
+from the lists instead (:func:`medsearch.fusion.confident_total`): a vector query asks for the
+top ``candidates``, and a hybrid one is fused client-side on either setting, since only the two
+lists tell which documents clear the floor. Client-fused hits carry the weighted parts of
+their score (``text_part``, ``vector_part``); pipeline-fused ones do not.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ from medsearch.index.base import (
     TotalRelation,
     UpsertResult,
 )
+from medsearch.relevance import VectorFloor
 from medsearch.settings import SERVERLESS_REFUSAL
 from medsearch.vectors import normalize
 
@@ -374,6 +380,8 @@ def build_index_record(
         record["model_id"] = model.model_id
     if model is not None and model.fingerprint is not None:
         record["model_fingerprint"] = model.fingerprint
+    if model is not None and model.vector_floor is not None:
+        record["vector_floor"] = model.vector_floor.to_json()
     return {RECORD_FIELD: record}
 
 
@@ -1326,6 +1334,7 @@ class OpenSearchIndex:
             model=IndexModel(
                 _text_or_none(record.get("model_id")),
                 _text_or_none(record.get("model_fingerprint")),
+                VectorFloor.from_json(record.get("vector_floor"), int(record["dim"])),
             ),
         )
         return self._layout
@@ -1416,7 +1425,9 @@ class OpenSearchIndex:
                 return self._search_text(query)
             if query.text is None:
                 return self._search_vector(query)
-            if self.config.hybrid == "client":
+            # A floored total needs both top lists, which only client fusion sees (the pipeline
+            # returns the fused page alone): such a query is fused here on either setting.
+            if self.config.hybrid == "client" or query.vector_floor is not None:
                 return self._search_hybrid_client(query)
             return self._search_hybrid_pipeline(query)
         except SearchIndexError:
@@ -1561,12 +1572,12 @@ class OpenSearchIndex:
         """One search: the kNN page (``k`` = the page's end) and, where the record cannot give
         it, the filtered vector count as an aggregation."""
         assert query.vector is not None
+        end = query.offset + query.k
+        floor = query.vector_floor
+        if floor is not None:
+            return self._search_vector_floored(query, floor)
         knn = build_knn_query(
-            query.vector,
-            query.offset + query.k,
-            query.filters,
-            query.exclude_ids,
-            ef_search=self.config.ef_search,
+            query.vector, end, query.filters, query.exclude_ids, ef_search=self.config.ef_search
         )
         counts = self._counts(query)
         body = build_search_body(knn, query.k, query.offset)
@@ -1580,14 +1591,35 @@ class OpenSearchIndex:
         total = self._total_from(query, counts, [answer])
         return SearchPage(hits=fusion.sort_hits(hits), total=total)
 
+    def _search_vector_floored(self, query: SearchQuery, floor: float) -> SearchPage:
+        """One search of the top ``candidates``: the page is cut from them and the total counts
+        those at or above the floor (:func:`fusion.confident_total`), as on the embedded engine;
+        no count aggregation is needed."""
+        assert query.vector is not None
+        n = query.candidates
+        knn = build_knn_query(
+            query.vector, n, query.filters, query.exclude_ids, ef_search=self.config.ef_search
+        )
+        answer = self._search(build_search_body(knn, n))
+        scored = [(h["_id"], self._cosine(h["_score"])) for h in answer["hits"]["hits"]]
+        ranked = fusion.sort_hits(Hit(i, s, vector_score=s) for i, s in scored)
+        total, relation = fusion.confident_total((), 0, "eq", scored, n, floor)
+        end = query.offset + query.k
+        return SearchPage(hits=ranked[query.offset : end], total=total, total_relation=relation)
+
     def _search_hybrid_client(self, query: SearchQuery) -> SearchPage:
         """One ``_msearch``: each sub-query's top N (raw BM25, cosine), fused here."""
         assert query.text is not None and query.vector is not None
         n = query.candidates
+        floor = query.vector_floor
         counts = self._counts(query)
-        aggs = self._count_aggs(query, counts)
+        # With a floor the total comes from the lists and the text list's own count.
+        aggs = self._count_aggs(query, counts) if floor is None else {}
         text_body = build_search_body(
-            build_match_query(query.text, query.filters, query.exclude_ids), n, by_id=True
+            build_match_query(query.text, query.filters, query.exclude_ids),
+            n,
+            by_id=True,
+            total_hits=False if floor is None else self.config.total_hits_limit,
         )
         knn_body = build_search_body(
             build_knn_query(
@@ -1604,8 +1636,14 @@ class OpenSearchIndex:
         vector_list = [(h["_id"], self._cosine(h["_score"])) for h in vector["hits"]["hits"]]
         end = query.offset + query.k
         fused = fusion.fuse(text_list, vector_list, query.alpha, limit=end)
-        total = self._total_from(query, counts, [text, vector])
-        return SearchPage(hits=fused[query.offset : end], total=total)
+        if floor is None:
+            total = self._total_from(query, counts, [text, vector])
+            return SearchPage(hits=fused[query.offset : end], total=total)
+        text_total, text_relation = _total(text)
+        total, relation = fusion.confident_total(
+            [i for i, _ in text_list], text_total, text_relation, vector_list, n, floor
+        )
+        return SearchPage(hits=fused[query.offset : end], total=total, total_relation=relation)
 
     def _search_hybrid_pipeline(self, query: SearchQuery) -> SearchPage:
         """One hybrid search through a temporary normalization pipeline; each hit's BM25 and kNN
@@ -1613,7 +1651,9 @@ class OpenSearchIndex:
 
         A named query's score is the document's own: a hit from the kNN list whose caption
         also matches carries its BM25 score even where it was not among the text list's top N
-        (client fusion reports only the scores it fused).
+        (client fusion reports only the scores it fused). The processor returns only the fused
+        score, so these hits have no ``text_part``/``vector_part``. A query with a
+        ``vector_floor`` does not come here: its total needs both top lists (client fusion).
         """
         counts = self._counts(query)
         body = build_hybrid_body(query, ef_search=self.config.ef_search)

@@ -7,8 +7,13 @@ import math
 import pytest
 
 from medsearch.errors import InvalidInputError
-from medsearch.fusion import MIN_SCORE, SINGLE_RESULT_SCORE, fuse, normalize_min_max
-from medsearch.index.base import Hit
+from medsearch.fusion import (
+    MIN_SCORE,
+    SINGLE_RESULT_SCORE,
+    confident_total,
+    fuse,
+    normalize_min_max,
+)
 
 
 def test_given_scores_when_normalised_then_min_max_with_opensearch_floor() -> None:
@@ -44,7 +49,9 @@ def test_given_two_lists_when_fused_then_equals_hand_computation() -> None:
         assert math.isclose(hit.score, expected[hit.image_id], rel_tol=1e-12)
     # and the raw component scores are kept (None where the document was not in a list).
     by_id = {h.image_id: h for h in hits}
-    assert by_id["a"] == Hit("a", expected["a"], text_score=6.0, vector_score=0.5)
+    a = by_id["a"]
+    assert (a.image_id, a.text_score, a.vector_score) == ("a", 6.0, 0.5)
+    assert math.isclose(a.score, expected["a"], rel_tol=1e-12)
     assert by_id["c"].vector_score is None
     assert by_id["d"].text_score is None
 
@@ -87,3 +94,47 @@ def test_given_a_limit_when_fused_then_the_best_hits_of_the_full_ranking_are_kep
     assert fuse(text, vector, alpha=0.3, limit=2) == full[:2]
     assert fuse(text, vector, alpha=0.3, limit=0) == []
     assert fuse(text, vector, alpha=0.3, limit=10) == full
+
+
+def test_given_two_lists_when_fused_then_each_hit_carries_the_weighted_parts_of_its_score() -> None:
+    # Given BM25 a=6, b=4, c=2 and cosine b=0.9, d=0.7, a=0.5, alpha 0.3 — When fused — Then
+    # text_part = 0.7 * minmax(bm25), vector_part = 0.3 * minmax(cosine), and they sum to score.
+    hits = fuse([("a", 6.0), ("b", 4.0), ("c", 2.0)], [("b", 0.9), ("d", 0.7), ("a", 0.5)], 0.3)
+    parts = {h.image_id: (h.text_part, h.vector_part) for h in hits}
+    assert parts["a"] == (pytest.approx(0.7 * 1.0), pytest.approx(0.3 * MIN_SCORE))
+    assert parts["b"] == (pytest.approx(0.7 * 0.5), pytest.approx(0.3 * 1.0))
+    assert parts["c"] == (pytest.approx(0.7 * MIN_SCORE), 0.0)
+    assert parts["d"] == (0.0, pytest.approx(0.3 * 0.5))
+    for hit in hits:
+        assert hit.text_part is not None and hit.vector_part is not None
+        assert hit.text_part + hit.vector_part == hit.score  # exactly: the bar splits the score
+
+
+def test_given_a_vector_list_reaching_below_the_floor_then_the_total_is_exact() -> None:
+    # Given a top 4 whose last hit is below the floor — Then every match is in it: 3, exact.
+    vector = [("a", 0.9), ("b", 0.8), ("c", 0.7), ("d", 0.2)]
+    assert confident_total((), 0, "eq", vector, 4, 0.5) == (3, "eq")
+    assert confident_total((), 0, "eq", [("a", 0.1)], 4, 0.5) == (0, "eq")
+
+
+def test_given_a_vector_list_all_above_the_floor_then_the_total_is_a_lower_bound() -> None:
+    vector = [("a", 0.9), ("b", 0.8)]
+    assert confident_total((), 0, "eq", vector, 2, 0.5) == (2, "gte")
+    # A list that ended before its depth holds every vector document: exact again.
+    assert confident_total((), 0, "eq", vector, 5, 0.5) == (2, "eq")
+
+
+def test_given_text_matches_when_counting_then_vector_matches_add_only_new_documents() -> None:
+    # Given 3 text matches (a, b, x), all in the text list, and confident vector hits a, d —
+    # Then the union: 4, exact (c is below the floor).
+    vector = [("a", 0.9), ("d", 0.8), ("c", 0.1)]
+    assert confident_total(["a", "b", "x"], 3, "eq", vector, 3, 0.5) == (4, "eq")
+
+
+def test_given_a_text_list_cut_before_its_last_match_then_only_the_larger_side_counts() -> None:
+    # Given 50 text matches of which the list holds 2 — Then d may be one of the other 48:
+    # at least 50.
+    vector = [("d", 0.9), ("c", 0.1)]
+    assert confident_total(["a", "b"], 50, "eq", vector, 2, 0.5) == (50, "gte")
+    # A text count that stopped at a bound (OpenSearch past 10,000) is a lower bound too.
+    assert confident_total(["a", "b"], 2, "gte", vector, 2, 0.5) == (2, "gte")

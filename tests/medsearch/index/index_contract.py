@@ -460,3 +460,64 @@ class SearchIndexContract:
     def test_query_needs_text_or_vector(self, index: SearchIndex) -> None:
         with pytest.raises(InvalidInputError):
             index.search(SearchQuery())
+
+    # --- relevance: score parts and the vector floor ---------------------------------------------
+
+    def test_given_a_fused_query_when_searched_then_parts_are_the_summed_normalised_scores(
+        self, index: SearchIndex
+    ) -> None:
+        # Given client-side fusion (the embedded engine, OpenSearch's "client" path) — When a
+        # hybrid query is run — Then each hit's text_part and vector_part are the weighted
+        # min-max scores fusion summed; OpenSearch's pipeline returns the fused score alone.
+        alpha, text = 0.3, "fracture femur lung"
+        query = unit(np.random.default_rng(3).standard_normal(DIM))
+        bm25 = reference_bm25(all_captions(), text)
+        cosine = {
+            d.image_id: float(np.dot(d.vector, query)) for d in corpus() if d.vector is not None
+        }
+        nt, nv = reference_minmax(bm25), reference_minmax(cosine)
+        page = index.search(SearchQuery(text=text, vector=query, alpha=alpha, k=100))
+        pipeline = getattr(getattr(index, "config", None), "hybrid", "client") == "pipeline"
+        for hit in page.hits:
+            if pipeline:
+                assert hit.text_part is None and hit.vector_part is None
+                continue
+            assert hit.text_part == pytest.approx((1 - alpha) * nt.get(hit.image_id, 0.0), abs=1e-4)
+            assert hit.vector_part == pytest.approx(alpha * nv.get(hit.image_id, 0.0), abs=1e-4)
+            assert hit.text_part + hit.vector_part == pytest.approx(hit.score, abs=1e-9)
+
+    @pytest.mark.parametrize("mode", ["vector", "hybrid"])
+    def test_given_a_vector_floor_when_searched_then_the_total_counts_only_matches(
+        self, index: SearchIndex, mode: str
+    ) -> None:
+        # Given a floor between the 4th and 5th nearest cosines — When searched with candidate
+        # lists deeper than the corpus — Then the total is the text matches plus those 4, exact,
+        # on every page, and the ranking is the one without a floor.
+        text = "fracture femur" if mode == "hybrid" else None
+        query = unit(np.random.default_rng(5).standard_normal(DIM))
+        cosines = sorted(
+            (float(np.dot(d.vector, query)), d.image_id) for d in corpus() if d.vector is not None
+        )[::-1]
+        floor = (cosines[3][0] + cosines[4][0]) / 2
+        text_ids = set(reference_bm25(all_captions(), text or ""))
+        want = {i for _, i in cosines[:4]} | text_ids
+        plain = index.search(SearchQuery(text=text, vector=query, k=5))
+        for offset in (0, 5):
+            page = index.search(
+                SearchQuery(text=text, vector=query, k=5, offset=offset, vector_floor=floor)
+            )
+            assert (page.total, page.total_relation) == (len(want), "eq")
+        page = index.search(SearchQuery(text=text, vector=query, k=5, vector_floor=floor))
+        assert [h.image_id for h in page.hits] == [h.image_id for h in plain.hits]
+        # Above every cosine: a vector query matches nothing, a hybrid one its text matches.
+        none = index.search(SearchQuery(text=text, vector=query, k=5, vector_floor=2.0))
+        assert (none.total, none.total_relation) == (len(text_ids), "eq")
+        assert len(none.hits) == 5  # still shown: the floor marks, it does not hide
+
+    def test_given_a_candidate_list_all_above_the_floor_then_the_total_is_a_lower_bound(
+        self, index: SearchIndex
+    ) -> None:
+        # Given a floor below every cosine and 3 candidates of 12 vectors — Then at least 3.
+        query = unit(np.random.default_rng(5).standard_normal(DIM))
+        page = index.search(SearchQuery(vector=query, k=3, depth=3, vector_floor=-2.0))
+        assert (page.total, page.total_relation) == (3, "gte")

@@ -3,6 +3,7 @@ the BM25 scale of each OpenSearch version (the node's own analysis: test_analysi
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -17,6 +18,8 @@ from medsearch.index.analysis import (
     TOKEN_SEPARATOR_PATTERN,
     analyze,
     bm25_scale_for_version,
+    highlight_spans,
+    word_terms,
 )
 
 
@@ -89,3 +92,46 @@ def test_given_opensearch_3_then_scores_are_bm25similarity(
 def test_given_no_version_number_then_the_error_says_so() -> None:
     with pytest.raises(SearchIndexError, match="not an OpenSearch version"):
         bm25_scale_for_version("serverless")
+
+
+def test_given_query_terms_when_highlighting_then_spans_mark_words_of_the_same_stem_only() -> None:
+    # Given a caption with an inflected form, a stop word and a word that only contains a query
+    # word — When highlighted for "tumour of the liver" — Then the spans are those of BM25's
+    # matches: "tumours" (stem tumour) and both "liver"s, not "the" and not "livermore".
+    caption = "Enhancing tumours in the liver; Livermore sign; LIVER."
+    spans = highlight_spans(caption, word_terms("tumour of the liver"))
+    assert [caption[start:end] for start, end in spans] == ["tumours", "liver", "LIVER"]
+    assert spans[0] == (10, 17)
+
+
+def test_given_a_caption_with_astral_characters_then_spans_count_code_points() -> None:
+    caption = "\U0001f600 femur fracture"
+    assert highlight_spans(caption, word_terms("fractures")) == [(8, 16)]
+
+
+def test_given_only_stop_words_when_highlighting_then_nothing_is_marked() -> None:
+    assert word_terms("the of and") == frozenset()
+    assert highlight_spans("the femur of the patient", word_terms("the of")) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Enhancing tumours in the liver",
+        "HSV-1 encephalitis, T2-weighted C5-C6 3.5cm",
+        "the patient’s lungs are opacified; consolidation and effusions",
+        "Takayasu's arteritis; metastases generously running",
+    ],
+)
+def test_given_no_tantivy_when_terms_are_taken_then_they_are_tantivys(text: str) -> None:
+    # Given an interpreter without tantivy (the search API Lambda) — When a text's terms are
+    # taken word by word — Then they are the terms tantivy's analyzer gives the whole text.
+    script = (
+        "import sys, json\n"
+        "sys.modules['tantivy'] = None\n"
+        "from medsearch.index.analysis import word_terms\n"
+        f"print(json.dumps(sorted(word_terms({text!r}))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == sorted(set(analyze(text)))

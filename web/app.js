@@ -555,15 +555,16 @@
     el.message.hidden = true;
     const from = offset + 1;
     const to = offset + hits.length;
+    const judged = typeof page.vector_floor === "number";
     el.status.textContent =
-      `${from}–${to} of ${totalText}` +
+      (judged && page.best_match === "weak" ? `${hits.length} nearest, no good match` : `${from}–${to} of ${totalText}${judged ? " matches" : ""}`) +
       (page.total_relation === "gte" ? " (at least: counting stopped there)" : "") +
       ` · ${modeLabel(s, page)}` + (took ? ` · ${took} ms` : "");
     const bestText = Math.max(0, ...hits.map((h) => (typeof h.bm25_score === "number" ? h.bm25_score : 0)));
     const cards = hits.map((hit, i) => renderCard(hit, offset + i + 1, page, bestText));
     el.results.replaceChildren(...cards);
     el.results.dataset.ids = cards.map((card) => card.dataset.imageId).join(" ");
-    el.range.textContent = `${from}–${to} of ${totalText}`;
+    el.range.textContent = judged && page.best_match === "weak" ? "no good match" : `${from}–${to} of ${totalText}`;
     el.prev.disabled = offset === 0;
     el.next.disabled = to >= total || offset + s.k > MAX_OFFSET;
     renderPages(s, page, total);
@@ -627,7 +628,13 @@
     const parts = [];
     const mode = page.mode;
     const textAsked = typeof page.query === "string" && page.query !== "" && mode !== "vector";
-    if (textAsked && hits.length && hits.every((h) => typeof h.bm25_score !== "number")) {
+    if (page.best_match === "weak") {
+      // The index's calibrated floor says so: no caption match and no cosine close enough.
+      parts.push({
+        kind: "weak",
+        text: "Nothing matches well: no caption contains your words and no image is close enough to them by vector. These are only the nearest images.",
+      });
+    } else if (textAsked && hits.length && hits.every((h) => typeof h.bm25_score !== "number")) {
       parts.push({
         kind: "weak",
         text:
@@ -635,7 +642,7 @@
             ? "No other caption shares words with this image's caption: these results come from the image vector alone."
             : "No caption contains the words of your query: these results are the nearest images by vector alone and may not match well.",
       });
-    } else if (mode === "vector" && (page.offset || 0) === 0) {
+    } else if (mode === "vector" && (page.offset || 0) === 0 && typeof page.vector_floor !== "number") {
       parts.push({
         kind: "info",
         text: "Vector search always returns the nearest images, close or not: there is no cut-off for a poor match.",
@@ -722,8 +729,16 @@
     if (captionless) {
       caption.innerHTML = '<span class="badge badge-warn">No caption</span> <span class="muted">found by image vector</span>';
     } else {
-      caption.textContent = hit.caption;
+      caption.replaceChildren(...highlighted(hit.caption, hit.highlights));
       caption.title = hit.caption;
+    }
+    if (hit.low_confidence === true) {
+      node.classList.add("low-confidence");
+      const weak = document.createElement("span");
+      weak.className = "badge badge-weak";
+      weak.textContent = "Weak match";
+      weak.title = "Not a caption match, and its cosine is below this index's calibrated floor";
+      caption.prepend(weak, " ");
     }
     appendMetaChips(node.querySelector(".meta"), hit.metadata, id);
 
@@ -747,14 +762,35 @@
     return node;
   }
 
+  /** A caption as text nodes with its highlighted words (the API's [start, end) spans, in code
+   * points) in <mark> elements: never HTML from the caption, so no caption can inject markup. */
+  function highlighted(text, spans) {
+    const chars = Array.from(text);
+    const out = [];
+    let at = 0;
+    const valid = Array.isArray(spans) ? spans.filter((sp) => Array.isArray(sp) && sp.length === 2) : [];
+    for (const [start, end] of valid) {
+      if (!Number.isInteger(start) || !Number.isInteger(end) || start < at || end <= start || end > chars.length) continue;
+      if (start > at) out.push(document.createTextNode(chars.slice(at, start).join("")));
+      const mark = document.createElement("mark");
+      mark.textContent = chars.slice(start, end).join("");
+      out.push(mark);
+      at = end;
+    }
+    if (at < chars.length) out.push(document.createTextNode(chars.slice(at).join("")));
+    return out;
+  }
+
   /** A fused score's two sources: each hit carries raw BM25 and cosine plus the weight alpha. */
   function isFused(page) {
     return page && typeof page.alpha === "number";
   }
 
-  /** Two small meters, text and vector, for one fused hit. The API returns the raw scores, not
-   * the min-max normalised parts it summed, so each meter shows its own raw signal: BM25 as a
-   * share of the best BM25 on this page, the cosine on 0-1; each labelled with its weight. */
+  /** Two small meters, text and vector, for one fused hit. Where the API gives the weighted
+   * min-max parts fusion summed (text_part, vector_part), the meters draw those, the vector fill
+   * after the text fill, so together they are the fused score; where it does not (OpenSearch's
+   * pipeline fusion), each meter shows its own raw signal: BM25 as a share of the best BM25 on
+   * this page, the cosine on 0-1. Each is labelled with its weight. */
   function whyBars(hit, alpha, bestText) {
     const wrap = document.createElement("div");
     wrap.className = "why";
@@ -762,6 +798,32 @@
     wrap.setAttribute("aria-label", "Why it matched");
     const bm25 = typeof hit.bm25_score === "number" ? hit.bm25_score : null;
     const cos = typeof hit.vector_score === "number" ? hit.vector_score : null;
+    if (typeof hit.text_part === "number" && typeof hit.vector_part === "number") {
+      // The parts fusion summed: the two fills laid end to end are the fused score, exactly.
+      wrap.dataset.parts = "true";
+      const tp = hit.text_part;
+      const vp = hit.vector_part;
+      wrap.append(
+        meter(
+          "text",
+          "Text",
+          bm25 === null ? null : tp,
+          bm25 === null ? "no query term in the caption: adds 0" : `adds ${tp.toFixed(3)} of ${(tp + vp).toFixed(3)} (BM25 ${bm25.toFixed(2)})`,
+          bm25 === null ? "+0" : `+${tp.toFixed(3)}`,
+          1 - alpha,
+        ),
+        meter(
+          "vector",
+          "Vector",
+          cos === null ? null : vp,
+          cos === null ? "not among the nearest vectors: adds 0" : `adds ${vp.toFixed(3)} of ${(tp + vp).toFixed(3)} (cosine ${cos.toFixed(3)})`,
+          cos === null ? "+0" : `+${vp.toFixed(3)}`,
+          alpha,
+          tp,
+        ),
+      );
+      return wrap;
+    }
     wrap.append(
       meter(
         "text",
@@ -783,7 +845,9 @@
     return wrap;
   }
 
-  function meter(kind, name, fraction, text, short, weight) {
+  /** One meter row; ``offset`` (a fraction) starts the fill there, so a vector part drawn after
+   * the text part shows both as one fused score. */
+  function meter(kind, name, fraction, text, short, weight, offset = 0) {
     const row = document.createElement("div");
     row.className = `why-row why-${kind}`;
     row.dataset.matched = fraction === null ? "false" : "true";
@@ -801,7 +865,9 @@
     bar.title = text;
     const fill = document.createElement("span");
     fill.className = "why-fill";
-    fill.style.width = `${pct}%`;
+    // Unrounded, so a text fill and a vector fill after it end exactly at the fused score.
+    fill.style.width = `${fraction === null ? 0 : fraction * 100}%`;
+    if (offset > 0 && fraction !== null) fill.style.marginLeft = `${offset * 100}%`;
     bar.append(fill);
     const value = document.createElement("span");
     value.className = "why-value";

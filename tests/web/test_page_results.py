@@ -39,11 +39,9 @@ def test_given_a_hybrid_search_when_results_show_then_each_card_meters_its_text_
     expected = search_api(web_server, q=QUERY, mode="hybrid", alpha="0.30", k=DEFAULT_K)
     expect_ids(page, ids_of(expected))
     hits = expected["results"]
-    best = max(hit["bm25_score"] or 0.0 for hit in hits)
-    assert best > 0
-    # Then every card has a text and a vector meter: each filled by the API's raw score
-    # (BM25 as a share of the page's best, the cosine on 0-1), marked empty where the hit is
-    # not in that list, and labelled with its weight
+    # Then every card has a text and a vector meter filled by the parts fusion summed (the API's
+    # text_part and vector_part), marked empty where the hit is not in that list, labelled with
+    # its weight, and the vector fill starts where the text fill ends: together, the score.
     cards = page.locator(".card")
     for i, hit in enumerate(hits):
         text = cards.nth(i).locator(".why-text")
@@ -51,21 +49,28 @@ def test_given_a_hybrid_search_when_results_show_then_each_card_meters_its_text_
         expect(text.locator(".why-label")).to_have_text("Text ×0.70")
         expect(vector.locator(".why-label")).to_have_text("Vector ×0.30")
         bm25, cosine = hit["bm25_score"], hit["vector_score"]
+        text_part, vector_part = hit["text_part"], hit["vector_part"]
+        assert text_part + vector_part == pytest.approx(hit["score"], abs=1e-9)
         if bm25 is None:
             expect(text).to_have_attribute("data-matched", "false")
-            expect(text.locator(".why-value")).to_have_text("none")
+            expect(text.locator(".why-value")).to_have_text("+0")
         else:
             expect(text).to_have_attribute("data-matched", "true")
             expect(text.locator("[role=meter]")).to_have_attribute(
-                "aria-valuenow", str(round(bm25 / best * 100))
+                "aria-valuenow", str(round(text_part * 100))
             )
-            expect(text.locator(".why-value")).to_have_text(f"BM25 {bm25:.2f}")
+            expect(text.locator(".why-value")).to_have_text(f"+{text_part:.3f}")
         if cosine is None:
             expect(vector).to_have_attribute("data-matched", "false")
         else:
             expect(vector.locator("[role=meter]")).to_have_attribute(
-                "aria-valuenow", str(round(max(0.0, min(1.0, cosine)) * 100))
+                "aria-valuenow", str(round(vector_part * 100))
             )
+            bar = vector.locator(".why-bar").bounding_box()
+            fill = vector.locator(".why-fill").bounding_box()
+            assert bar is not None and fill is not None
+            end = (fill["x"] + fill["width"] - bar["x"]) / bar["width"]
+            assert end == pytest.approx(hit["score"], abs=0.02)
     settle_images(page)
     page.screenshot(path=str(artifacts / "results-why-it-matched.png"), full_page=True)
     # When the same query runs in text mode, there is nothing fused to explain: no meters

@@ -424,8 +424,6 @@ HEALTH_EXAMPLE: dict[str, Any] = {
 API_PREFIX = "/v1"
 # The headers an alias path's answers carry.
 DEPRECATION = frozenset({"deprecation", "link"})
-# Swagger UI's files, served by the app itself: /docs needs nothing from outside.
-DOCS_ASSETS = "/docs-assets"
 API_DESCRIPTION = f"""\
 Medical image search: BM25 on captions, CLIP vectors, or a weighted hybrid.
 
@@ -508,7 +506,11 @@ def create_app(
     router = _api_router()
     app.include_router(router, prefix=API_PREFIX)
     app.include_router(router, include_in_schema=False, dependencies=[Depends(_deprecated)])
-    _add_docs(app)
+    from swagger_ui_bundle import swagger_ui_path
+
+    from medsearch.api_docs import add_docs
+
+    add_docs(app, FilePath(swagger_ui_path))
     if keys:
         _declare_key(app)
     web_dir = settings.web_dir
@@ -536,44 +538,6 @@ def _deprecated(request: Request, response: Response) -> None:
         path = path[len(root) :]
     successor = f"{root}{API_PREFIX}{path}"
     response.headers["Link"] = f'<{successor}>; rel="successor-version"'
-
-
-def _add_docs(app: FastAPI) -> None:
-    """Serve Swagger UI at /docs from the installed ``swagger_ui_bundle`` (no CDN).
-
-    The three files the page loads are routes of their own, not a static mount: behind an API
-    Gateway stage the request path lacks the stage that ``root_path`` holds, which a mount's
-    file lookup would count against the path.
-    """
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.responses import FileResponse
-    from swagger_ui_bundle import swagger_ui_path
-
-    folder = FilePath(swagger_ui_path)
-
-    def asset(name: str, media_type: str) -> None:
-        @app.get(f"{DOCS_ASSETS}/{name}", include_in_schema=False, name=f"docs-{name}")
-        def serve() -> FileResponse:
-            return FileResponse(
-                folder / name,
-                media_type=media_type,
-                headers={"Cache-Control": "public, max-age=86400"},
-            )
-
-    asset("swagger-ui-bundle.js", "text/javascript")
-    asset("swagger-ui.css", "text/css")
-    asset("favicon-32x32.png", "image/png")
-
-    @app.get("/docs", include_in_schema=False)
-    def docs(request: Request) -> Response:
-        root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
-            title="medsearch API",
-            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon-32x32.png",
-        )
 
 
 def _declare_key(app: FastAPI) -> None:

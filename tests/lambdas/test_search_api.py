@@ -196,7 +196,7 @@ def test_given_named_stage_then_routes_links_and_docs_carry_the_stage(api) -> No
     # image links are relative to the API's base URL, which holds the stage
     assert body["results"][0]["image_url"].startswith("v1/images/")
     status, _, page = call(handler, http_api_event("/docs", stage="prod"))
-    assert status == 200 and "/prod/openapi.json" in page
+    assert status == 200 and "/prod/docs/openapi-3.0.json" in page
     # the docs' own Swagger UI files are served under the stage too (no CDN)
     assert "/prod/docs-assets/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
     status, _, css = call(handler, http_api_event("/docs-assets/swagger-ui.css", stage="prod"))

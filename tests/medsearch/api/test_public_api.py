@@ -278,3 +278,30 @@ def test_given_a_rate_limit_without_keys_when_a_client_is_over_it_then_429(serve
     second = httpx.get(f"{base}/v1/search", params={"q": "chest"}, timeout=30)
     assert first.status_code == 200
     assert_error(second, 429, "rate_limited", None)
+
+
+# --- the docs page -----------------------------------------------------------------------------
+
+
+def test_given_the_docs_page_when_served_then_it_names_no_cdn_and_reads_a_valid_3_0_document(
+    serve: Any,
+) -> None:
+    from openapi_spec_validator import validate
+    from openapi_spec_validator.validation.validators import OpenAPIV30SpecValidator
+
+    base = serve(api_keys=KEY)
+    page = httpx.get(f"{base}/docs", timeout=30).text
+    assert "/docs-assets/swagger-ui-bundle.js" in page and "/docs-assets/swagger-ui.css" in page
+    assert "cdn" not in page.lower() and "https://" not in page
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"):
+        assert httpx.get(f"{base}/docs-assets/{asset}", timeout=30).status_code == 200, asset
+    # Swagger UI 4 renders OpenAPI 3.0: the page reads the same operations written as 3.0
+    document = httpx.get(f"{base}/docs/openapi-3.0.json", timeout=30).json()
+    validate(document, cls=OpenAPIV30SpecValidator)
+    original = httpx.get(f"{base}/openapi.json", timeout=30).json()
+    assert document["openapi"] == "3.0.3" and original["openapi"].startswith("3.1")
+    assert document["paths"].keys() == original["paths"].keys()
+    upload = document["components"]["schemas"]["Body_search_image_v1_search_image_post"]
+    assert upload["properties"]["file"]["format"] == "binary"
+    # only the three files: nothing else of the package is served
+    assert httpx.get(f"{base}/docs-assets/index.html", timeout=30).status_code == 404

@@ -193,7 +193,8 @@ def test_given_a_stage_path_when_served_behind_it_then_routes_docs_and_urls_incl
     # relative to the API's base URL, which holds the stage: no Host header needed
     assert body["results"][0]["image_url"].startswith("v1/images/")
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "/prod/openapi.json" in docs.text
+    assert docs.status_code == 200 and "/prod/docs/openapi-3.0.json" in docs.text
+    assert client.get("/docs/openapi-3.0.json").json()["servers"] == [{"url": "/prod"}]
     assert "/v1/search" in client.get("/openapi.json").json()["paths"]
     # a server that keeps the prefix in the path (uvicorn --root-path) works too
     behind = TestClient(app, root_path="/prod")

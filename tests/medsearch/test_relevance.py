@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,3 +78,39 @@ def test_given_ids_when_sampled_then_only_captioned_ones_spread_over_the_corpus(
     captions = {image_id: (None if n % 2 else "a caption") for n, image_id in enumerate(ids)}
     assert sample_pairs(ids, captions) == [0, 2, 4, 6, 8]
     assert sample_pairs(ids, captions, limit=2) == [0, 4]
+
+
+def test_given_a_manifest_when_vectorized_and_indexed_then_the_index_records_the_floor(
+    tmp_path: Path,
+) -> None:
+    # Given ten captioned images — When vectorized and indexed (the CLI's own functions) —
+    # Then the vectors' meta.json holds a floor calibrated on those captions, and the embedded
+    # index built from them records the same one.
+    from medsearch.data.manifest import read_manifest
+    from medsearch.index.embedded import open_index
+    from medsearch.indexing import index_manifest
+    from medsearch.vectorize import read_vectors, vectorize
+    from tests.medsearch.test_vectorize import HashEncoder, make_manifest
+
+    manifest = make_manifest(tmp_path / "data", 10, bad=False)
+    vectorize(HashEncoder(), read_manifest(manifest), tmp_path / "vectors")
+    _, _, meta = read_vectors(tmp_path / "vectors")
+    stored = VectorFloor.from_json(meta["vector_floor"], 8)
+    assert stored is not None and stored.pairs == 10
+    index_manifest(manifest, tmp_path / "vectors", tmp_path / "index")
+    assert open_index(tmp_path / "index").indexed_model().vector_floor == stored
+
+
+def test_given_an_opensearch_run_created_with_a_floor_then_readers_get_it() -> None:
+    from medsearch.index.base import Document, IndexModel
+    from medsearch.index.opensearch import OpenSearchIndex
+    from tests.support.fake_opensearch import FakeCluster, fake_client
+
+    floor = VectorFloor.from_json(VectorFloor(0.25, (0.5, 0.5), 0.9, 0.1, 20).to_json(), 2)
+    assert floor is not None
+    cluster = FakeCluster()
+    index = OpenSearchIndex(fake_client(cluster), "run-1")
+    assert index.create(2, model=IndexModel("m", "sha256:00", floor))
+    with index.loading():
+        assert index.upsert([Document("a", "a caption", np.array([1.0, 0.0]))]).failed == []
+    assert OpenSearchIndex(fake_client(cluster), "run-1").indexed_model().vector_floor == floor

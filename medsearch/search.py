@@ -183,8 +183,9 @@ class SearchResponse(BaseModel):
     )
     vector_floor: float | None = Field(
         default=None,
-        description="the cosine a text query's vector hit must reach to count as a match, "
-        "calibrated on the index's own captions; with it, vector and hybrid totals count only "
+        description="the cosine this query's vector hits must reach to count as matches: the "
+        "index's floor, calibrated on its own captions, plus the query's mean cosine over the "
+        "corpus (null where the index records none); with it, vector and hybrid totals count only "
         "matches (text matches and hits at or above it, among each list's top candidates)",
     )
     offset: int

@@ -30,6 +30,7 @@ from medsearch.cli import PASSWORD_ENV, main
 from medsearch.data.manifest import read_manifest
 from medsearch.index.base import IndexModel
 from medsearch.index.opensearch import OpenSearchIndex
+from medsearch.relevance import VectorFloor
 from tests.support.cli_output import one_line_error
 from tests.support.fake_opensearch import FakeCluster, SimulatedCrash, fake_client
 
@@ -162,11 +163,14 @@ def test_given_vectors_when_loading_then_the_alias_serves_every_record(
     reader = OpenSearchIndex(opensearch_client, alias)
     assert reader.alias_targets(alias) == [f"{alias}-r1"]
     assert reader.count() == len(records) and reader.dim == dim
-    # and the index records the vectors' model and weights, for the service's model check
+    # and the index records the vectors' model and weights, for the service's model check,
+    # and their calibrated vector floor
     meta = json.loads((vectors_dir / "meta.json").read_text())
     assert meta["fingerprint"]
+    floor = VectorFloor.from_json(meta["vector_floor"], dim)
+    assert floor is not None
     assert OpenSearchIndex(opensearch_client, f"{alias}-r1").indexed_model() == IndexModel(
-        meta["model"], meta["fingerprint"]
+        meta["model"], meta["fingerprint"], floor
     )
     first = reader.get(records[0].image_id)
     assert first is not None and first.caption == records[0].caption

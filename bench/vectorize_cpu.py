@@ -80,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     threads_options, batches = ((2,), (8, 32)) if args.quick else ((1, 2), (1, 8, 32))
     model, onnx = build_model(WORKDIR)
     jpegs, source = load_jpegs(count)
-    print(
-        f"{count} images: {source}; {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-    )
+    # Importing the engine (through bench/search_latency.py) sets OpenMP, which torch shares, to
+    # one thread; the baseline gets what a fresh torch process has: one thread per core.
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(f"{count} images: {source}; torch threads {torch.get_num_threads()}")
 
     torch_encoder = TorchEncoder(load_clip(str(model)), device="cpu")
     base_rate, reference = throughput(

@@ -17,7 +17,7 @@ from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.core.parameters import ParameterLocation
 
-UPLOAD = ("POST", "/search/image")
+UPLOAD = ("POST", "/v1/search/image")
 
 
 def small_png(colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:

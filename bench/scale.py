@@ -33,8 +33,6 @@ if str(ROOT) not in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from opensearch import write_section  # noqa: E402
-from query_latency import WORKDIR as QUERY_LATENCY_DIR  # noqa: E402
-from query_latency import build_corpus_index  # noqa: E402
 from search_latency import make_corpus, percentiles  # noqa: E402
 
 from medsearch.index.synthetic import embedding_like_vectors  # noqa: E402
@@ -49,7 +47,12 @@ TARGET_1M_HYBRID_P50_MS = 20.0
 def cached_index(n: int, workdir: Path = WORKDIR) -> Path:
     """The index folder of the ``n``-document benchmark corpus, built once (185k: query_latency's).
 
-    The corpus is only generated when the index has to be built (1M documents take minutes)."""
+    The corpus is only generated when the index has to be built (1M documents take minutes).
+    ``bench/query_latency.py`` is imported here, not at the top: it brings torch, which would
+    count in every probe's memory."""
+    from query_latency import WORKDIR as QUERY_LATENCY_DIR
+    from query_latency import build_corpus_index
+
     for base in (QUERY_LATENCY_DIR, workdir):
         if (base / f"index-{n}" / "CURRENT").is_file():
             return base / f"index-{n}"

@@ -161,7 +161,7 @@ def test_given_corpus_in_s3_when_the_whole_pipeline_runs_then_the_api_returns_ra
     site_images = "https://d111111abcdef8.cloudfront.net/api/images/{image_id}/file"
     monkeypatch.setenv("MEDSEARCH_IMAGE_BASE_URL", site_images)
     api = cold_start(monkeypatch, opensearch_client, tmp_path / "lambda-tmp")
-    status, headers, health = call(api, http_api_event("/health", rid="e2e-health"))
+    status, headers, health = call(api, http_api_event("/v1/health", rid="e2e-health"))
     # Then it serves the published index with the trained model
     assert status == 200, health
     assert health["documents"] == len(records) and health["model"] == RUN
@@ -170,7 +170,7 @@ def test_given_corpus_in_s3_when_the_whole_pipeline_runs_then_the_api_returns_ra
     target = next(r for r in records if r.caption and captions.count(r.caption) == 1)
     for mode in ("text", "vector", "hybrid"):
         query = {"q": target.caption or "", "mode": mode, "k": "10"}
-        status, _, body = call(api, http_api_event("/search", query, stage="prod"))
+        status, _, body = call(api, http_api_event("/v1/search", query, stage="prod"))
         # And every mode returns ranked results, the caption's own image among them where BM25
         # takes part (first in text mode)
         assert status == 200, body

@@ -444,10 +444,10 @@ def _score(value: float | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _low_confidence(hit: Hit, floor: float | None) -> bool:
+def _low_confidence(hit: Hit, floor: float | None, caption_match: bool) -> bool:
     """Whether a hit of a text query is no match: not a caption match, and its cosine (if any)
-    below the floor; a caption match is always a match (BM25 found the query's words)."""
-    if hit.text_score is not None:
+    below the floor; a caption match is always a match (BM25 finds the query's words)."""
+    if caption_match:
         return False
     if floor is None:
         return True  # text mode has no other evidence; vector modes pass a floor to be judged
@@ -866,6 +866,10 @@ class SearchService:
                 continue
             caption, truncated = cut_caption(document.caption)
             metadata, metadata_cut = cut_metadata(_json_safe(document.metadata))
+            spans = highlight_spans(caption, terms) if caption else []
+            # A hybrid hit beyond the text list's top N has no BM25 score, yet its caption may
+            # match the query (it is counted in the total): its marked words say so.
+            caption_match = hit.text_score is not None or (query.text is not None and bool(spans))
             results.append(
                 SearchResult(
                     image_id=hit.image_id,
@@ -876,8 +880,10 @@ class SearchService:
                     vector_score=_score(hit.vector_score),
                     text_part=_score(hit.text_part),
                     vector_part=_score(hit.vector_part),
-                    highlights=highlight_spans(caption, terms) if caption else [],
-                    low_confidence=_low_confidence(hit, query.vector_floor) if judged else None,
+                    highlights=spans,
+                    low_confidence=(
+                        _low_confidence(hit, query.vector_floor, caption_match) if judged else None
+                    ),
                     metadata=metadata,
                     metadata_truncated=metadata_cut,
                     image_url=self.image_url(document),

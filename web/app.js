@@ -808,7 +808,7 @@
           "text",
           "Text",
           bm25 === null ? null : tp,
-          bm25 === null ? "no query term in the caption: adds 0" : `adds ${tp.toFixed(3)} of ${(tp + vp).toFixed(3)} (BM25 ${bm25.toFixed(2)})`,
+          bm25 === null ? "not among the best text matches fused: adds 0" : `adds ${tp.toFixed(3)} of ${(tp + vp).toFixed(3)} (BM25 ${bm25.toFixed(2)})`,
           bm25 === null ? "+0" : `+${tp.toFixed(3)}`,
           1 - alpha,
         ),

@@ -113,3 +113,25 @@ def test_given_an_index_without_a_floor_then_vector_hits_are_not_judged(
     # Text mode needs no floor: a BM25 hit is a match, no hit means none.
     assert service.search("zzzqqq", mode="text").best_match == "none"
     assert service.search("lung", mode="text").best_match == "good"
+
+
+def test_given_caption_matches_beyond_the_text_list_when_fused_then_they_are_not_weak(
+    tmp_path: Path, encoder: ColourEncoder
+) -> None:
+    # Given 130 captions that all match "lung" (more than the text list's top 100) and a floor
+    # no cosine reaches — When a hybrid query ranked by its vector side is run — Then its hits
+    # from the vector list alone still match by caption: none is low_confidence.
+    rng = np.random.default_rng(0)
+    documents = [
+        Document(f"d{n:03d}", f"lung scan number {n}", rng.standard_normal(12).astype(np.float32))
+        for n in range(130)
+    ]
+    floor = VectorFloor(5.0, (0.0,) * 12, 0.9, 0.1, 130)
+    service = SearchService(
+        build_index(tmp_path / "many", documents, model_id=encoder.model_id, vector_floor=floor),
+        encoder,
+    )
+    page = service.search("lung", mode="hybrid", alpha=1.0, k=100)
+    assert any(hit.bm25_score is None for hit in page.results)
+    assert all(hit.low_confidence is False for hit in page.results)
+    assert (page.total, page.total_relation, page.best_match) == (130, "gte", "good")

@@ -104,6 +104,8 @@ RETRY_START_SECONDS = 10.0
 SEARCH_PARAMS = RESERVED_PARAMS
 SIMILAR_PARAMS = frozenset({"mode", "alpha", "k", "offset"})
 UPLOAD_PARAMS = frozenset({"q", "alpha", "k", "offset"})
+# Connections queued before the server accepts them (uvicorn's default).
+LISTEN_BACKLOG = 2048
 # An image id as the schema states it (the rule of medsearch.data.manifest.validate_image_id).
 IMAGE_ID_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9._-]{1,128}$"
 
@@ -860,6 +862,9 @@ def _listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    # Listening now, not when uvicorn starts: a client told the URL (on_ready) may connect at
+    # once, and is queued in the backlog instead of refused while the server starts up.
+    sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
 

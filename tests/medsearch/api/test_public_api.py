@@ -307,3 +307,22 @@ def test_given_the_docs_page_when_served_then_it_names_no_cdn_and_reads_a_valid_
     assert upload["properties"]["file"]["format"] == "binary"
     # only the three files: nothing else of the package is served
     assert httpx.get(f"{base}/docs-assets/index.html", timeout=30).status_code == 404
+
+
+def test_given_a_bound_server_socket_when_a_client_connects_before_serving_then_it_is_queued(
+    service: SearchService,
+) -> None:
+    import socket
+
+    # Given the server's socket, bound and its URL told (on_ready), but not yet served
+    server = BackgroundServer(create_app(ServiceSettings(), service_factory=lambda: service))
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    try:
+        # When a client connects at once, then it is queued, not refused
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+        # And served once the server runs
+        server.start()
+        assert httpx.get(f"{server.url}/v1/health", timeout=30).status_code == 200
+    finally:
+        server.stop()

@@ -232,3 +232,25 @@ def test_given_help_when_asked_then_options_say_their_defaults(
     assert "--lr LR peak learning rate (default: 5e-05; tiny: 0.001)" in train
     assert "--seed SEED seed of initialisation, shuffling and augmentation (default: 0)" in train
     assert "(default: None)" not in serve + train and "(default: False)" not in serve + train
+
+
+def test_given_api_keys_in_the_environment_when_serving_then_operations_need_one(
+    text_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "serve-test-key-0123456789"
+    monkeypatch.setenv("MEDSEARCH_API_KEYS", key)
+    app = _served_app(["--index", str(text_index)], monkeypatch)
+    with TestClient(app) as client:
+        assert client.get("/v1/search", params={"q": "knee"}).status_code == 401
+        ok = client.get("/v1/search", params={"q": "knee"}, headers={"X-API-Key": key})
+        assert ok.status_code == 200 and client.get("/v1/health").status_code == 200
+
+
+def test_given_unusable_api_keys_when_serving_then_one_line_and_exit_2(
+    text_index: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MEDSEARCH_API_KEYS", "too-short")
+    assert main(["serve", "--index", str(text_index), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "medsearch serve: error: every API key must be at least 20 characters long"
+    assert "too-short" not in err

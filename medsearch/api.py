@@ -7,6 +7,10 @@ this module only parses HTTP, and maps the core's errors to status codes in one 
 (:data:`ERROR_STATUS`). Anything a client sends ends in a 4xx with a message saying what to fix;
 a 500 means a fault in the server, and is logged.
 
+Paths are under ``/v1`` (:data:`API_PREFIX`); the unversioned paths of earlier releases answer
+the same, marked deprecated and left out of the schema. Every error has the one body of
+:mod:`medsearch.api_errors`. Keys and rate limits of a local server: :mod:`medsearch.api_keys`.
+
 Filters: every query parameter other than the endpoint's own is a metadata filter
 (``?modality=CT&modality=MRI&plane=axial`` = (CT or MRI) and axial). A field the index does not
 know is a 422 that lists the filterable fields, because a misspelt field silently giving no

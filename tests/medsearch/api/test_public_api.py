@@ -275,11 +275,15 @@ def test_given_a_rate_limit_when_a_key_is_over_its_burst_then_429_with_retry_aft
 
 
 def test_given_a_rate_limit_without_keys_when_a_client_is_over_it_then_429(serve: Any) -> None:
-    base = serve(rate_limit=0.01, rate_burst=1)
-    first = httpx.get(f"{base}/v1/search", params={"q": "chest"}, timeout=30)
-    second = httpx.get(f"{base}/v1/search", params={"q": "chest"}, timeout=30)
+    base = serve(rate_limit=0.01, rate_burst=1, cors_origins="https://site.example.org")
+    origin = {"Origin": "https://site.example.org"}
+    first = httpx.get(f"{base}/v1/search", params={"q": "chest"}, headers=origin, timeout=30)
+    second = httpx.get(f"{base}/v1/search", params={"q": "chest"}, headers=origin, timeout=30)
     assert first.status_code == 200
     assert_error(second, 429, "rate_limited", None)
+    # a page on another origin may read when to retry
+    assert second.headers["access-control-allow-origin"] == "https://site.example.org"
+    assert "retry-after" in second.headers["access-control-expose-headers"].lower()
 
 
 # --- the docs page -----------------------------------------------------------------------------

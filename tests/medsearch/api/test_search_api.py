@@ -66,7 +66,7 @@ def test_given_a_query_when_search_then_the_response_has_every_field(client: Tes
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"query", "mode", "alpha", "image_id", "total", "total_relation", "offset",
-                         "k", "took_ms", "results"}  # fmt: skip
+                         "k", "took_ms", "results", "best_match", "vector_floor"}  # fmt: skip
     assert (body["query"], body["mode"], body["alpha"], body["offset"]) == (
         "knee meniscus",
         "hybrid",
@@ -76,7 +76,8 @@ def test_given_a_query_when_search_then_the_response_has_every_field(client: Tes
     assert ids(body)[0] in {"blue-01", "blue-02"} and len(body["results"]) == 3
     hit = body["results"][0]
     assert set(hit) == {"image_id", "caption", "caption_truncated", "score", "bm25_score",
-                        "vector_score", "metadata", "metadata_truncated", "image_url"}  # fmt: skip
+                        "vector_score", "text_part", "vector_part", "highlights", "low_confidence",
+                        "metadata", "metadata_truncated", "image_url"}  # fmt: skip
     # without a configured public URL, image links are relative to the API's base URL
     assert hit["image_url"] == f"v1/images/{hit['image_id']}/file"
 

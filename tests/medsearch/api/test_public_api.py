@@ -330,3 +330,22 @@ def test_given_a_bound_server_socket_when_a_client_connects_before_serving_then_
         assert httpx.get(f"{server.url}/v1/health", timeout=30).status_code == 200
     finally:
         server.stop()
+
+
+def test_given_the_response_examples_when_read_then_each_is_a_whole_valid_answer() -> None:
+    from medsearch.api import FACETS_EXAMPLE, HEALTH_EXAMPLE, RECORD_EXAMPLE, SEARCH_EXAMPLE
+    from medsearch.search import Health, ImageRecord, SearchResponse, SearchResult
+
+    # Every field shown (an example that leaves fields out documents a smaller answer)
+    for model, example in [
+        (SearchResponse, SEARCH_EXAMPLE),
+        (ImageRecord, RECORD_EXAMPLE),
+        (Health, HEALTH_EXAMPLE),
+    ]:
+        assert model.model_validate(example).model_dump(mode="json") == example, model.__name__
+        assert set(example) == set(model.model_fields), model.__name__
+    for hit in SEARCH_EXAMPLE["results"]:
+        assert set(hit) == set(SearchResult.model_fields)
+    assert all(
+        isinstance(count, int) for values in FACETS_EXAMPLE.values() for count in values.values()
+    )

@@ -184,7 +184,7 @@ def start_server(index_dir: Path, model_dir: Path, log_path: Path) -> tuple[subp
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+            if httpx.get(f"{url}/v1/health", timeout=5).status_code == 200:
                 return process, url
         except httpx.TransportError:
             pass
@@ -201,14 +201,14 @@ def make_request(kind: str, corpus: Corpus, rng: random.Random) -> tuple[str, st
         params = {"q": rng.choice(corpus.queries), "mode": kind, "k": k, "offset": offset}
         if kind == "hybrid":
             params["alpha"] = rng.choice((0.3, 0.5, 0.7))
-        return "GET", "/search", {"params": params}
+        return "GET", "/v1/search", {"params": params}
     if kind in ("image", "image_text"):
         image_id = rng.choice(corpus.image_ids)
-        return "GET", f"/images/{image_id}/similar", {"params": {"mode": kind, "k": k}}
+        return "GET", f"/v1/images/{image_id}/similar", {"params": {"mode": kind, "k": k}}
     if kind in ("upload", "hostile"):
         name, data = rng.choice(corpus.uploads if kind == "upload" else corpus.hostile)
         params = {"k": k, **({"q": rng.choice(corpus.queries)} if rng.random() < 0.5 else {})}
-        return "POST", "/search/image", {"params": params, "files": {"file": (name, data)}}
+        return "POST", "/v1/search/image", {"params": params, "files": {"file": (name, data)}}
     return "GET", f"/{kind}", {}
 
 

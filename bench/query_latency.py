@@ -112,14 +112,14 @@ def _requests(
 ) -> list[Callable[[], httpx.Response]]:
     if mode in ("text", "vector", "hybrid"):
         return [
-            lambda q=q: client.get("/search", params={"q": q, "mode": mode, "k": K})
+            lambda q=q: client.get("/v1/search", params={"q": q, "mode": mode, "k": K})
             for q in queries
         ]
     if mode == "similar":
-        return [lambda i=i: client.get(f"/images/{i}/similar", params={"k": K}) for i in ids]
+        return [lambda i=i: client.get(f"/v1/images/{i}/similar", params={"k": K}) for i in ids]
     return [
         lambda: client.post(
-            "/search/image", files={"file": ("scan.jpg", image, "image/jpeg")}, data={"k": K}
+            "/v1/search/image", files={"file": ("scan.jpg", image, "image/jpeg")}, data={"k": K}
         )
         for _ in queries
     ]
@@ -158,7 +158,9 @@ def measure_served(
                     os.environ[key] = value
         try:
             with httpx.Client(base_url=url, timeout=60) as client:
-                client.get("/search", params={"q": queries[0], "mode": "hybrid"}).raise_for_status()
+                client.get(
+                    "/v1/search", params={"q": queries[0], "mode": "hybrid"}
+                ).raise_for_status()
                 first = time.perf_counter() - started
                 row: dict[str, Any] = {"first_hybrid_s": round(first, 2)}
                 for mode in MODES:

@@ -7,10 +7,47 @@ deployment runs: tantivy BM25, faiss vectors, the ONNX-free torch encoder, uploa
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+READY = re.compile(r"http://127\.0\.0\.1:\d+")
+
+
+@contextmanager
+def serve_process(
+    argv: list[str], *, stderr: IO[str] | int = subprocess.DEVNULL
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Run ``medsearch serve ARGV --port 0`` in its own process, as a user starts it; yield its
+    base URL (from the ready line) and the process, and stop it afterwards."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medsearch.cli", "serve", *argv, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # the ready line, or "" when the server ended
+        match = READY.search(line)
+        assert match, f"medsearch serve did not start: {line!r}"
+        yield match.group(0), process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def build_small_index(manifest: Path, model_dir: Path, out: Path) -> Path:

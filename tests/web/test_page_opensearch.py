@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import re
-import subprocess
-import sys
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -28,6 +24,7 @@ from test_page import api_get, expect_ids, expect_phase, ids_of, search_api
 from medsearch.cli import main
 from medsearch.data.manifest import read_manifest
 from medsearch.index.opensearch import OpenSearchIndex
+from tests.support.served_api import serve_process
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
@@ -74,25 +71,12 @@ def opensearch_server(
 ) -> Iterator[str]:
     """`medsearch serve` on the alias, in its own process on 127.0.0.1; yields its base URL."""
     log = tmp_path_factory.mktemp("web-os-serve") / "serve.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "medsearch.cli", "serve",
-             "--opensearch-url", opensearch_url, "--opensearch-index", opensearch_alias,
-             "--model", str(tiny_model_dir), "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()  # the ready line, or "" when the server ended
-        match = re.search(r"http://127\.0\.0\.1:\d+", line)
-        assert match, f"medsearch serve did not start: {line!r}\n{log.read_text()}"
-        yield match.group(0)
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    argv = ["--opensearch-url", opensearch_url, "--opensearch-index", opensearch_alias]
+    with (
+        log.open("w") as stderr,
+        serve_process([*argv, "--model", str(tiny_model_dir)], stderr=stderr) as (url, _),
+    ):
+        yield url
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import socket
 import subprocess
 import sys
@@ -19,6 +17,7 @@ from fastapi.testclient import TestClient
 from medsearch.cli import main
 from medsearch.index.base import Document
 from medsearch.index.embedded import build_index
+from tests.support.served_api import serve_process
 
 
 @pytest.fixture(scope="module")
@@ -126,20 +125,8 @@ def test_given_a_busy_port_when_serving_then_one_line_and_exit_2(
 def test_given_serve_when_started_then_the_api_and_page_answer_on_127_0_0_1(
     model_index: Path, tiny_model_dir: Path
 ) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "medsearch.cli", "serve", "--index", str(model_index),
-         "--model", str(tiny_model_dir), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        assert match, line
-        url = match.group(0)
+    argv = ["--index", str(model_index), "--model", str(tiny_model_dir)]
+    with serve_process(argv) as (url, _):
         health = httpx.get(f"{url}/health", timeout=30).json()
         # the model by its folder name: where it lies on the server is not shown
         assert health["documents"] == 18 and health["model"] == tiny_model_dir.name
@@ -147,9 +134,6 @@ def test_given_serve_when_started_then_the_api_and_page_answer_on_127_0_0_1(
         assert body["mode"] == "hybrid" and len(body["results"]) == 3
         page = httpx.get(f"{url}/", timeout=30)
         assert page.status_code == 200 and "<html" in page.text.lower()
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def test_given_a_fresh_process_when_searching_then_no_faiss_loader_lines(text_index: Path) -> None:

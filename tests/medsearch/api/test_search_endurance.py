@@ -10,11 +10,9 @@ may grow by less than 10 % between the two. Every answer must be the expected on
 from __future__ import annotations
 
 import io
-import os
 import random
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +23,7 @@ import pytest
 from PIL import Image
 
 from medsearch.data.manifest import read_manifest
-from tests.support.served_api import build_small_index
+from tests.support.served_api import build_small_index, serve_process
 
 WARM_UP = 600
 REQUESTS = 5_000
@@ -49,26 +47,9 @@ def server(
     if not Path("/proc/self/status").is_file():
         pytest.skip("needs /proc to read a process's memory")
     index_dir = build_small_index(synth_corpus, tiny_model_dir, tmp_path_factory.mktemp("rss"))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "medsearch.cli", "serve", "--index", str(index_dir),
-         "--model", str(tiny_model_dir), "--host", "127.0.0.1", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        match = re.search(r"http://127\.0\.0\.1:\d+", process.stdout.readline())
-        assert match, "the server did not say where it listens"
-        yield match.group(0), process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    argv = ["--index", str(index_dir), "--model", str(tiny_model_dir), "--host", "127.0.0.1"]
+    with serve_process(argv) as served:
+        yield served
 
 
 def hostile_files(png: bytes) -> list[bytes]:

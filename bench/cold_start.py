@@ -159,24 +159,27 @@ def build_export(workdir: Path) -> Path:
         tiny_image_processor,
         train_tokenizer,
     )
+    from tests.support.clip_folder import CONTEXT_LENGTH, SHAPES
 
+    shape = SHAPES["vit-b-32"]
+    text, vision = shape["text"], shape["vision"]
     spec = TinyClipSpec(
-        image_size=224,
+        image_size=vision["image_size"],
         vision="vit",
-        patch_size=32,
-        vision_width=768,
-        vision_layers=12,
-        vision_heads=12,
-        text_width=512,
-        text_layers=12,
-        text_heads=8,
-        max_text_length=77,
-        projection_dim=512,
-        vocab_size=49408,
+        patch_size=vision["patch_size"],
+        vision_width=vision["hidden_size"],
+        vision_layers=vision["layers"],
+        vision_heads=vision["heads"],
+        text_width=text["hidden_size"],
+        text_layers=text["layers"],
+        text_heads=text["heads"],
+        max_text_length=CONTEXT_LENGTH,
+        projection_dim=shape["projection_dim"],
+        vocab_size=shape["vocab_size"],
     )
     rng = np.random.default_rng(0)
     captions = [write_caption(sample_attributes(rng), rng) for _ in range(2000)]
-    tokenizer = train_tokenizer(captions, vocab_size=spec.vocab_size, max_length=77)
+    tokenizer = train_tokenizer(captions, vocab_size=spec.vocab_size, max_length=CONTEXT_LENGTH)
     config: Any = tiny_config(tokenizer, spec)
     # The BPE learnt from synthetic captions is far smaller than CLIP's: keep CLIP's table size
     # (ids stay below it), so the text tower weighs what ViT-B/32's does.

@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 from load import start_server  # noqa: E402
 from opensearch import write_section  # noqa: E402
 from PIL import Image  # noqa: E402
-from search_latency import NaivePath, make_corpus, percentiles  # noqa: E402
+from search_latency import NaivePath, make_corpus, percentiles, timed  # noqa: E402
 
 from medsearch.data.images import decode_image  # noqa: E402
 from medsearch.data.synth import sample_attributes, write_caption  # noqa: E402
@@ -199,14 +199,7 @@ def measure_baseline(
     }
     row: dict[str, Any] = {}
     for mode, calls in plans.items():
-        for call in calls[:5]:
-            call()
-        samples = []
-        for call in calls:
-            started = time.perf_counter()
-            call()
-            samples.append(time.perf_counter() - started)
-        p50, p99 = percentiles(samples)
+        p50, p99 = percentiles(timed(calls))
         row[f"{mode}_p50_ms"], row[f"{mode}_p99_ms"] = round(p50, 2), round(p99, 2)
     print(f"baseline (torch eager + FTS5 + numpy exact, no HTTP): {row}", flush=True)
     return row

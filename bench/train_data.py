@@ -63,6 +63,7 @@ from medsearch.model.preprocess import FastImageProcessor, fast_processor  # noq
 from medsearch.model.tiny import TinyClipSpec, build_tiny_clip, tiny_image_processor  # noqa: E402
 from medsearch.train.data import ValidationPixels  # noqa: E402
 from medsearch.vectors import normalize  # noqa: E402
+from tests.support.clip_folder import SHAPES  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 SECTION = "train_data"
@@ -197,14 +198,16 @@ def measure_set(name: str, items: list[bytes], models: dict[str, tuple[Any, Any]
 
 def vit_b32_tower() -> CLIPVisionModelWithProjection:
     """A random-init vision tower shaped like CLIP ViT-B/32 (88M parameters)."""
+    shape = SHAPES["vit-b-32"]
+    vision = shape["vision"]
     config = CLIPVisionConfig(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        patch_size=32,
-        image_size=224,
-        projection_dim=512,
+        hidden_size=vision["hidden_size"],
+        intermediate_size=4 * vision["hidden_size"],
+        num_hidden_layers=vision["layers"],
+        num_attention_heads=vision["heads"],
+        patch_size=vision["patch_size"],
+        image_size=vision["image_size"],
+        projection_dim=shape["projection_dim"],
     )
     torch.manual_seed(0)
     return CLIPVisionModelWithProjection(config).eval()

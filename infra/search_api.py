@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 from aws_cdk import Acknowledgment, Aws, Duration, RemovalPolicy, Size, Validations
 from aws_cdk import aws_apigateway as apigw
@@ -48,6 +49,8 @@ ERROR_TEMPLATE = '{"error": {"code": "%s", "message": %s, "field": null}}'
 # day's quota resets at 00:00 UTC, which a gateway response cannot compute: an hour is said.
 THROTTLED_RETRY_S = 1
 QUOTA_RETRY_S = 3600
+# How a gateway response names a header it sends.
+GATEWAY_HEADER = "gatewayresponse.header."
 # A generated key is long and URL-safe (API Gateway needs at least 20 characters).
 SITE_KEY_LENGTH = 40
 
@@ -267,7 +270,7 @@ class SearchApi(Construct):
                 {},
             ),
         }
-        for name, (kind, status, code, message, headers) in said.items():
+        self.gateway_responses = [
             self.api.add_gateway_response(
                 name,
                 type=kind,
@@ -275,14 +278,42 @@ class SearchApi(Construct):
                 response_headers=headers or None,
                 templates={"application/json": ERROR_TEMPLATE % (code, json.dumps(message))},
             )
+            for name, (kind, status, code, message, headers) in said.items()
+        ]
         # Anything else the gateway fails with itself (a function error or timeout: 502, 504).
-        self.api.add_gateway_response(
-            "Default5xx",
-            type=apigw.ResponseType.DEFAULT_5_XX,
-            templates={
-                "application/json": ERROR_TEMPLATE % ("unavailable", "$context.error.messageString")
-            },
+        self.gateway_responses.append(
+            self.api.add_gateway_response(
+                "Default5xx",
+                type=apigw.ResponseType.DEFAULT_5_XX,
+                templates={
+                    "application/json": ERROR_TEMPLATE
+                    % ("unavailable", "$context.error.messageString")
+                },
+            )
         )
+
+    def serve_site(self, *, origin: str, image_base_url: str) -> None:
+        """Let the editors' site at ``origin`` call the API, and build result links from
+        ``image_base_url`` (never from a request's Host header).
+
+        The app answers CORS for its own responses; the gateway's answers (a throttled key, a
+        body over the limit, a failed integration) carry the same ``Access-Control-Allow-Origin``,
+        or a browser would hide their error body and ``Retry-After`` from the page's script.
+        """
+        for name, value in {
+            "MEDSEARCH_CORS_ORIGINS": origin,
+            "MEDSEARCH_IMAGE_BASE_URL": image_base_url,
+        }.items():
+            self.function.add_environment(name, value)
+            self.environment[name] = value
+        for response in self.gateway_responses:
+            cfn = cast(apigw.CfnGatewayResponse, response.node.default_child)
+            headers = dict(cast(dict[str, str], cfn.response_parameters or {}))
+            # Gateway response header values are static strings in single quotes.
+            headers[f"{GATEWAY_HEADER}Access-Control-Allow-Origin"] = f"'{origin}'"
+            headers[f"{GATEWAY_HEADER}Access-Control-Expose-Headers"] = "'Retry-After'"
+            headers[f"{GATEWAY_HEADER}Vary"] = "'Origin'"
+            cfn.response_parameters = headers
 
     def _suppress(self) -> None:
         """The API's cdk-nag suppressions, each with its reason."""

@@ -21,7 +21,7 @@ from constructs import Construct
 
 from infra.functions import REPO
 from infra.nag import suppress
-from medsearch.constants import API_KEY_HEADER, API_STAGE
+from medsearch.constants import API_KEY_HEADER, API_PREFIX, API_STAGE
 
 WEB_DIR = REPO / "web"
 CONFIG_FILE = "config.json"
@@ -137,7 +137,7 @@ class Site(Construct):
             ),
             additional_behaviors={
                 # Thumbnails are most of a results page's requests: served from the edge.
-                f"/{API_STAGE}/images/*": cloudfront.BehaviorOptions(
+                f"/{API_STAGE}{API_PREFIX}/images/*": cloudfront.BehaviorOptions(
                     **api_behaviour,  # type: ignore[arg-type]
                     allowed_methods=cloudfront.AllowedMethods.ALLOW_GET_HEAD_OPTIONS,
                     cache_policy=images,

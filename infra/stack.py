@@ -25,7 +25,7 @@ from infra.search_domain import SearchDomain
 from infra.site import Site
 from infra.storage import Storage
 from infra.training import Training
-from medsearch.constants import PROJECT
+from medsearch.constants import API_PREFIX, PROJECT
 
 
 class MedsearchStack(Stack):
@@ -72,14 +72,13 @@ class MedsearchStack(Stack):
             api_key=self.api.site_key_value,
         )
         # Links in answers come from settings, never from a request's Host header: result
-        # images are served through the site's origin (which adds the site's key), so they load
-        # in the page under its CSP and in customers' clients without a key.
-        for name, value in {
-            "MEDSEARCH_CORS_ORIGINS": self.site.url,
-            "MEDSEARCH_IMAGE_BASE_URL": f"{self.site.api_url}/images/{{image_id}}/file",
-        }.items():
-            self.api.function.add_environment(name, value)
-            self.api.environment[name] = value
+        # images are served through the site's origin (which adds the site's key, and caches
+        # them at the edge), so they load in the page under its CSP and in customers' clients
+        # without a key.
+        self.api.serve_site(
+            origin=self.site.url,
+            image_base_url=f"{self.site.api_url}{API_PREFIX}/images/{{image_id}}/file",
+        )
         self.training = Training(
             self, "Training", data=self.storage.data, artifacts=self.storage.artifacts
         )

@@ -45,6 +45,7 @@ from medsearch.api_errors import (
     openapi_errors,
     validation_field,
 )
+from medsearch.constants import API_PREFIX
 from medsearch.errors import (
     ConfigError,
     InvalidInputError,
@@ -432,8 +433,6 @@ HEALTH_EXAMPLE: dict[str, Any] = {
     "dim": 512,
     "modes": ["text", "vector", "hybrid", "image", "image_text"],
 }
-# The one version of the API's paths; the unversioned ones are kept as deprecated aliases.
-API_PREFIX = "/v1"
 # The headers an alias path's answers carry.
 DEPRECATION = frozenset({"deprecation", "link"})
 API_DESCRIPTION = f"""\

@@ -80,6 +80,9 @@ METRICS_NAMESPACE: Final = PROJECT
 # (CloudFront forwards ``/api/*`` to the stage), so links the API builds from its stage prefix
 # resolve the same way on both hosts.
 API_STAGE: Final = "api"
+# The one version of the API's paths (the app's routes, the links it builds, the CDN's cache
+# behaviours); the unversioned paths of earlier releases are deprecated aliases.
+API_PREFIX: Final = "/v1"
 # The header API Gateway reads a client's API key from.
 API_KEY_HEADER: Final = "x-api-key"
 

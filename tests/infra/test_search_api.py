@@ -52,3 +52,18 @@ def test_given_the_stack_when_the_integration_fails_then_5xx_is_unavailable_with
     )
     assert Error.model_validate(body).error.code == "unavailable"
     assert body["error"]["message"] == "Endpoint request timed out"
+
+
+def test_given_the_site_when_the_gateway_answers_itself_then_the_page_may_read_the_answer(
+    small: Cfn,
+) -> None:
+    # Without these a browser hides a 429's body and Retry-After from the site's script.
+    distribution = small.logical_id_of("AWS::CloudFront::Distribution", "Distribution")
+    responses = gateway_responses(small)
+    assert len(responses) == 6
+    for kind, response in responses.items():
+        headers = response["ResponseParameters"]
+        origin = small.resolve(headers["gatewayresponse.header.Access-Control-Allow-Origin"])
+        assert origin == f"'https://{distribution}.DomainName'", kind
+        assert headers["gatewayresponse.header.Access-Control-Expose-Headers"] == "'Retry-After'"
+        assert headers["gatewayresponse.header.Vary"] == "'Origin'"

@@ -3,6 +3,7 @@ CloudFormation the app deploys (default small layout unless the test says large)
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from typing import Any
 
@@ -14,6 +15,7 @@ from lambdas.index_loader.handler import IndexLoaderSettings
 from medsearch.constants import (
     API_GATEWAY_TIMEOUT_S,
     API_KEY_HEADER,
+    API_PREFIX,
     API_STAGE,
     INDEX_LOADER_HANDLER,
     INDEX_LOADER_SERVICE,
@@ -423,8 +425,12 @@ def test_result_image_links_point_at_the_site_origin_not_the_request_host(small:
     assert link is not None
     document = Document("MPX1_synpic2", "c", None, image="data/images/x.jpg")
     assert link(document) == (
-        f"https://{distribution}.DomainName/{API_STAGE}/images/MPX1_synpic2/file"
+        f"https://{distribution}.DomainName/{API_STAGE}{API_PREFIX}/images/MPX1_synpic2/file"
     )
+    # ...on the path the distribution caches images under (CloudFront's * matches any part)
+    path = link(document).removeprefix(f"https://{distribution}.DomainName")
+    patterns = [b["PathPattern"] for b in distribution_config(small)["CacheBehaviors"]]
+    assert next(p for p in patterns if fnmatch.fnmatchcase(path, p)).endswith("/images/*")
 
 
 # --- site -------------------------------------------------------------------------------------
@@ -459,7 +465,8 @@ def test_the_api_behind_the_site_gets_the_site_key_and_is_never_cached(small: Cf
     config = distribution_config(small)
     images, behaviour = config["CacheBehaviors"]  # in this order: the first match wins
     assert behaviour["PathPattern"] == f"/{API_STAGE}/*"
-    assert images["PathPattern"] == f"/{API_STAGE}/images/*"
+    # the path the API's image links use, so result thumbnails are kept at the edge
+    assert images["PathPattern"] == f"/{API_STAGE}{API_PREFIX}/images/*"
     assert images["TargetOriginId"] == behaviour["TargetOriginId"]
     assert images["AllowedMethods"] == ["GET", "HEAD", "OPTIONS"]
     # Image files are kept as long as their Cache-Control says; anything silent is not kept.

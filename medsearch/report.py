@@ -41,7 +41,7 @@ def write_summary(report: dict[str, Any], report_path: Path) -> list[Path]:
 
 def render_html(report: dict[str, Any]) -> str:
     """Return a self-contained HTML page with one table per metric group."""
-    title = f"medsearch evaluation: {report.get('model')} on {report.get('split')}"
+    title = f"medsearch evaluation: {model_name(report.get('model'))} on {report.get('split')}"
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -70,6 +70,16 @@ def render_html(report: dict[str, Any]) -> str:
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
     """Draw in-batch MRR@k and full-pool R@k / MRR@10 bars into a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_report(report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def draw_report(report: dict[str, Any]) -> Any:
+    """Return the report's bar chart as a matplotlib figure (the caller saves and closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,9 +87,10 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     in_batch = {k: v for k, v in report["in_batch"].items() if k.startswith("mrr@")}
-    left.bar(list(in_batch), list(in_batch.values()), color="#4c72b0")
+    bars = left.bar(list(in_batch), list(in_batch.values()), color="#4c72b0")
+    label_bars(left, bars)
+    left.set_ylabel("score")
     left.set_title(f"In-batch MRR@k (batch {report['in_batch'].get('batch_size')})")
-    left.set_ylim(0, 1)
     names = ["r@1", "r@5", "r@10", "mrr@10"]
     width = 0.38
     directions = (
@@ -89,16 +100,28 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     for offset, (key, label, color) in enumerate(directions):
         values = [report[key][name] for name in names]
         positions = [i + (offset - 0.5) * width for i in range(len(names))]
-        right.bar(positions, values, width, label=label, color=color)
+        label_bars(right, right.bar(positions, values, width, label=label, color=color))
     right.set_xticks(range(len(names)), names)
-    right.set_ylim(0, 1)
     right.set_title(f"Full pool ({report['n']} images)")
-    right.legend()
-    fig.suptitle(f"{report.get('model')} · {report.get('split')}", fontsize=10)
+    # Below the axes, so the legend never covers a bar or its label.
+    right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+    fig.suptitle(f"{model_name(report.get('model'))} · {report.get('split')}", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def model_name(model: object) -> str:
+    """The model's folder name (or hub id), so a title does not leak where the files lie."""
+    text = str(model or "model").rstrip("/")
+    if text.startswith(("/", ".", "~", "s3://")) or "\\" in text:
+        return text.replace("\\", "/").rsplit("/", 1)[-1]
+    return text
+
+
+def label_bars(axis: Any, bars: Any) -> None:
+    """Write each bar's value above it, so a reader need not estimate it from the axis."""
+    axis.bar_label(bars, fmt="%.2f", padding=2, fontsize=8)
+    axis.set_ylim(0, 1.1)
 
 
 def _format(value: Any) -> str:

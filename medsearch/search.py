@@ -27,7 +27,6 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from pathlib import PurePosixPath
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -356,18 +355,6 @@ def validate_upload(data: object) -> bytes:
     return data
 
 
-def shown_model_name(model_id: str | None) -> str | None:
-    """Return a model id fit to show clients: a Hugging Face id as it is, a folder or ``s3://``
-    prefix by its last part only (where it lies on the server's disk or in which bucket is not
-    the clients' business)."""
-    if not model_id:
-        return model_id
-    local = model_id.startswith(("/", ".", "~")) or "\\" in model_id or ":" in model_id
-    if not local and model_id.count("/") <= 1:
-        return model_id  # org/name on the hub
-    return PurePosixPath(model_id.replace("\\", "/").rstrip("/")).name or None
-
-
 def text_fingerprint(text: str) -> str:
     """Return what logs may say of a text a client sent or an index holds: its length and a
     short hash (enough to tell two apart or match a report), never the text itself."""
@@ -562,7 +549,7 @@ class SearchService:
         return Health(
             status="ok",
             documents=self.index.count(),
-            model=shown_model_name(self.model_id),
+            model=self.encoder.name if self.encoder is not None else None,
             dim=self.index.dim,
             modes=self.modes,
         )

@@ -68,6 +68,7 @@ class _MemoEncoder:
         self._encoder = encoder
         self._vectors: dict[str, np.ndarray] = {}
         self.model_id = encoder.model_id
+        self.name = encoder.name
         self.dim = encoder.dim
         self.fingerprint = encoder_fingerprint(encoder)
 

@@ -41,7 +41,13 @@ class Encoder(Protocol):
 
     @property
     def model_id(self) -> str:
-        """A name for the model, reported by the API and stored beside vectors."""
+        """Where the model came from (folder, ``s3://`` prefix, hub id), stored beside vectors
+        and named in operators' errors."""
+        ...
+
+    @property
+    def name(self) -> str:
+        """The model's name as clients see it (:mod:`medsearch.model.names`)."""
         ...
 
     @property

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from medsearch import storage
 from medsearch.errors import ConfigError, StorageError
+from medsearch.model.names import TRAIN_CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ MANIFEST_FILE = ".complete"
 MODEL_FILES = frozenset(
     {
         CONFIG_FILE,
+        TRAIN_CONFIG_FILE,  # the model's recorded name
         "tokenizer.json",
         "tokenizer_config.json",
         "vocab.json",

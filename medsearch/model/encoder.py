@@ -99,6 +99,11 @@ class TorchEncoder:
         return self.bundle.source
 
     @property
+    def name(self) -> str:
+        """The model's name as clients see it (:attr:`ClipBundle.name`)."""
+        return self.bundle.name
+
+    @property
     def dim(self) -> int:
         """The embedding dimension."""
         return self.bundle.dim

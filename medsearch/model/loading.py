@@ -34,6 +34,7 @@ from medsearch import storage
 from medsearch.errors import ConfigError, NotFoundError, StorageError
 from medsearch.model import convnet  # noqa: F401  (registers the tiny model's conv tower)
 from medsearch.model.cache import MODEL_FILES, fetch_model
+from medsearch.model.names import recorded_model_name, shown_model_name
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ class ClipBundle:
     tokenizer: Any
     image_processor: Any
     source: str
+    # The name a training run recorded beside the weights (medsearch.model.names), if any.
+    recorded_name: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The model's name as clients see it: the recorded one, else its source shown."""
+        return self.recorded_name or shown_model_name(self.source) or "clip"
 
     @property
     def max_text_length(self) -> int:
@@ -106,7 +114,9 @@ def _load_folder(folder: Path, source: str) -> ClipBundle:
     if model_type not in MODEL_CLASSES:
         raise ConfigError(f"{source} holds a {model_type!r} model, not a CLIP model")
     try:
-        return _from_pretrained(str(folder), source, MODEL_CLASSES[model_type])
+        bundle = _from_pretrained(str(folder), source, MODEL_CLASSES[model_type])
+        bundle.recorded_name = recorded_model_name(folder)
+        return bundle
     except ConfigError:
         raise
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:

@@ -30,6 +30,7 @@ from PIL import Image
 from medsearch import storage
 from medsearch.constants import ONNX_SUBDIR
 from medsearch.errors import ConfigError, InvalidInputError, NotFoundError, StorageError
+from medsearch.model.names import shown_model_name
 from medsearch.vectors import normalize
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class OnnxManifest:
     exporter: str
     int8: bool
     fingerprint: str | None = None
+    # The model's name as clients see it (None in an export from before names).
+    name: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return the ``onnx_manifest.json`` content."""
@@ -129,6 +132,7 @@ def read_onnx_manifest(folder: Path) -> OnnxManifest:
             exporter=str(raw.get("exporter", "")),
             int8=bool(raw.get("int8", False)),
             fingerprint=str(raw["fingerprint"]) if raw.get("fingerprint") else None,
+            name=str(raw["name"]) if raw.get("name") else None,
         )
     except FileNotFoundError:
         raise ConfigError(f"{folder} is not an ONNX export: it has no {MANIFEST_FILE}") from None
@@ -229,6 +233,11 @@ class OnnxEncoder:
     def model_id(self) -> str:
         """The id of the model the towers were exported from."""
         return self.manifest.model_id
+
+    @property
+    def name(self) -> str:
+        """The model's name as clients see it: the one exported with it, else its id shown."""
+        return self.manifest.name or shown_model_name(self.manifest.model_id) or "clip"
 
     @property
     def dim(self) -> int:

@@ -31,6 +31,7 @@ from PIL import Image
 from medsearch.errors import ConfigError, StorageError
 from medsearch.model.encoder import pooled, weights_fingerprint
 from medsearch.model.loading import ClipBundle, load_clip
+from medsearch.model.names import shown_model_name
 from medsearch.model.onnx_encoder import (
     MANIFEST_FILE,
     PREPROCESS_FILE,
@@ -160,6 +161,7 @@ def export_onnx(
             exporter=used,
             int8=int8,
             fingerprint=fingerprint,
+            name=bundle.recorded_name or shown_model_name(model_id or bundle.source),
         )
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         _swap_in(staging, target)

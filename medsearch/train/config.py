@@ -18,6 +18,7 @@ from typing import Any
 
 from medsearch import storage
 from medsearch.errors import ConfigError, StorageError
+from medsearch.model.names import check_model_name, default_model_name
 
 TINY = "tiny"
 # The base of real use; ``tiny`` trains from scratch where no pretrained weights can be had.
@@ -48,6 +49,9 @@ class TrainConfig:
     base: str = _opt(
         "a Hugging Face id, a model folder, an s3:// prefix, or 'tiny' (a small CLIP from scratch)",
         default=DEFAULT_BASE,
+    )
+    name: str | None = _opt(
+        "the model's name, shown by the API and the page (default: medsearch- + the base's name)"
     )
     epochs: int | None = _opt("passes over the (possibly cut) training set; 0 saves the base")
     batch_size: int | None = _opt("image-caption pairs per step (contrastive negatives)")
@@ -106,6 +110,8 @@ class TrainConfig:
             filled["grad_clip"] = 0.0 if self.optimizer == "adam" else 1.0
         if self.optimizer == "adam" and self.weight_decay is None:
             filled["weight_decay"] = 0.0
+        if self.name is None:
+            filled["name"] = default_model_name(self.base)
         if self.checkpoint_dir is None and self.out != Path():
             filled["checkpoint_dir"] = Path(self.out) / "checkpoints"
         config = dataclasses.replace(self, **filled)
@@ -125,6 +131,11 @@ class TrainConfig:
             raise ConfigError("no output folder: give --out DIR")
         if not self.base:
             raise ConfigError("base must not be empty: 'tiny', a model folder, hub id or s3://")
+        if self.name is not None:
+            try:
+                check_model_name(self.name)
+            except ValueError as exc:
+                _check(False, "name", self.name, str(exc))
         _check(self.epochs is None or self.epochs >= 0, "epochs", self.epochs, ">= 0")
         _check(
             self.batch_size is None or self.batch_size >= 2, "batch_size", self.batch_size, ">= 2"

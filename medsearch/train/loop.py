@@ -33,6 +33,7 @@ from medsearch.data.manifest import BadRecord, Record, read_manifest, write_repo
 from medsearch.errors import ConfigError, ImageDecodeError, InvalidInputError
 from medsearch.model.encoder import TorchEncoder, select_device
 from medsearch.model.loading import ClipBundle, load_clip, save_clip
+from medsearch.model.names import TRAIN_CONFIG_FILE
 from medsearch.model.tiny import build_tiny_clip
 from medsearch.train.checkpoint import (
     BASE,
@@ -54,7 +55,7 @@ MAX_LOGIT_SCALE = math.log(100.0)
 HISTORY = "history.jsonl"
 CURVE = "training_curve.png"
 BAD_RECORDS = "bad_records.jsonl"
-CONFIG = "train_config.json"
+CONFIG = TRAIN_CONFIG_FILE
 
 
 @dataclass

@@ -353,6 +353,7 @@ class OracleEncoder:
 
     dim = 16
     model_id = "oracle"
+    name = "oracle"
 
     def encode_texts(self, texts, batch_size: int = 64) -> np.ndarray:
         rows = np.zeros((len(texts), self.dim), dtype=np.float32)

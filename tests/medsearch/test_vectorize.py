@@ -43,6 +43,10 @@ class HashEncoder:
         return self._model_id
 
     @property
+    def name(self) -> str:
+        return self._model_id
+
+    @property
     def dim(self) -> int:
         return DIM
 

@@ -49,6 +49,7 @@ class ColourEncoder:
     """A deterministic 12-d encoder: mean RGB of each image quadrant; colour words for texts."""
 
     model_id = "colour-encoder"
+    name = "colour-encoder"
     dim = 12
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

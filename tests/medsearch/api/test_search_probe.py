@@ -23,7 +23,6 @@ from medsearch.search import (
     MAX_HIT_CAPTION_CHARS,
     QUERY_PATTERN,
     SearchService,
-    shown_model_name,
     validate_query,
 )
 from medsearch.settings import ServiceSettings, load_settings
@@ -293,18 +292,6 @@ def test_given_a_huge_bomb_upload_when_searching_then_the_message_quotes_our_50_
     assert response.status_code == 422
     detail = response.json()["error"]["message"]
     assert "50,000,000" in detail and "178,956,970" not in detail and "400,000,000" in detail
-
-
-@pytest.mark.parametrize(
-    ("model_id", "shown"),
-    [("colour-encoder", "colour-encoder"), ("openai/clip-vit-base-patch32",
-      "openai/clip-vit-base-patch32"), ("/srv/models/ft-2026/", "ft-2026"),
-     ("s3://bucket/models/run-1/onnx", "onnx"), ("./build/model", "model"), (None, None)],
-)  # fmt: skip
-def test_given_a_model_location_when_shown_in_health_then_no_disk_path(
-    model_id: str | None, shown: str | None
-) -> None:
-    assert shown_model_name(model_id) == shown
 
 
 # --- a response has a known maximum size -------------------------------------------------------

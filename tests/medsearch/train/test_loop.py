@@ -113,6 +113,31 @@ def test_given_folder_base_and_epochs_0_when_trained_then_same_weights(
     _assert_same(_weights(tiny_model_dir), _weights(tmp_path / "out"))
 
 
+@pytest.mark.parametrize(
+    ("given", "shown"), [(None, "medsearch-clip-tiny"), ("chest-ct", "chest-ct")]
+)
+def test_given_a_trained_folder_when_served_then_clients_see_its_name_not_its_folder(
+    synth_corpus: Path, tmp_path: Path, given: str | None, shown: str
+) -> None:
+    from medsearch.model.encoder import TorchEncoder
+    from medsearch.model.onnx_encoder import read_onnx_manifest
+    from medsearch.model.onnx_export import export_onnx
+
+    out = tmp_path / "model"  # the demo's folder name, which the page used to show
+    train(_config(synth_corpus, out, epochs=0, name=given))
+    bundle = load_clip(str(out))
+    assert TorchEncoder(bundle).name == shown and TorchEncoder(bundle).model_id == str(out)
+    export_onnx(bundle, tmp_path / "onnx")
+    assert read_onnx_manifest(tmp_path / "onnx").name == shown
+
+
+def test_given_an_unshowable_name_when_trained_then_config_error(
+    synth_corpus: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="name"):
+        train(_config(synth_corpus, tmp_path / "out", epochs=0, name="two\nlines"))
+
+
 def test_given_cli_when_trained_then_model_history_curve_and_checkpoints(
     synth_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -161,7 +161,8 @@ def export_onnx(
             exporter=used,
             int8=int8,
             fingerprint=fingerprint,
-            name=bundle.recorded_name or shown_model_name(model_id or bundle.source),
+            # An id given to the export (a pipeline run's) names it; else the model's own name.
+            name=shown_model_name(model_id) if model_id else bundle.name,
         )
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         _swap_in(staging, target)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medsearch import storage
+from medsearch.model.names import shown_model_name
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,7 @@ def draw_report(report: dict[str, Any]) -> Any:
 
 def model_name(model: object) -> str:
     """The model's folder name (or hub id), so a title does not leak where the files lie."""
-    text = str(model or "model").rstrip("/")
-    if text.startswith(("/", ".", "~", "s3://")) or "\\" in text:
-        return text.replace("\\", "/").rsplit("/", 1)[-1]
-    return text
+    return (shown_model_name(str(model)) if model else None) or "model"
 
 
 def label_bars(axis: Any, bars: Any) -> None:
